@@ -1,0 +1,516 @@
+//! Serving DNS on sockets the caller bound (the daemon binds them inside each sandbox).
+//!
+//! UDP is the hot path: one task per socket drains it with `recvmmsg`, answers local names in
+//! place and sends the batch back with one `sendmmsg`; only forwards become tasks of their own.
+//! The batch buffers are per thread, not per socket, so an idle listener costs a few hundred
+//! bytes. TCP: one task per connection, several queries per connection (answered out of
+//! order when forwards are slow), an idle timeout and a per-listener connection cap.
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::engine::{self, Outcome};
+use crate::forward::{DefaultUpstreams, ForwardConfig, Forwarder};
+use crate::table::{Snapshot, Tables, View, ViewIdx};
+use crate::wire::{self, RCODE_REFUSED, Reject, Response, parse_query};
+
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Open connections per listener; more are closed at once.
+    pub max_connections: usize,
+    /// A connection with no query for this long (and none in flight) is closed.
+    pub idle_timeout: Duration,
+    /// Queries in flight per connection before we stop reading from it.
+    pub max_inflight: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(10),
+            max_inflight: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ResolverConfig {
+    pub forward: ForwardConfig,
+    pub tcp: TcpConfig,
+}
+
+/// Which sandbox's view answers queries arriving on a listener.
+#[derive(Clone, Debug)]
+pub enum ViewSelector {
+    /// The sandbox the socket lives in (the daemon: one listener per sandbox). The index can
+    /// be re-pointed while serving (`dns serve --as` after a reload).
+    Sandbox(Arc<AtomicU32>),
+    /// The sandbox owning the source address; others get the anonymous view.
+    BySource,
+}
+
+impl ViewSelector {
+    pub fn sandbox(idx: ViewIdx) -> Self {
+        ViewSelector::Sandbox(Arc::new(AtomicU32::new(idx)))
+    }
+
+    fn select<'s>(&self, snap: &'s Snapshot, src: IpAddr) -> Option<&'s Arc<View>> {
+        match self {
+            ViewSelector::Sandbox(i) => snap.view(i.load(Ordering::Relaxed)),
+            ViewSelector::BySource => Some(snap.view_by_source(src)),
+        }
+    }
+}
+
+/// The resolver: tables, forwarder and serving knobs, shared by every listener.
+pub struct Resolver {
+    pub tables: Tables,
+    pub forwarder: Forwarder,
+    tcp: TcpConfig,
+    log_queries: AtomicBool,
+    rotation: AtomicU32,
+}
+
+/// What the no-I/O part of the request path decided.
+pub enum Handled {
+    /// The reply is in the output buffer.
+    Reply,
+    /// Needs upstream servers.
+    Forward(Arc<View>),
+    /// Deserves no reply (runt, or a response).
+    Silent,
+}
+
+impl Resolver {
+    pub fn new(cfg: ResolverConfig, defaults: DefaultUpstreams) -> Arc<Self> {
+        Arc::new(Resolver {
+            tables: Tables::new(),
+            forwarder: Forwarder::new(cfg.forward, defaults),
+            tcp: cfg.tcp,
+            log_queries: AtomicBool::new(false),
+            rotation: AtomicU32::new(0),
+        })
+    }
+
+    /// Logs every answered query at info level (target `sdnet::query`).
+    pub fn set_log_queries(&self, on: bool) {
+        self.log_queries.store(on, Ordering::Relaxed);
+    }
+
+    fn log(&self, view: &View, q: &wire::Query<'_>, out: &[u8], from: &'static str) {
+        if self.log_queries.load(Ordering::Relaxed) {
+            log_answer(view, q.key.as_str(), q.qtype, out, from);
+        }
+    }
+
+    /// Answers one message as far as possible without I/O: what listeners run for every
+    /// packet (and what the fuzz targets feed). `udp` selects the size limit.
+    pub fn handle(
+        &self,
+        snap: &Snapshot,
+        view: Option<&Arc<View>>,
+        msg: &[u8],
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let q = match parse_query(msg) {
+            Ok(q) => q,
+            Err(Reject::Drop) => return Handled::Silent,
+            Err(Reject::Rcode(rcode)) => {
+                return match wire::error_reply(msg, rcode, out) {
+                    Some(_) => Handled::Reply,
+                    None => Handled::Silent,
+                };
+            }
+        };
+        let limit = if udp {
+            q.udp_limit()
+        } else {
+            u16::MAX as usize
+        };
+        let Some(view) = view else {
+            // The socket's sandbox is gone (being removed): refuse rather than guess.
+            Response::new(out, &q, RCODE_REFUSED, 0, limit).finish();
+            return Handled::Reply;
+        };
+        let rot = self.rotation.fetch_add(1, Ordering::Relaxed);
+        match engine::answer(snap, view, &q, limit, rot, out) {
+            Outcome::Reply => {
+                self.log(view, &q, out, "local");
+                Handled::Reply
+            }
+            Outcome::Forward => {
+                if self.forwarder.cached(view, &q, limit, out) {
+                    self.log(view, &q, out, "cache");
+                    Handled::Reply
+                } else {
+                    Handled::Forward(view.clone())
+                }
+            }
+        }
+    }
+
+    /// Answers one query packet completely (forwarding included); for TCP and tools such as
+    /// `sdctl dns query`. None if the packet deserves no reply.
+    pub async fn resolve_packet(
+        &self,
+        view: Option<&Arc<View>>,
+        msg: &[u8],
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
+        let handled = {
+            let snap = self.tables.snapshot();
+            self.handle(&snap, view, msg, udp, &mut out)
+        };
+        match handled {
+            Handled::Reply => Some(out),
+            Handled::Silent => None,
+            Handled::Forward(view) => self.forward_logged(&view, msg, !udp).await,
+        }
+    }
+
+    async fn forward_logged(&self, view: &View, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        let resp = self.forwarder.forward(view, msg, tcp).await?;
+        if self.log_queries.load(Ordering::Relaxed)
+            && let Ok(q) = parse_query(msg)
+        {
+            log_answer(view, q.key.as_str(), q.qtype, &resp, "upstream");
+        }
+        Some(resp)
+    }
+
+    /// Serves a UDP socket until it fails for good or the task is aborted.
+    pub async fn serve_udp(self: Arc<Self>, sock: UdpSocket, sel: ViewSelector) {
+        let sock = Arc::new(sock);
+        let fd = sock.as_raw_fd();
+        loop {
+            if let Err(e) = sock.readable().await {
+                warn!(error = %e, "UDP listener failed");
+                return;
+            }
+            let mut forwards = Vec::new();
+            let mut unsent = Vec::new();
+            let r = BATCH.with_borrow_mut(|b| {
+                let n = sock.try_io(Interest::READABLE, || b.recv(fd))?;
+                let snap = self.tables.snapshot();
+                let mut replies = 0;
+                for i in 0..n {
+                    let Some((src, len)) = b.received(i) else {
+                        continue;
+                    };
+                    let view = sel.select(&snap, src.ip());
+                    let (msg, out) = b.slot(i, replies);
+                    let msg = &msg[..len];
+                    match self.handle(&snap, view, msg, true, out) {
+                        Handled::Reply => {
+                            b.reply_from[replies] = i;
+                            replies += 1;
+                        }
+                        Handled::Forward(view) => forwards.push((view, msg.to_vec(), src)),
+                        Handled::Silent => {}
+                    }
+                }
+                b.send(fd, replies, &mut unsent);
+                Ok::<_, io::Error>(())
+            });
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Never spin on a persistent error.
+                    warn!(error = %e, "UDP receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            for (to, bytes) in unsent {
+                let _ = sock.send_to(&bytes, to).await;
+            }
+            for (view, packet, src) in forwards {
+                let me = self.clone();
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    if let Some(resp) = me.forward_logged(&view, &packet, false).await
+                        && let Err(e) = sock.send_to(&resp, src).await
+                    {
+                        debug!(error = %e, %src, "reply not sent");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Serves a TCP listener until it fails for good or the task is aborted.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, sel: ViewSelector) {
+        let slots = Arc::new(Semaphore::new(self.tcp.max_connections));
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                debug!(%peer, "TCP connection cap reached, closing");
+                drop(stream);
+                continue;
+            };
+            let me = self.clone();
+            let sel = sel.clone();
+            tokio::spawn(async move {
+                me.tcp_connection(stream, peer, sel).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn tcp_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        sel: ViewSelector,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.tcp.max_inflight);
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let mut framed = Vec::with_capacity(msg.len() + 2);
+                framed.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+                framed.extend_from_slice(&msg);
+                if wr.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let inflight = Arc::new(Semaphore::new(self.tcp.max_inflight));
+        loop {
+            let mut len = [0u8; 2];
+            match tokio::time::timeout(self.tcp.idle_timeout, rd.read_exact(&mut len)).await {
+                Ok(Ok(_)) => {}
+                _ => break, // idle, closed or broken
+            }
+            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+            match tokio::time::timeout(self.tcp.idle_timeout, rd.read_exact(&mut msg)).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                break;
+            };
+            let mut out = Vec::with_capacity(512);
+            let handled = {
+                let snap = self.tables.snapshot();
+                let view = sel.select(&snap, peer.ip());
+                self.handle(&snap, view, &msg, false, &mut out)
+            };
+            match handled {
+                Handled::Reply => {
+                    if tx.send(out).await.is_err() {
+                        break;
+                    }
+                    drop(permit);
+                }
+                Handled::Silent => drop(permit),
+                Handled::Forward(view) => {
+                    let me = self.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(resp) = me.forward_logged(&view, &msg, true).await {
+                            let _ = tx.send(resp).await;
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        // Forwards still in flight hold senders; the writer ends when they are done.
+        drop(tx);
+        let _ = writer.await;
+    }
+}
+
+fn log_answer(view: &View, name: &str, qtype: u16, out: &[u8], from: &'static str) {
+    let rcode = out.get(3).map(|b| b & 0xF).unwrap_or(0);
+    let answers = out
+        .get(6..8)
+        .map(|a| u16::from_be_bytes([a[0], a[1]]))
+        .unwrap_or(0);
+    info!(target: "sdnet::query", sandbox = %view.sandbox, name, qtype, rcode, answers, from, "query");
+}
+
+const BATCH_LEN: usize = 32;
+const RX_BUF: usize = 4096;
+
+/// Buffers for one `recvmmsg`/`sendmmsg` round; one per thread.
+struct Batch {
+    rx: Box<[[u8; RX_BUF]; BATCH_LEN]>,
+    out: Vec<Vec<u8>>,
+    addrs: [libc::sockaddr_storage; BATCH_LEN],
+    iov: [libc::iovec; BATCH_LEN],
+    hdrs: [libc::mmsghdr; BATCH_LEN],
+    /// For each reply slot, the received message it answers.
+    reply_from: [usize; BATCH_LEN],
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
+}
+
+fn zeroed<T>() -> T {
+    // SAFETY: only used for plain C structs (sockaddr_storage, iovec, mmsghdr) for which all
+    // zero bytes is a valid value.
+    unsafe { MaybeUninit::<T>::zeroed().assume_init() }
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            rx: Box::new([[0; RX_BUF]; BATCH_LEN]),
+            out: (0..BATCH_LEN).map(|_| Vec::with_capacity(512)).collect(),
+            addrs: [zeroed(); BATCH_LEN],
+            iov: [zeroed(); BATCH_LEN],
+            hdrs: [zeroed(); BATCH_LEN],
+            reply_from: [0; BATCH_LEN],
+        }
+    }
+
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH_LEN {
+            self.iov[i] = libc::iovec {
+                iov_base: self.rx[i].as_mut_ptr().cast(),
+                iov_len: RX_BUF,
+            };
+            let mut h: libc::mmsghdr = zeroed();
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs[i] = h;
+        }
+        // SAFETY: every header points at buffers owned by self that outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH_LEN as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Source and length of received message `i`; None for truncated datagrams.
+    fn received(&self, i: usize) -> Option<(SocketAddr, usize)> {
+        let h = &self.hdrs[i];
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        Some((sockaddr(&self.addrs[i])?, h.msg_len as usize))
+    }
+
+    fn slot(&mut self, rx: usize, out: usize) -> (&[u8], &mut Vec<u8>) {
+        (&self.rx[rx][..], &mut self.out[out])
+    }
+
+    /// Sends `n` replies; what the socket would not take now goes to `unsent`.
+    fn send(&mut self, fd: RawFd, n: usize, unsent: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        if n == 0 {
+            return;
+        }
+        for j in 0..n {
+            let from = self.reply_from[j];
+            self.iov[j] = libc::iovec {
+                iov_base: self.out[j].as_mut_ptr().cast(),
+                iov_len: self.out[j].len(),
+            };
+            let namelen = self.hdrs[from].msg_hdr.msg_namelen;
+            let mut h: libc::mmsghdr = zeroed();
+            h.msg_hdr.msg_name = (&mut self.addrs[from] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_iov = &mut self.iov[j];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs[j] = h;
+        }
+        // `hdrs` now describes replies; received headers are no longer needed. Reply j was
+        // built from received message reply_from[j] >= j, whose address is still intact.
+        let mut done = 0;
+        while done < n {
+            // SAFETY: headers point at buffers owned by self that outlive the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                done += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if e.kind() == io::ErrorKind::WouldBlock {
+                for j in done..n {
+                    if let Some(to) = sockaddr(&self.addrs[self.reply_from[j]]) {
+                        unsent.push((to, self.out[j].clone()));
+                    }
+                }
+            } else {
+                // One bad destination must not cost the rest of the batch: skip it.
+                debug!(error = %e, "reply not sent");
+                done += 1;
+                continue;
+            }
+            break;
+        }
+    }
+}
+
+fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every sdnet test on a fresh Debian machine, as root: installs the tools the end-to-end
+# tests drive (dig, kdig, dnsmasq, nft, ...), builds the workspace, runs unit and end-to-end
+# tests. Benchmarks (tests/bench/) and fuzzing (fuzz/) are separate: see README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test-all: run as root (the end-to-end tests create network namespaces)" >&2
+  exit 1
+fi
+
+# command:package pairs; install only what is missing, so a prepared machine needs no network.
+need=()
+for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq nft:nftables ip:iproute2 \
+            ping:iputils-ping socat:socat busybox:busybox-static nsenter:util-linux \
+            unshare:util-linux conntrack:conntrack; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test-all: installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "test-all: needs a Rust toolchain (cargo)" >&2; exit 1; }
+
+cargo build --workspace --all-targets --locked
+# End-to-end tests mostly wait on the kernel and on timeouts: run more of them than cores.
+cargo test --workspace --locked -- --test-threads="${SDNET_TEST_THREADS:-4}"
+echo "test-all: all tests passed"

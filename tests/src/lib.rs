@@ -1,0 +1,460 @@
+//! Harness for sdnet's end-to-end tests: throw-away network namespaces, processes started in
+//! them (ended by PID when the test ends, pass or fail), real `dig`/`kdig` output parsing, and
+//! small upstream fixtures (sockets bound inside a namespace by a thread that entered it).
+//!
+//! Every name is unique per process and test, so tests run in parallel; everything is torn
+//! down in `Drop`.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique tag: `<pid mod 10^5><counter>` (fits interface names with a prefix).
+pub fn unique() -> String {
+    format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `sdctl` binary cargo built next to this test binary.
+pub fn sdctl() -> PathBuf {
+    if let Ok(p) = std::env::var("SDCTL_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/sdctl
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("sdctl");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p sdctl) or set SDCTL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test early with a clear message when not root (namespaces need it).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "end-to-end tests need root (network namespaces)");
+}
+
+/// A network namespace that exists for the life of the value.
+pub struct Ns {
+    pub name: String,
+    children: Mutex<Vec<Child>>,
+}
+
+impl Ns {
+    pub fn new(tag: &str) -> Ns {
+        require_root();
+        let name = format!("sdt-{tag}-{}", unique());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Ns {
+            name,
+            children: Mutex::new(Vec::new()),
+        };
+        ns.run_ok("ip", &["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(prog).args(args);
+        c
+    }
+
+    /// Runs to completion (bounded by `timeout 30`).
+    pub fn run(&self, prog: &str, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, "timeout", "30", prog])
+            .args(args);
+        c.output().unwrap_or_else(|e| panic!("running {prog}: {e}"))
+    }
+
+    pub fn run_ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.run(prog, args);
+        assert!(
+            out.status.success(),
+            "{prog} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a background process in the namespace; it is ended (by PID) with the namespace.
+    pub fn spawn(&self, mut cmd: Command, log: Option<&Path>) -> u32 {
+        match log {
+            Some(p) => {
+                let f = File::create(p).expect("log file");
+                cmd.stdout(f.try_clone().expect("dup")).stderr(f);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id();
+        self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Ends one process started with `spawn`.
+    pub fn stop(&self, pid: u32) {
+        let mut kids = self.children.lock().unwrap();
+        if let Some(i) = kids.iter().position(|c| c.id() == pid) {
+            let mut c = kids.remove(i);
+            end(&mut c);
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace (to bind fixture sockets there).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let target = File::open(&path).expect("open netns");
+                // SAFETY: setns on this short-lived thread only; it ends after f.
+                let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in netns")
+        })
+    }
+
+    /// Binds a UDP socket inside the namespace.
+    pub fn udp(&self, addr: &str) -> UdpSocket {
+        let addr = addr.to_string();
+        self.enter(move || UdpSocket::bind(addr.as_str()).expect("bind fixture socket"))
+    }
+
+    pub fn dig(&self, args: &[&str]) -> Dig {
+        let out = self.run("dig", args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Dig::parse(&text).unwrap_or_else(|| panic!("dig {args:?} gave no answer:\n{text}"))
+    }
+
+    /// dig, or None if no reply came (timeout).
+    pub fn try_dig(&self, args: &[&str]) -> Option<Dig> {
+        let out = self.run("dig", args);
+        Dig::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn kdig(&self, args: &[&str]) -> Dig {
+        let out = self.run("kdig", args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Dig::parse(&text).unwrap_or_else(|| panic!("kdig {args:?} gave no answer:\n{text}"))
+    }
+}
+
+fn end(c: &mut Child) {
+    // SAFETY: kill on a PID we spawned and have not reaped yet.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let mut kids = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for c in kids.iter_mut() {
+            end(c);
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns Some, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One resource record as dig prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rr {
+    pub name: String,
+    pub ttl: u32,
+    pub rtype: String,
+    pub data: String,
+}
+
+/// The parts of a dig/kdig answer tests look at.
+#[derive(Debug, Clone, Default)]
+pub struct Dig {
+    pub status: String,
+    pub flags: Vec<String>,
+    pub answer: Vec<Rr>,
+    pub authority: Vec<Rr>,
+    pub additional: Vec<Rr>,
+    pub opt: bool,
+    pub raw: String,
+}
+
+impl Dig {
+    /// Parses dig's (or kdig's) default output; None if it holds no reply header.
+    pub fn parse(text: &str) -> Option<Dig> {
+        let mut d = Dig {
+            raw: text.to_string(),
+            ..Dig::default()
+        };
+        let mut section = "";
+        let mut seen_header = false;
+        for line in text.lines() {
+            let l = line.trim();
+            if let Some(rest) = l.split("status: ").nth(1) {
+                d.status = rest
+                    .split([',', ';'])
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                seen_header = true;
+                continue;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(rest) = lower.strip_prefix(";; flags:") {
+                let flags = rest.split(';').next().unwrap_or("");
+                d.flags = flags.split_whitespace().map(str::to_string).collect();
+                continue;
+            }
+            if lower.contains("opt pseudosection") || lower.contains("edns pseudosection") {
+                d.opt = true;
+            }
+            if l.starts_with(";;") && l.ends_with("SECTION:") {
+                section = if l.contains("ANSWER") {
+                    "answer"
+                } else if l.contains("AUTHORITY") {
+                    "authority"
+                } else if l.contains("ADDITIONAL") {
+                    "additional"
+                } else {
+                    ""
+                };
+                continue;
+            }
+            if l.is_empty() || l.starts_with(';') {
+                if l.is_empty() {
+                    section = "";
+                }
+                continue;
+            }
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 5 || section.is_empty() {
+                continue;
+            }
+            let rr = Rr {
+                name: f[0].to_string(),
+                ttl: f[1].parse().unwrap_or(0),
+                rtype: f[3].to_string(),
+                data: f[4..].join(" "),
+            };
+            match section {
+                "answer" => d.answer.push(rr),
+                "authority" => d.authority.push(rr),
+                _ => d.additional.push(rr),
+            }
+        }
+        seen_header.then_some(d)
+    }
+
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.flags.iter().any(|x| x == f)
+    }
+
+    /// Answer data of one type, in answer order.
+    pub fn data(&self, rtype: &str) -> Vec<String> {
+        self.answer
+            .iter()
+            .filter(|r| r.rtype == rtype)
+            .map(|r| r.data.clone())
+            .collect()
+    }
+
+    pub fn sorted(&self, rtype: &str) -> Vec<String> {
+        let mut v = self.data(rtype);
+        v.sort();
+        v
+    }
+}
+
+/// A dnsmasq running in a namespace, with its query log.
+pub struct Dnsmasq {
+    pub addr: String,
+    pub port: u16,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `addr:port` with `extra` options (e.g. `--host-record=…`), waits until
+    /// it answers.
+    pub fn start(ns: &Ns, dir: &Path, addr: &str, port: u16, extra: &[&str]) -> Dnsmasq {
+        let log = dir.join(format!("dnsmasq-{addr}-{port}.log"));
+        let mut args: Vec<String> = vec![
+            "-k".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            format!("--listen-address={addr}"),
+            "--bind-interfaces".into(),
+            format!("--port={port}"),
+            "--pid-file=".into(),
+            "--log-queries".into(),
+            format!("--log-facility={}", log.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = ns.spawn(ns.cmd("dnsmasq", &argv), None);
+        let p = port.to_string();
+        wait_for(Duration::from_secs(10), || {
+            let out = ns.run(
+                "dig",
+                &[
+                    "+tries=1",
+                    "+time=1",
+                    &format!("@{addr}"),
+                    "-p",
+                    &p,
+                    "probe.invalid",
+                ],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .contains("status:")
+                .then_some(())
+        })
+        .expect("dnsmasq did not start");
+        Dnsmasq {
+            addr: addr.into(),
+            port,
+            pid,
+            log,
+        }
+    }
+
+    /// How many queries for `name` dnsmasq has logged.
+    pub fn queries_for(&self, name: &str) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("query[") && l.contains(&format!(" {name} ")))
+            .count()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+}
+
+/// A fixture upstream answering every query with one rcode (e.g. SERVFAIL = 2), on a socket
+/// bound inside the namespace. Runs until the process ends (sockets die with the test).
+pub fn fixed_rcode_upstream(ns: &Ns, addr: &str, rcode: u8) -> SocketAddr {
+    let sock = ns.udp(addr);
+    let local = sock.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut r = buf[..n].to_vec();
+            r[2] |= 0x80;
+            r[3] = (r[3] & 0xF0) | 0x80 | rcode;
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    local
+}
+
+/// A fixture upstream that never answers (a black hole: queries time out).
+pub fn silent_upstream(ns: &Ns, addr: &str) -> (UdpSocket, SocketAddr) {
+    let sock = ns.udp(addr);
+    let local = sock.local_addr().expect("local addr");
+    (sock, local)
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("sdnet-test-{tag}-{}", unique()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dig_and_kdig() {
+        let dig = ";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1\n\n;; OPT PSEUDOSECTION:\n; EDNS: version: 0\n;; ANSWER SECTION:\nb.\t\t0\tIN\tA\t10.1.0.3\n\n;; AUTHORITY SECTION:\nb.\t0\tIN\tSOA\tns.sdnet. hostmaster.sdnet. 1 3600 600 86400 0\n";
+        let d = Dig::parse(dig).unwrap();
+        assert_eq!(d.status, "NOERROR");
+        assert!(d.has_flag("aa") && d.opt);
+        assert_eq!(d.data("A"), ["10.1.0.3"]);
+        assert_eq!(d.authority[0].rtype, "SOA");
+        let kdig = ";; ->>HEADER<<- opcode: QUERY; status: NXDOMAIN; id: 5\n;; Flags: qr aa rd; QUERY: 1; ANSWER: 0\n\n;; QUESTION SECTION:\n;; x.\t\tIN\tA\n";
+        let k = Dig::parse(kdig).unwrap();
+        assert_eq!(k.status, "NXDOMAIN");
+        assert!(k.has_flag("aa") && !k.has_flag("ra"));
+        assert!(Dig::parse(";; connection timed out; no servers could be reached").is_none());
+    }
+}
