@@ -1,8 +1,11 @@
 //! `sdctl`: the sdnet daemon and its Docker-style client in one binary.
 
+mod api;
 mod cli;
+mod client;
 mod daemon;
 mod duration;
+mod enter;
 
 use clap::Parser;
 
@@ -12,12 +15,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        Command::Daemon(args) => daemon::run(args).map(|()| 0),
         Command::Dns {
             command: DnsCommand::Serve(args),
-        } => daemon::dns_serve::run(args),
+        } => daemon::dns_serve::run(args).map(|()| 0),
+        other => client::run(other),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("sdctl: {e:#}");
             std::process::ExitCode::FAILURE

@@ -458,3 +458,282 @@ mod tests {
         assert!(Dig::parse(";; connection timed out; no servers could be reached").is_none());
     }
 }
+
+/// A `sdctl daemon` running inside its own namespace (its "host"), with private state, run,
+/// etc and socket paths. Dropping it stops the daemon, runs `daemon --cleanup` and checks
+/// nothing of ours is left in its namespace.
+pub struct Daemon {
+    pub ns: Ns,
+    pub dir: TempDir,
+    pub pid: u32,
+    pub socket: PathBuf,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(tag: &str) -> Daemon {
+        Self::start_with(tag, &[])
+    }
+
+    /// `extra`: more daemon flags.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Daemon {
+        // The host resolver is 127.0.0.53 inside the daemon's namespace: nothing answers
+        // there unless a test starts an upstream, so unknown names fail fast and stay local.
+        Self::start_full(tag, extra, "nameserver 127.0.0.53\noptions edns0\n")
+    }
+
+    /// With a given host resolv.conf for the daemon.
+    pub fn start_full(tag: &str, extra: &[&str], host_resolv_conf: &str) -> Daemon {
+        let ns = Ns::new(tag);
+        let dir = TempDir::new(tag);
+        let socket = dir.path().join("sdnet.sock");
+        let resolv = dir.path().join("host-resolv.conf");
+        std::fs::write(&resolv, host_resolv_conf).unwrap();
+        let mut args: Vec<String> = vec![
+            "daemon".into(),
+            "--state-dir".into(),
+            dir.path().join("state").display().to_string(),
+            "--run-dir".into(),
+            dir.path().join("run").display().to_string(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--etc-netns-dir".into(),
+            dir.path().join("etc-netns").display().to_string(),
+            "--no-netns-links".into(),
+            "--resolv-conf".into(),
+            resolv.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            ns,
+            dir,
+            pid: 0,
+            socket,
+            args,
+        };
+        d.launch();
+        d
+    }
+
+    fn launch(&mut self) {
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut cmd = self.ns.cmd(sdctl(), &argv);
+        cmd.env("RUST_LOG", "info");
+        let log = self.dir.path().join("daemon.log");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        let child = cmd.spawn().expect("spawn daemon");
+        self.pid = child.id();
+        self.ns.children.lock().unwrap().push(child);
+        let sock = self.socket.clone();
+        wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock)
+                .ok()
+                .map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("daemon did not start:\n{}", self.log()));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (no clean-up at all) and starts it again.
+    pub fn kill9_and_restart(&mut self) {
+        // SAFETY: signalling the daemon this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        let mut kids = self.ns.children.lock().unwrap();
+        if let Some(i) = kids.iter().position(|c| c.id() == self.pid) {
+            let mut c = kids.remove(i);
+            let _ = c.wait();
+        }
+        drop(kids);
+        self.launch();
+    }
+
+    /// Runs `sdctl ARGS --socket S` (from the test's own namespace, like a user would).
+    pub fn sdctl(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("60")
+            .arg(sdctl())
+            .args(args)
+            .env("SDNET_SOCKET", &self.socket)
+            .output()
+            .expect("run sdctl")
+    }
+
+    /// sdctl that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.sdctl(args);
+        assert!(
+            out.status.success(),
+            "sdctl {args:?} failed ({}):\n{}{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// sdctl that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.sdctl(args);
+        assert!(
+            !out.status.success(),
+            "sdctl {args:?} succeeded but should fail:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs a command inside a sandbox with `sdctl exec`.
+    pub fn exec(&self, sandbox: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", sandbox, "--"];
+        args.extend_from_slice(cmd);
+        self.sdctl(&args)
+    }
+
+    pub fn exec_ok(&self, sandbox: &str, cmd: &[&str]) -> String {
+        let out = self.exec(sandbox, cmd);
+        assert!(
+            out.status.success(),
+            "exec {sandbox} {cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// dig through the sandbox's resolv.conf (127.0.0.11).
+    pub fn dig(&self, sandbox: &str, args: &[&str]) -> Dig {
+        let mut cmd = vec!["dig", "+tries=1", "+time=3"];
+        cmd.extend_from_slice(args);
+        let out = self.exec(sandbox, &cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Dig::parse(&text).unwrap_or_else(|| {
+            panic!(
+                "dig {args:?} in {sandbox} gave no answer:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    pub fn inspect(&self, sandbox: &str) -> serde_json::Value {
+        let out = self.ok(&["inspect", sandbox]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("inspect JSON");
+        v[0].clone()
+    }
+
+    /// IPv4 address of a sandbox on a network.
+    pub fn ip(&self, sandbox: &str, network: &str) -> String {
+        let v = self.inspect(sandbox);
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["network"] == network)
+            .and_then(|e| e["ipv4"].as_str())
+            .unwrap_or_else(|| panic!("{sandbox} has no address on {network}: {v}"))
+            .to_string()
+    }
+
+    /// Links of ours in the daemon's namespace.
+    pub fn our_links(&self) -> Vec<String> {
+        let out = self.ns.run_ok("ip", &["-o", "link", "show"]);
+        out.lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("sd-") || n.starts_with("sdv"))
+            .collect()
+    }
+
+    pub fn nft_tables(&self) -> String {
+        self.ns.run_ok("nft", &["list", "tables"])
+    }
+
+    /// Mounted namespaces in the daemon's run dir (as the daemon's mount namespace sees them).
+    pub fn netns_mounts(&self) -> Vec<String> {
+        let run = self.dir.path().join("run").join("netns");
+        let info =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid)).unwrap_or_default();
+        info.lines()
+            .filter(|l| l.contains(run.to_str().unwrap()))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        {
+            let mut kids = self.ns.children.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = kids.iter().position(|c| c.id() == self.pid) {
+                let mut c = kids.remove(i);
+                end(&mut c);
+            }
+        }
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.push("--cleanup");
+        let _ = self.ns.cmd(sdctl(), &args).output();
+    }
+}
+
+/// A "remote" host: a namespace wired to the daemon's namespace by a veth pair on
+/// 192.0.2.0/24 (host .1, remote .2), so egress and published ports can be tested.
+pub struct Remote {
+    pub ns: Ns,
+    pub host_ip: &'static str,
+    pub ip: &'static str,
+}
+
+impl Remote {
+    pub fn attach(d: &Daemon) -> Remote {
+        let ns = Ns::new("rem");
+        let tag = unique();
+        let a = format!("rh{tag}");
+        let b = format!("rr{tag}");
+        run_ok(Command::new("ip").args([
+            "link", "add", &a, "netns", &d.ns.name, "type", "veth", "peer", "name", &b, "netns",
+            &ns.name,
+        ]));
+        d.ns.run_ok("ip", &["addr", "add", "192.0.2.1/24", "dev", &a]);
+        d.ns.run_ok("ip", &["link", "set", &a, "up"]);
+        ns.run_ok("ip", &["addr", "add", "192.0.2.2/24", "dev", &b]);
+        ns.run_ok("ip", &["link", "set", &b, "up"]);
+        Remote {
+            ns,
+            host_ip: "192.0.2.1",
+            ip: "192.0.2.2",
+        }
+    }
+}
+
+/// A TCP server (socat) that answers every connection with "<tag> saw <peer address>".
+pub fn serve_whoami(ns: &Ns, port: u16, tag: &str) -> u32 {
+    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr");
+    let reply = format!("SYSTEM:echo {tag} saw $SOCAT_PEERADDR");
+    let pid = ns.spawn(ns.cmd("socat", &[&listen, &reply]), None);
+    std::thread::sleep(Duration::from_millis(200));
+    pid
+}
+
+/// Connects with socat and returns the first line the server sent ("" on failure).
+pub fn ask_tcp(ns: &Ns, addr: &str) -> String {
+    let out = ns.run(
+        "socat",
+        &["-T2", "-", &format!("TCP:{addr},connect-timeout=2")],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}

@@ -1,0 +1,358 @@
+//! The API model: what the client sends and the daemon answers, as JSON over the unix socket.
+//! Shared by both halves of the binary (and nothing else is).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use sdnet_resolver::model::{Protocol, Upstream};
+use serde::{Deserialize, Serialize};
+
+pub const API_PREFIX: &str = "/v1";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    #[default]
+    Bridge,
+    Host,
+    None,
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Driver::Bridge => "bridge",
+            Driver::Host => "host",
+            Driver::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(Driver::Bridge),
+            "host" => Ok(Driver::Host),
+            "none" => Ok(Driver::None),
+            "overlay" => {
+                Err("driver overlay needs a cluster (not available on a single node yet)".into())
+            }
+            _ => Err(format!("unknown driver {s:?}: use bridge, host or none")),
+        }
+    }
+}
+
+/// One subnet of a network as requested (`--subnet`, `--ip-range`, `--gateway`, `--aux-address`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpamRequest {
+    pub subnet: Option<IpNet>,
+    pub ip_range: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub aux: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct NetworkCreate {
+    pub name: String,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub ipam: Vec<IpamRequest>,
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub attachable: bool,
+    /// Embedded DNS on this network (default true; the default `bridge` network has it off).
+    #[serde(default)]
+    pub dns: Option<bool>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Upstream DNS servers for sandboxes on this network.
+    #[serde(default)]
+    pub dns_servers: Vec<Upstream>,
+    #[serde(default)]
+    pub ttl: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A subnet of a network with its allocations.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub subnet: IpNet,
+    pub ip_range: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub aux: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub name: String,
+    pub driver: Driver,
+    pub scope: String,
+    pub created: u64,
+    pub subnets: Vec<SubnetInfo>,
+    pub internal: bool,
+    pub attachable: bool,
+    pub dns: bool,
+    pub mtu: u32,
+    pub dns_servers: Vec<Upstream>,
+    pub ttl: Option<u32>,
+    /// Kernel bridge device (bridge driver).
+    pub bridge: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Sandboxes attached, with their addresses.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub sandbox: String,
+    pub network: String,
+    pub interface: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mac: Option<String>,
+    pub aliases: Vec<String>,
+    /// The names this endpoint answers on its network.
+    pub dns_names: Vec<String>,
+}
+
+/// A published port: `[hip:]hp:cp[/proto]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PortSpec {
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => f.write_str("0.0.0.0:")?,
+        }
+        write!(
+            f,
+            "{}->{}/{}",
+            self.host_port, self.container_port, self.protocol
+        )
+    }
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    /// `hp:cp`, `hip:hp:cp`, `[v6]:hp:cp`, each optionally `/tcp` or `/udp`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("invalid port spec {s:?}: {why} (expected [IP:]HOSTPORT:PORT[/tcp|udp])")
+        };
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((a, p)) => (a, p.parse::<Protocol>().map_err(|e| bad(&e.to_string()))?),
+            None => (s, Protocol::Tcp),
+        };
+        let (host_ip, rest) = if let Some(r) = spec.strip_prefix('[') {
+            let (ip, rest) = r
+                .split_once("]:")
+                .ok_or_else(|| bad("unterminated [IPv6]"))?;
+            (Some(ip.parse::<IpAddr>().map_err(|_| bad("bad IP"))?), rest)
+        } else {
+            let parts: Vec<&str> = spec.split(':').collect();
+            match parts.len() {
+                2 => (None, spec),
+                3 => (
+                    Some(parts[0].parse::<IpAddr>().map_err(|_| bad("bad IP"))?),
+                    &spec[parts[0].len() + 1..],
+                ),
+                _ => return Err(bad("wrong number of ':'")),
+            }
+        };
+        let (hp, cp) = rest.split_once(':').ok_or_else(|| bad("missing ':'"))?;
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(bad("ports are 1-65535")),
+                Ok(n) => Ok(n),
+            }
+        };
+        Ok(PortSpec {
+            host_ip,
+            host_port: port(hp)?,
+            container_port: port(cp)?,
+            protocol: proto,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkAttach {
+    pub network: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct SandboxCreate {
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    /// Networks in attachment order; empty = the default `bridge` network.
+    #[serde(default)]
+    pub networks: Vec<NetworkAttach>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// Per-sandbox upstream DNS servers (`--dns`).
+    #[serde(default)]
+    pub dns: Vec<Upstream>,
+    /// Adopt an existing network namespace (`--netns /proc/PID/ns/net`).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Process to run and supervise inside the sandbox; empty = the sandbox just exists.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Remove the sandbox when its process exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxStatus {
+    /// Exists, no process (or its process is running).
+    Running,
+    /// Its process exited.
+    Exited,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub created: u64,
+    pub status: SandboxStatus,
+    pub netns: PathBuf,
+    pub adopted: bool,
+    pub endpoints: Vec<EndpointInfo>,
+    pub ports: Vec<PortSpec>,
+    pub dns: Vec<Upstream>,
+    pub command: Vec<String>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    /// Files the sandbox's processes see as /etc/resolv.conf and /etc/hosts.
+    pub resolv_conf: Option<PathBuf>,
+    pub hosts_file: Option<PathBuf>,
+    /// Where 127.0.0.11 listens inside (UDP, TCP ports; port 53 is redirected to them).
+    pub dns_ports: Option<(u16, u16)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ConnectRequest {
+    pub sandbox: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DisconnectRequest {
+    pub sandbox: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DnsQuery {
+    pub from: Option<String>,
+    pub name: String,
+    pub qtype: String,
+    #[serde(default)]
+    pub tcp: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DnsAnswer {
+    /// dig-like text of the response.
+    pub text: String,
+    pub rcode: String,
+    /// Raw response bytes (base16), for tools.
+    pub wire_hex: String,
+}
+
+/// How `sdctl exec` enters a sandbox: the daemon's PID (for its mount namespace) and the files.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ExecInfo {
+    pub daemon_pid: u32,
+    pub netns: PathBuf,
+    pub hostname: String,
+    pub resolv_conf: Option<PathBuf>,
+    pub hosts_file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub networks: usize,
+    pub sandboxes: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Removed {
+    pub removed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        let p: PortSpec = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.protocol),
+            (None, 8080, 80, Protocol::Tcp)
+        );
+        let p: PortSpec = "127.0.0.1:53:5353/udp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.protocol, Protocol::Udp);
+        let p: PortSpec = "[::1]:8080:80".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        for bad in [
+            "80",
+            "0:80",
+            "70000:80",
+            "a:b",
+            "1.2.3:80:80",
+            "8080:80/sctp",
+            "1:2:3:4",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The client half of `sdctl`: Docker-style commands that talk to the daemon's API.
+
+pub mod http;
+mod output;
+
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::api::*;
+use crate::cli::{
+    ClientOpts, Command, DnsCommand, Format, NetworkCommand, NetworkCreateArgs, RunArgs,
+};
+use crate::daemon::api::LogChunk;
+use crate::enter::Enter;
+use http::{Client, seg};
+
+/// Runs a client command; returns the process exit code.
+pub fn run(cmd: Command) -> Result<i32> {
+    // Exec must leave the runtime behind before it changes namespaces (single thread).
+    if let Command::Exec {
+        client,
+        name,
+        command,
+    } = cmd
+    {
+        let info: ExecInfo = block(async {
+            Client::new(&client.socket)
+                .get(&format!("/sandboxes/{}/exec", seg(&name)))
+                .await
+        })?;
+        return exec(&info, &command);
+    }
+    block(run_async(cmd))
+}
+
+fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
+}
+
+async fn run_async(cmd: Command) -> Result<i32> {
+    match cmd {
+        Command::Network { client, command } => network(&client, command).await,
+        Command::Run(args) => run_sandbox(args).await,
+        Command::Ps { client, all, out } => {
+            let list: Vec<SandboxInfo> = Client::new(&client.socket)
+                .get(if all {
+                    "/sandboxes?all=true"
+                } else {
+                    "/sandboxes"
+                })
+                .await?;
+            output::sandboxes(&list, &out);
+            Ok(0)
+        }
+        Command::Inspect { client, names } => {
+            let c = Client::new(&client.socket);
+            let mut all = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match c
+                    .get::<SandboxInfo>(&format!("/sandboxes/{}", seg(n)))
+                    .await
+                {
+                    Ok(s) => all.push(s),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            Ok(i32::from(failed))
+        }
+        Command::Rm {
+            client,
+            force,
+            names,
+        } => {
+            let c = Client::new(&client.socket);
+            let mut failed = false;
+            for n in &names {
+                let path = format!(
+                    "/sandboxes/{}{}",
+                    seg(n),
+                    if force { "?force=true" } else { "" }
+                );
+                match c.delete::<Removed>(&path).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(i32::from(failed))
+        }
+        Command::Logs {
+            client,
+            follow,
+            name,
+        } => {
+            follow_logs(&Client::new(&client.socket), &name, follow).await?;
+            Ok(0)
+        }
+        Command::Dns {
+            command:
+                DnsCommand::Query {
+                    client,
+                    from,
+                    tcp,
+                    name,
+                    qtype,
+                },
+        } => {
+            let ans: DnsAnswer = Client::new(&client.socket)
+                .post(
+                    "/dns/query",
+                    &DnsQuery {
+                        from,
+                        name,
+                        qtype,
+                        tcp,
+                    },
+                )
+                .await?;
+            print!("{}", ans.text);
+            Ok(0)
+        }
+        Command::Exec { .. }
+        | Command::Daemon(_)
+        | Command::Dns {
+            command: DnsCommand::Serve(_),
+        } => Err(anyhow!("not a client command")),
+    }
+}
+
+fn kv(s: &str, what: &str) -> Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| anyhow!("invalid {what} {s:?}: expected KEY=VALUE"))
+}
+
+fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
+    let mut ipam: Vec<IpamRequest> = a
+        .subnet
+        .iter()
+        .map(|s| IpamRequest {
+            subnet: Some(*s),
+            ..IpamRequest::default()
+        })
+        .collect();
+    // Docker matches each --ip-range/--gateway/--aux-address to the subnet that holds it.
+    let owner = |ipam: &mut Vec<IpamRequest>, ip: &IpAddr, what: &str| -> Result<usize> {
+        if ipam.is_empty() {
+            bail!("{what} {ip} needs a --subnet");
+        }
+        ipam.iter()
+            .position(|r| r.subnet.is_some_and(|s| s.contains(ip)))
+            .ok_or_else(|| anyhow!("{what} {ip} is not in any --subnet"))
+    };
+    for r in &a.ip_range {
+        let i = owner(&mut ipam, &r.network(), "--ip-range")?;
+        if ipam[i].ip_range.replace(*r).is_some() {
+            bail!(
+                "several --ip-range for subnet {}",
+                ipam[i].subnet.map(|s| s.to_string()).unwrap_or_default()
+            );
+        }
+    }
+    for g in &a.gateway {
+        let i = owner(&mut ipam, g, "--gateway")?;
+        if ipam[i].gateway.replace(*g).is_some() {
+            bail!("several --gateway for one subnet");
+        }
+    }
+    for x in &a.aux_address {
+        let (k, v) = kv(x, "--aux-address")?;
+        let ip: IpAddr = v
+            .parse()
+            .map_err(|_| anyhow!("invalid --aux-address {x:?}: bad IP"))?;
+        let i = owner(&mut ipam, &ip, "--aux-address")?;
+        ipam[i].aux.insert(k, ip);
+    }
+    let mut mtu = a.mtu;
+    for o in &a.opts {
+        let (k, v) = kv(o, "--opt")?;
+        match k.as_str() {
+            "mtu" | "com.docker.network.driver.mtu" => {
+                mtu = Some(v.parse().map_err(|_| anyhow!("invalid MTU {v:?}"))?)
+            }
+            _ => bail!("unknown network option {k:?} (supported: com.docker.network.driver.mtu)"),
+        }
+    }
+    let labels = a
+        .labels
+        .iter()
+        .map(|l| kv(l, "--label"))
+        .collect::<Result<_>>()?;
+    Ok(NetworkCreate {
+        name: a.name,
+        driver: a.driver,
+        ipam,
+        ipv6: a.ipv6,
+        internal: a.internal,
+        attachable: a.attachable,
+        dns: Some(!a.no_dns),
+        mtu,
+        dns_servers: a.dns_servers,
+        ttl: a.dns_ttl,
+        labels,
+    })
+}
+
+async fn network(opts: &ClientOpts, cmd: NetworkCommand) -> Result<i32> {
+    let c = Client::new(&opts.socket);
+    match cmd {
+        NetworkCommand::Create(a) => {
+            let req = network_create(a)?;
+            let n: NetworkInfo = c.post("/networks", &req).await?;
+            println!("{}", n.id);
+        }
+        NetworkCommand::Ls { out } => {
+            let list: Vec<NetworkInfo> = c.get("/networks").await?;
+            output::networks(&list, &out);
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match c.get::<NetworkInfo>(&format!("/networks/{}", seg(n))).await {
+                    Ok(x) => all.push(x),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(i32::from(failed));
+        }
+        NetworkCommand::Rm { names } => {
+            let mut failed = false;
+            for n in &names {
+                match c.delete::<Removed>(&format!("/networks/{}", seg(n))).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(i32::from(failed));
+        }
+        NetworkCommand::Prune { .. } => {
+            let r: Removed = c.post("/networks/prune", &serde_json::json!({})).await?;
+            if !r.removed.is_empty() {
+                println!("Deleted Networks:");
+                for n in r.removed {
+                    println!("{n}");
+                }
+            }
+        }
+        NetworkCommand::Connect {
+            aliases,
+            ip,
+            ip6,
+            network,
+            sandbox,
+        } => {
+            let _: SandboxInfo = c
+                .post(
+                    &format!("/networks/{}/connect", seg(&network)),
+                    &ConnectRequest {
+                        sandbox,
+                        aliases,
+                        ipv4: ip,
+                        ipv6: ip6,
+                    },
+                )
+                .await?;
+        }
+        NetworkCommand::Disconnect {
+            force,
+            network,
+            sandbox,
+        } => {
+            let _: SandboxInfo = c
+                .post(
+                    &format!("/networks/{}/disconnect", seg(&network)),
+                    &DisconnectRequest { sandbox, force },
+                )
+                .await?;
+        }
+    }
+    Ok(0)
+}
+
+async fn run_sandbox(a: RunArgs) -> Result<i32> {
+    let c = Client::new(&a.client.socket);
+    let mut networks: Vec<NetworkAttach> = a
+        .networks
+        .iter()
+        .map(|n| NetworkAttach {
+            network: n.clone(),
+            ..NetworkAttach::default()
+        })
+        .collect();
+    if networks.is_empty() && (!a.aliases.is_empty() || a.ip.is_some() || a.ip6.is_some()) {
+        bail!("--network-alias, --ip and --ip6 need a --network");
+    }
+    if let Some(first) = networks.first_mut() {
+        first.aliases = a.aliases.clone();
+        first.ipv4 = a.ip;
+        first.ipv6 = a.ip6;
+    }
+    let foreground = !a.detach && !a.command.is_empty();
+    let netns = match &a.netns {
+        // Relative paths mean nothing to the daemon.
+        Some(p) => {
+            Some(std::fs::canonicalize(p).with_context(|| format!("--netns {}", p.display()))?)
+        }
+        None => None,
+    };
+    let req = SandboxCreate {
+        name: a.name.clone(),
+        hostname: a.hostname.clone(),
+        networks,
+        ports: a.publish.clone(),
+        dns: a.dns.clone(),
+        netns,
+        command: a.command.clone(),
+        env: a.env.clone(),
+        // In the foreground the client removes it after reading the exit code.
+        auto_remove: a.rm && !foreground,
+    };
+    let sb: SandboxInfo = c.post("/sandboxes", &req).await?;
+    if !foreground {
+        println!("{}", sb.id);
+        return Ok(0);
+    }
+    let code = follow_logs(&c, &sb.id, true).await?;
+    if a.rm {
+        let _: Removed = c
+            .delete(&format!("/sandboxes/{}?force=true", sb.id))
+            .await?;
+    }
+    Ok(code.unwrap_or(0))
+}
+
+/// Prints a sandbox's output; with `follow`, until its process exits. Returns the exit code.
+async fn follow_logs(c: &Client, name: &str, follow: bool) -> Result<Option<i32>> {
+    use std::io::Write;
+    let mut offset = 0u64;
+    loop {
+        let chunk: LogChunk = c
+            .get(&format!("/sandboxes/{}/logs?offset={offset}", seg(name)))
+            .await?;
+        print!("{}", chunk.data);
+        let _ = std::io::stdout().flush();
+        let grew = chunk.offset != offset;
+        offset = chunk.offset;
+        if !follow || (!chunk.running && !grew) {
+            break;
+        }
+        if !grew {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let sb: SandboxInfo = c.get(&format!("/sandboxes/{}", seg(name))).await?;
+    Ok(sb.exit_code)
+}
+
+/// `sdctl exec`: enter the sandbox in this process and replace it with the command, so
+/// stdin, the terminal, signals and the exit code are the command's own.
+fn exec(info: &ExecInfo, command: &[String]) -> Result<i32> {
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1);
+    if tasks > 1 {
+        bail!("internal: exec needs a single-threaded process ({tasks} threads)");
+    }
+    // The daemon may live in another mount namespace (`ip netns exec h1 sdctl daemon`): reach
+    // its files through its root.
+    let root = PathBuf::from(format!("/proc/{}/root", info.daemon_pid));
+    let via = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let netns = if info.netns.as_os_str().is_empty() {
+        PathBuf::from(format!("/proc/{}/ns/net", info.daemon_pid))
+    } else {
+        via(&info.netns)
+    };
+    // Bind mounts cannot take their source from another mount namespace: use the file as we
+    // see it when it is the same path here, else a private copy of the daemon's.
+    let local = |p: &Path| -> Option<PathBuf> {
+        if p.exists() {
+            return Some(p.to_path_buf());
+        }
+        let text = std::fs::read(via(p)).ok()?;
+        let copy = std::env::temp_dir().join(format!(
+            "sdnet-exec-{}-{}",
+            std::process::id(),
+            p.file_name()?.to_string_lossy()
+        ));
+        std::fs::write(&copy, text).ok()?;
+        Some(copy)
+    };
+    let resolv = info.resolv_conf.as_deref().and_then(local);
+    let hosts = info.hosts_file.as_deref().and_then(local);
+    let mut files: Vec<(&Path, &Path)> = Vec::new();
+    if let Some(r) = &resolv {
+        files.push((r, Path::new("/etc/resolv.conf")));
+    }
+    if let Some(h) = &hosts {
+        files.push((h, Path::new("/etc/hosts")));
+    }
+    let enter = Enter::prepare(Some(&netns), &info.hostname, &files)?;
+    enter
+        .apply()
+        .context("entering the sandbox (are you root?)")?;
+    let (prog, args) = command.split_first().context("no command")?;
+    let err = std::process::Command::new(prog).args(args).exec();
+    eprintln!("sdctl: exec {prog}: {err}");
+    Ok(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+#[allow(dead_code)]
+fn format_is_json(f: Format) -> bool {
+    f == Format::Json
+}

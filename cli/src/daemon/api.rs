@@ -1,0 +1,274 @@
+//! The HTTP/JSON API on the daemon's unix socket. Handlers only translate between HTTP and the
+//! daemon's operations; errors become `{"error": "..."}` with a fitting status code.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQ};
+use hickory_proto::rr::{Name, RecordType};
+use serde::{Deserialize, Serialize};
+
+use crate::api::*;
+use crate::daemon::core::{ApiError, Daemon};
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type D = State<Arc<Daemon>>;
+type R<T> = Result<Json<T>, ApiError>;
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/networks", get(networks).post(create_network))
+        .route("/v1/networks/prune", post(prune_networks))
+        .route("/v1/networks/{name}", get(network).delete(remove_network))
+        .route("/v1/networks/{name}/connect", post(connect))
+        .route("/v1/networks/{name}/disconnect", post(disconnect))
+        .route("/v1/sandboxes", get(sandboxes).post(create_sandbox))
+        .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
+        .route("/v1/sandboxes/{name}/exec", get(exec_info))
+        .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/dns/query", post(dns_query))
+        .with_state(d)
+}
+
+async fn info(State(d): D) -> R<DaemonInfo> {
+    Ok(Json(d.info().await))
+}
+
+async fn networks(State(d): D) -> R<Vec<NetworkInfo>> {
+    Ok(Json(d.list_networks().await))
+}
+
+async fn create_network(State(d): D, Json(req): Json<NetworkCreate>) -> R<NetworkInfo> {
+    Ok(Json(d.create_network(req).await?))
+}
+
+async fn network(State(d): D, Path(name): Path<String>) -> R<NetworkInfo> {
+    Ok(Json(d.network(&name).await?))
+}
+
+async fn remove_network(State(d): D, Path(name): Path<String>) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: vec![d.remove_network(&name).await?],
+    }))
+}
+
+async fn prune_networks(State(d): D) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: d.prune_networks().await?,
+    }))
+}
+
+async fn connect(
+    State(d): D,
+    Path(name): Path<String>,
+    Json(req): Json<ConnectRequest>,
+) -> R<SandboxInfo> {
+    Ok(Json(d.connect(&name, req).await?))
+}
+
+async fn disconnect(
+    State(d): D,
+    Path(name): Path<String>,
+    Json(req): Json<DisconnectRequest>,
+) -> R<SandboxInfo> {
+    Ok(Json(d.disconnect(&name, req).await?))
+}
+
+#[derive(Deserialize)]
+struct AllQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn sandboxes(State(d): D, Query(q): Query<AllQuery>) -> R<Vec<SandboxInfo>> {
+    Ok(Json(d.sandboxes(q.all).await))
+}
+
+async fn create_sandbox(State(d): D, Json(req): Json<SandboxCreate>) -> R<SandboxInfo> {
+    Ok(Json(d.create_sandbox(req).await?))
+}
+
+async fn sandbox(State(d): D, Path(name): Path<String>) -> R<SandboxInfo> {
+    Ok(Json(d.sandbox(&name).await?))
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_sandbox(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: vec![d.remove_sandbox(&name, q.force).await?],
+    }))
+}
+
+async fn exec_info(State(d): D, Path(name): Path<String>) -> R<ExecInfo> {
+    Ok(Json(d.exec_info(&name).await?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LogChunk {
+    pub data: String,
+    pub offset: u64,
+    pub running: bool,
+}
+
+/// Output from `offset` on (at most 1 MiB per call); the client polls to follow.
+async fn logs(State(d): D, Path(name): Path<String>, Query(q): Query<LogQuery>) -> R<LogChunk> {
+    let (path, running) = d.log_file(&name).await?;
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "reading {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let start = (q.offset as usize).min(bytes.len());
+    let end = (start + (1 << 20)).min(bytes.len());
+    Ok(Json(LogChunk {
+        data: String::from_utf8_lossy(&bytes[start..end]).into_owned(),
+        offset: end as u64,
+        running,
+    }))
+}
+
+/// Asks the resolver exactly as the sandbox's listener would, and prints the reply like dig.
+async fn dns_query(State(d): D, Json(q): Json<DnsQuery>) -> R<DnsAnswer> {
+    let name = Name::from_ascii(q.name.trim_end_matches('.').to_string() + ".")
+        .map_err(|e| ApiError::BadRequest(format!("invalid name {:?}: {e}", q.name)))?;
+    let rtype: RecordType = q
+        .qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("unknown record type {:?}", q.qtype)))?;
+    let mut msg = Message::new(0x5d5d, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(DnsQ::query(name, rtype));
+    let bytes = msg
+        .to_vec()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding: {e}")))?;
+    let view = d.view_for(q.from.as_deref()).await?;
+    let resp = d
+        .resolver
+        .resolve_packet(view.as_ref(), &bytes, !q.tcp)
+        .await
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the resolver gave no reply")))?;
+    let m = Message::from_vec(&resp)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("decoding reply: {e}")))?;
+    Ok(Json(DnsAnswer {
+        text: dig_text(&m, q.from.as_deref()),
+        rcode: rcode_name(u16::from(m.metadata.response_code)),
+        wire_hex: resp.iter().map(|b| format!("{b:02x}")).collect(),
+    }))
+}
+
+fn dig_text(m: &Message, from: Option<&str>) -> String {
+    use std::fmt::Write;
+    let md = &m.metadata;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        ";; ->>HEADER<<- opcode: QUERY, status: {}, id: {}",
+        rcode_name(u16::from(md.response_code)),
+        md.id
+    );
+    let flags: Vec<&str> = [
+        (true, "qr"),
+        (md.authoritative, "aa"),
+        (md.truncation, "tc"),
+        (md.recursion_desired, "rd"),
+        (md.recursion_available, "ra"),
+        (md.authentic_data, "ad"),
+        (md.checking_disabled, "cd"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, f)| *f)
+    .collect();
+    let _ = writeln!(
+        s,
+        ";; flags: {}; QUERY: {}, ANSWER: {}, AUTHORITY: {}, ADDITIONAL: {}",
+        flags.join(" "),
+        m.queries.len(),
+        m.answers.len(),
+        m.authorities.len(),
+        m.additionals.len() + usize::from(m.edns.is_some())
+    );
+    let _ = writeln!(s, ";; asked as: {}", from.unwrap_or("(no sandbox)"));
+    let _ = writeln!(s, "\n;; QUESTION SECTION:");
+    for q in &m.queries {
+        let _ = writeln!(s, ";{}\t\tIN\t{}", q.name(), q.query_type());
+    }
+    for (title, recs) in [
+        ("ANSWER", &m.answers),
+        ("AUTHORITY", &m.authorities),
+        ("ADDITIONAL", &m.additionals),
+    ] {
+        if recs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "\n;; {title} SECTION:");
+        for r in recs {
+            let _ = writeln!(
+                s,
+                "{}\t{}\tIN\t{}\t{}",
+                r.name,
+                r.ttl,
+                r.record_type(),
+                r.data
+            );
+        }
+    }
+    s
+}
+
+/// dig's names for response codes.
+fn rcode_name(code: u16) -> String {
+    match code {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        16 => "BADVERS".into(),
+        n => format!("RCODE{n}"),
+    }
+}

@@ -1,0 +1,312 @@
+//! The nftables table of ours in the daemon's namespace, in the shape of Docker 29's nftables
+//! backend: base chains only dispatch through interface verdict maps to per-network chains.
+//! It is generated whole from the desired state and applied as one transaction (`table {}` +
+//! `delete table` + `table {...}`), so applying it twice changes nothing and a half-applied
+//! state cannot exist. Plain sandboxes add no rules: direct access to a bridge subnet from
+//! outside is dropped per network, not per sandbox, so only network changes and published
+//! ports touch this table.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sdnet_resolver::model::Protocol;
+
+pub const TABLE: &str = "sdnet";
+
+/// A bridge network as the firewall sees it.
+pub struct FwNetwork<'a> {
+    pub bridge: &'a str,
+    pub subnets: Vec<IpNet>,
+    pub internal: bool,
+}
+
+/// A published port of a sandbox on a bridge network.
+pub struct FwPort<'a> {
+    pub bridge: &'a str,
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub target: IpAddr,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+fn fam(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ip" } else { "ip6" }
+}
+
+fn net_fam(n: &IpNet) -> &'static str {
+    match n {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ip6",
+    }
+}
+
+fn sock(ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// The whole table as one nft transaction.
+pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
+    let mut s = String::new();
+    let t = TABLE;
+    // Create-then-delete makes the delete valid whether or not the table existed.
+    let _ = writeln!(
+        s,
+        "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{"
+    );
+    let map = |s: &mut String, name: &str, prefix: &str| {
+        let _ = write!(s, "  map {name} {{\n    type ifname : verdict\n");
+        if !nets.is_empty() {
+            let elems: Vec<String> = nets
+                .iter()
+                .map(|n| format!("\"{}\" : jump {prefix}-{}", n.bridge, n.bridge))
+                .collect();
+            let _ = write!(s, "    elements = {{ {} }}\n", elems.join(", "));
+        }
+        s.push_str("  }\n");
+    };
+    map(&mut s, "fwd-in", "fwd-in");
+    map(&mut s, "fwd-out", "fwd-out");
+    map(&mut s, "post-out", "post-out");
+    map(&mut s, "post-in", "post-in");
+    s.push_str(
+        "  chain filter-forward {\n    type filter hook forward priority filter; policy accept;\n    oifname vmap @fwd-in\n    iifname vmap @fwd-out\n  }\n",
+    );
+    s.push_str(
+        "  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump published\n  }\n",
+    );
+    s.push_str(
+        "  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump published\n  }\n",
+    );
+    s.push_str(
+        "  chain nat-postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    iifname vmap @post-out\n    oifname vmap @post-in\n  }\n",
+    );
+    s.push_str(
+        "  chain raw-prerouting {\n    type filter hook prerouting priority raw; policy accept;\n",
+    );
+    for n in nets {
+        for sub in &n.subnets {
+            let _ = writeln!(
+                s,
+                "    {} daddr {sub} iifname != \"{}\" drop comment \"DROP DIRECT ACCESS\"",
+                net_fam(sub),
+                n.bridge
+            );
+        }
+    }
+    for p in ports {
+        // With route_localnet on the bridge, loopback-published ports must not be reachable
+        // from outside the host through crafted packets to 127.0.0.1.
+        if let Some(ip) = p.host_ip
+            && ip.is_loopback()
+        {
+            let _ = writeln!(
+                s,
+                "    iifname != \"lo\" {} daddr {ip} {} dport {} drop comment \"DROP REMOTE LOOPBACK\"",
+                fam(&ip),
+                p.protocol,
+                p.host_port
+            );
+        }
+    }
+    s.push_str("  }\n  chain published {\n");
+    for p in ports {
+        let dst = match p.host_ip {
+            Some(ip) if !ip.is_unspecified() => format!("{} daddr {ip} ", fam(&ip)),
+            _ => String::new(),
+        };
+        // An IPv4 target is only reachable from IPv4 clients (and v6 from v6).
+        let _ = writeln!(
+            s,
+            "    meta nfproto {} {dst}{} dport {} dnat {} to {}",
+            if p.target.is_ipv4() { "ipv4" } else { "ipv6" },
+            p.protocol,
+            p.host_port,
+            fam(&p.target),
+            sock(&p.target, p.container_port)
+        );
+    }
+    s.push_str("  }\n");
+    for n in nets {
+        let b = n.bridge;
+        let _ = write!(
+            s,
+            "  chain fwd-in-{b} {{\n    ct state established,related accept\n"
+        );
+        if n.internal {
+            let _ = writeln!(
+                s,
+                "    iifname != \"{b}\" drop comment \"INTERNAL NETWORK INGRESS\""
+            );
+            s.push_str("    accept comment \"ICC\"\n");
+        } else {
+            let _ = writeln!(s, "    iifname \"{b}\" accept comment \"ICC\"");
+            for p in ports.iter().filter(|p| p.bridge == b) {
+                let _ = writeln!(
+                    s,
+                    "    {} daddr {} {} dport {} accept comment \"PUBLISHED\"",
+                    fam(&p.target),
+                    p.target,
+                    p.protocol,
+                    p.container_port
+                );
+            }
+            s.push_str("    drop comment \"UNPUBLISHED PORT DROP\"\n");
+        }
+        s.push_str("  }\n");
+        let _ = write!(
+            s,
+            "  chain fwd-out-{b} {{\n    ct state established,related accept\n"
+        );
+        if n.internal {
+            let _ = writeln!(
+                s,
+                "    oifname != \"{b}\" drop comment \"INTERNAL NETWORK EGRESS\""
+            );
+        }
+        s.push_str("    accept comment \"OUTGOING\"\n  }\n");
+        let _ = writeln!(s, "  chain post-out-{b} {{");
+        if !n.internal {
+            for sub in &n.subnets {
+                let _ = writeln!(
+                    s,
+                    "    oifname != \"{b}\" {} saddr {sub} masquerade comment \"MASQUERADE\"",
+                    net_fam(sub)
+                );
+            }
+        }
+        s.push_str("  }\n");
+        let _ = writeln!(s, "  chain post-in-{b} {{");
+        if !n.internal {
+            s.push_str("    fib saddr type local masquerade comment \"MASQUERADE FROM HOST\"\n");
+            for p in ports.iter().filter(|p| p.bridge == b) {
+                let f = fam(&p.target);
+                let _ = writeln!(
+                    s,
+                    "    {f} saddr {t} {f} daddr {t} {} dport {} masquerade comment \"MASQ TO OWN PORT\"",
+                    p.protocol,
+                    p.container_port,
+                    t = p.target
+                );
+            }
+        }
+        s.push_str("  }\n");
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Removes the table (cleanup).
+pub fn delete_ruleset() -> String {
+    format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+}
+
+/// The per-sandbox table redirecting 127.0.0.11:53 to the resolver's random ports, so a
+/// process in the sandbox may still bind port 53 itself.
+pub fn dns_redirect(udp: u16, tcp: u16) -> String {
+    let t = "sdnet-dns";
+    format!(
+        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain dns-dnat {{\n    type nat hook output priority -100; policy accept;\n    ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{udp}\n    ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tcp}\n  }}\n  chain dns-snat {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 127.0.0.11 udp sport {udp} snat to :53\n    ip saddr 127.0.0.11 tcp sport {tcp} snat to :53\n  }}\n}}\n"
+    )
+}
+
+pub fn delete_dns_redirect() -> String {
+    "table ip sdnet-dns {}\ndelete table ip sdnet-dns\n".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        let nets = [
+            FwNetwork {
+                bridge: "sd-aaaaaaaaaaaa",
+                subnets: vec![
+                    "172.18.0.0/16".parse().unwrap(),
+                    "fd00:1::/64".parse().unwrap(),
+                ],
+                internal: false,
+            },
+            FwNetwork {
+                bridge: "sd-bbbbbbbbbbbb",
+                subnets: vec!["172.19.0.0/16".parse().unwrap()],
+                internal: true,
+            },
+        ];
+        let ports = [
+            FwPort {
+                bridge: "sd-aaaaaaaaaaaa",
+                host_ip: None,
+                host_port: 8080,
+                target: "172.18.0.2".parse().unwrap(),
+                container_port: 80,
+                protocol: Protocol::Tcp,
+            },
+            FwPort {
+                bridge: "sd-aaaaaaaaaaaa",
+                host_ip: Some("127.0.0.1".parse().unwrap()),
+                host_port: 5353,
+                target: "172.18.0.3".parse().unwrap(),
+                container_port: 53,
+                protocol: Protocol::Udp,
+            },
+        ];
+        ruleset(&nets, &ports)
+    }
+
+    #[test]
+    fn shape() {
+        let r = sample();
+        assert!(r.contains("\"sd-aaaaaaaaaaaa\" : jump fwd-in-sd-aaaaaaaaaaaa"));
+        assert!(r.contains("ip daddr 172.18.0.0/16 iifname != \"sd-aaaaaaaaaaaa\" drop"));
+        assert!(r.contains("meta nfproto ipv4 tcp dport 8080 dnat ip to 172.18.0.2:80"));
+        assert!(r.contains(
+            "meta nfproto ipv4 ip daddr 127.0.0.1 udp dport 5353 dnat ip to 172.18.0.3:53"
+        ));
+        assert!(r.contains("INTERNAL NETWORK EGRESS"));
+        assert!(r.contains("ip6 saddr fd00:1::/64 masquerade"));
+        assert!(
+            !r.contains("ip saddr 172.19.0.0/16 masquerade"),
+            "internal: no masquerade"
+        );
+    }
+
+    /// The generated text is valid nft syntax (checked by nft itself, without applying).
+    #[test]
+    fn nft_accepts_it() {
+        if std::process::Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("nft not installed: skipped");
+            return;
+        }
+        for text in [sample(), ruleset(&[], &[]), dns_redirect(40000, 40001)] {
+            let mut child = std::process::Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft -c rejected:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! `sdctl daemon` end to end: a daemon inside its own namespace, driven by the real `sdctl`
+//! client; names checked from inside sandboxes with dig, getent (glibc) and busybox nslookup
+//! through 127.0.0.11; traffic checked with ping and socat.
+
+use std::time::Duration;
+
+use sdnet_tests::{Daemon, Dnsmasq, Remote, ask_tcp, serve_whoami, wait_for};
+
+fn has(s: &str, needle: &str) -> bool {
+    s.contains(needle)
+}
+
+#[test]
+fn sandboxes_resolve_each_other_through_127_0_0_11() {
+    let d = Daemon::start("dres");
+    d.ok(&["network", "create", "--subnet", "10.71.0.0/24", "net1"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alpha",
+        "--hostname",
+        "alpha-host",
+        "--network",
+        "net1",
+        "--network-alias",
+        "db",
+    ]);
+    d.ok(&["run", "-d", "--name", "beta", "--network", "net1"]);
+    let a_ip = d.ip("alpha", "net1");
+    let b_ip = d.ip("beta", "net1");
+    assert!(a_ip.starts_with("10.71.0."), "{a_ip}");
+
+    // resolv.conf points at the embedded resolver, with the host's options and ndots:0.
+    let rc = d.exec_ok("beta", &["cat", "/etc/resolv.conf"]);
+    assert!(has(&rc, "nameserver 127.0.0.11"), "{rc}");
+    assert!(has(&rc, "options edns0 ndots:0"), "{rc}");
+
+    // dig: name, alias, hostname, short ID, name.network, PTR, AAAA NODATA, TCP.
+    let q = d.dig("beta", &["alpha"]);
+    assert_eq!(q.data("A"), [a_ip.clone()]);
+    assert!(q.has_flag("aa"));
+    assert_eq!(d.dig("beta", &["db"]).data("A"), [a_ip.clone()]);
+    assert_eq!(d.dig("beta", &["alpha-host"]).data("A"), [a_ip.clone()]);
+    let id = d.inspect("alpha")["id"].as_str().unwrap().to_string();
+    assert_eq!(d.dig("beta", &[&id[..12]]).data("A"), [a_ip.clone()]);
+    assert_eq!(d.dig("beta", &["alpha.net1"]).data("A"), [a_ip.clone()]);
+    assert_eq!(d.dig("beta", &["-x", &a_ip]).data("PTR"), ["alpha.net1."]);
+    let q = d.dig("beta", &["alpha", "AAAA"]);
+    assert_eq!(q.status, "NOERROR");
+    assert!(q.answer.is_empty());
+    assert_eq!(d.dig("beta", &["+tcp", "alpha"]).data("A"), [a_ip.clone()]);
+    // glibc (getent) and busybox nslookup, both through resolv.conf.
+    let g = d.exec_ok("beta", &["getent", "hosts", "alpha"]);
+    assert!(g.starts_with(&a_ip), "{g}");
+    let n = d.exec_ok("alpha", &["busybox", "nslookup", "beta"]);
+    assert!(has(&n, &b_ip), "{n}");
+    // The sandbox's own hostname comes from its hosts file (and its UTS namespace).
+    assert_eq!(d.exec_ok("alpha", &["hostname"]).trim(), "alpha-host");
+    // Traffic on the same network works.
+    d.exec_ok("beta", &["ping", "-c1", "-W2", &a_ip]);
+    // The debugging tool answers the same.
+    let out = d.ok(&["dns", "query", "--from", "beta", "alpha"]);
+    assert!(has(&out, &a_ip) && has(&out, "status: NOERROR"), "{out}");
+}
+
+#[test]
+fn networks_isolate_names_and_traffic_connect_disconnect() {
+    let d = Daemon::start("diso");
+    d.ok(&["network", "create", "--subnet", "10.72.1.0/24", "front"]);
+    d.ok(&["network", "create", "--subnet", "10.72.2.0/24", "back"]);
+    d.ok(&["run", "-d", "--name", "web", "--network", "front"]);
+    d.ok(&["run", "-d", "--name", "db", "--network", "back"]);
+    let db_ip = d.ip("db", "back");
+    // A name on a network web does not share never resolves to that network's address.
+    let q = d.dig("web", &["db"]);
+    assert!(!q.data("A").contains(&db_ip), "leaked: {}", q.raw);
+    assert_ne!(q.status, "NOERROR");
+    assert!(d.dig("web", &["db.back"]).answer.is_empty());
+    // And traffic between networks is dropped.
+    assert!(
+        !d.exec("web", &["ping", "-c1", "-W1", &db_ip])
+            .status
+            .success()
+    );
+
+    // connect: resolvable before the command returns, with the alias, on that network.
+    d.ok(&["network", "connect", "--alias", "api", "back", "web"]);
+    let web_back = d.ip("web", "back");
+    assert_eq!(d.dig("db", &["web"]).data("A"), [web_back.clone()]);
+    assert_eq!(d.dig("db", &["api"]).data("A"), [web_back.clone()]);
+    assert_eq!(d.dig("web", &["db"]).data("A"), [db_ip.clone()]);
+    d.exec_ok("web", &["ping", "-c1", "-W2", &db_ip]);
+    // disconnect: gone at once.
+    d.ok(&["network", "disconnect", "back", "web"]);
+    assert!(d.dig("db", &["web"]).answer.is_empty());
+    assert!(d.dig("db", &["api"]).answer.is_empty());
+    let ifs = d.exec_ok("web", &["ip", "-o", "link"]);
+    assert!(!ifs.contains("eth1"), "{ifs}");
+}
+
+#[test]
+fn egress_internal_and_published_ports() {
+    let d = Daemon::start("dport");
+    let remote = Remote::attach(&d);
+    d.ok(&["network", "create", "--subnet", "10.73.0.0/24", "pub"]);
+    d.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.73.1.0/24",
+        "priv",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "pub",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:81",
+        "--",
+        "socat",
+        "TCP-LISTEN:80,fork,reuseaddr",
+        "SYSTEM:echo srv saw $SOCAT_PEERADDR",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "srv81",
+        "--network",
+        "pub",
+        "-p",
+        "127.0.0.1:8082:81",
+        "--",
+        "socat",
+        "TCP-LISTEN:81,fork,reuseaddr",
+        "SYSTEM:echo srv81 saw $SOCAT_PEERADDR",
+    ]);
+    d.ok(&["run", "-d", "--name", "cli", "--network", "pub"]);
+    d.ok(&["run", "-d", "--name", "hidden", "--network", "priv"]);
+    let srv_ip = d.ip("srv", "pub");
+
+    // Egress: masqueraded to the host's address.
+    serve_whoami(&remote.ns, 9000, "remote");
+    let seen = d.exec_ok(
+        "cli",
+        &["socat", "-T2", "-", "TCP:192.0.2.2:9000,connect-timeout=2"],
+    );
+    assert!(seen.starts_with("remote saw 192.0.2.1"), "{seen}");
+    // Internal: no default route, no egress.
+    assert!(
+        !d.exec("hidden", &["ping", "-c1", "-W1", remote.ip])
+            .status
+            .success()
+    );
+    let routes = d.exec_ok("hidden", &["ip", "route"]);
+    assert!(!routes.contains("default"), "{routes}");
+
+    let srv_up = wait_for(Duration::from_secs(10), || {
+        (ask_tcp(&d.ns, &format!("{srv_ip}:80")) != "").then_some(())
+    });
+    assert!(srv_up.is_some(), "srv not listening");
+    // From another host: the published port, the client address kept.
+    let r = ask_tcp(&remote.ns, &format!("{}:8080", remote.host_ip));
+    assert!(r.starts_with("srv saw 192.0.2.2"), "from remote: {r:?}");
+    // From the host itself, to its own address and to 127.0.0.1.
+    assert!(ask_tcp(&d.ns, "192.0.2.1:8080").starts_with("srv saw"));
+    assert!(ask_tcp(&d.ns, "127.0.0.1:8080").starts_with("srv saw"));
+    assert!(ask_tcp(&d.ns, "127.0.0.1:8082").starts_with("srv81 saw"));
+    // Loopback-only publishing is not reachable from outside.
+    assert_eq!(ask_tcp(&remote.ns, &format!("{}:8082", remote.host_ip)), "");
+    // Hairpin: from a sandbox on the same network, and from the sandbox to itself.
+    let h = d.exec_ok(
+        "cli",
+        &["socat", "-T2", "-", "TCP:192.0.2.1:8080,connect-timeout=2"],
+    );
+    assert!(h.starts_with("srv saw"), "hairpin: {h}");
+    let own = d.exec_ok(
+        "srv",
+        &["socat", "-T2", "-", "TCP:192.0.2.1:8080,connect-timeout=2"],
+    );
+    assert!(own.starts_with("srv saw"), "to own port: {own}");
+    // Direct access to a sandbox address from outside is dropped.
+    remote
+        .ns
+        .run_ok("ip", &["route", "add", "10.73.0.0/24", "via", "192.0.2.1"]);
+    assert_eq!(ask_tcp(&remote.ns, &format!("{srv_ip}:80")), "");
+    // The host port is reserved: nobody else can bind it, and no second sandbox can publish it.
+    let b =
+        d.ns.run("socat", &["-T1", "TCP-LISTEN:8080", "OPEN:/dev/null"]);
+    assert!(!b.status.success(), "port 8080 was not reserved");
+    let err = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "dup",
+        "--network",
+        "pub",
+        "-p",
+        "8080:80",
+    ]);
+    assert!(err.contains("already published"), "{err}");
+    // Removing the sandbox frees it.
+    d.ok(&["rm", "-f", "srv"]);
+    assert_eq!(ask_tcp(&remote.ns, &format!("{}:8080", remote.host_ip)), "");
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "again",
+        "--network",
+        "pub",
+        "-p",
+        "8080:80",
+    ]);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let d = Daemon::start("dbad");
+    d.ok(&["network", "create", "--subnet", "10.74.0.0/24", "good"]);
+    d.ok(&["run", "-d", "--name", "one", "--network", "good"]);
+    let nets_before = d.ok(&["network", "ls", "-q"]);
+    let ps_before = d.ok(&["ps", "-a", "-q"]);
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["network", "create", "-bad"], ""),
+        (
+            vec!["network", "create", "bad name"],
+            "invalid network name",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.74.0.0/33", "x1"],
+            "invalid",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.74.0.128/25", "x2"],
+            "overlaps",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.75.0.1/24", "x3"],
+            "host bits",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "--subnet",
+                "10.76.0.0/24",
+                "--gateway",
+                "10.77.0.1",
+                "x4",
+            ],
+            "not in any --subnet",
+        ),
+        (
+            vec![
+                "network",
+                "create",
+                "--subnet",
+                "10.76.0.0/24",
+                "--ip-range",
+                "10.76.0.128/24",
+                "x5",
+            ],
+            "",
+        ),
+        (vec!["network", "create", "good"], "already exists"),
+        (vec!["network", "rm", "good"], "in use"),
+        (vec!["network", "rm", "bridge"], "pre-defined"),
+        (vec!["network", "rm", "nosuchnet"], "not found"),
+        (
+            vec!["run", "-d", "--name", "one", "--network", "good"],
+            "already in use",
+        ),
+        (
+            vec![
+                "run",
+                "-d",
+                "--name",
+                "two",
+                "--network",
+                "good",
+                "--ip",
+                "10.99.0.5",
+            ],
+            "not in subnet",
+        ),
+        (
+            vec!["run", "-d", "--name", "two", "--network", "nosuchnet"],
+            "not found",
+        ),
+        (
+            vec!["run", "-d", "--name", "t w o", "--network", "good"],
+            "invalid sandbox name",
+        ),
+        (
+            vec![
+                "run",
+                "-d",
+                "--name",
+                "two",
+                "--network",
+                "good",
+                "-p",
+                "99999:80",
+            ],
+            "invalid port",
+        ),
+        (
+            vec![
+                "run",
+                "-d",
+                "--name",
+                "two",
+                "--network",
+                "host",
+                "--network",
+                "good",
+            ],
+            "cannot be combined",
+        ),
+        (vec!["rm", "nosuchbox"], "not found"),
+        (vec!["inspect", "nosuchbox"], "not found"),
+        (vec!["exec", "nosuchbox", "--", "true"], "not found"),
+        (
+            vec!["network", "connect", "good", "one"],
+            "already connected",
+        ),
+        (
+            vec!["network", "disconnect", "bridge", "one"],
+            "not connected",
+        ),
+    ];
+    for (args, want) in cases {
+        let err = d.fails(&args);
+        assert!(
+            err.to_lowercase().contains(&want.to_lowercase()),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Fixed IP already taken.
+    let ip = d.ip("one", "good");
+    let err = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "two",
+        "--network",
+        "good",
+        "--ip",
+        &ip,
+    ]);
+    assert!(err.contains("in use") || err.contains("allocated"), "{err}");
+    assert_eq!(d.ok(&["network", "ls", "-q"]), nets_before);
+    assert_eq!(d.ok(&["ps", "-a", "-q"]), ps_before);
+    // Nothing half-made left behind by the refused requests.
+    assert_eq!(d.our_links().len(), 3, "{:?}", d.our_links()); // 2 bridges + one veth
+
+    // No daemon: a clear message saying how to start it.
+    let out = std::process::Command::new(sdnet_tests::sdctl())
+        .args(["ps", "--socket", "/nonexistent/sdnet.sock"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("sdctl daemon"),
+        "{err}"
+    );
+}
+
+#[test]
+fn processes_exec_logs_and_exit_codes() {
+    let d = Daemon::start("dproc");
+    d.ok(&["network", "create", "--subnet", "10.78.0.0/24", "n"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "svc",
+        "--hostname",
+        "svc-host",
+        "--network",
+        "n",
+        "--",
+        "sh",
+        "-c",
+        "echo started; hostname; grep nameserver /etc/resolv.conf; exec sleep 300",
+    ]);
+    let logs = wait_for(Duration::from_secs(10), || {
+        let l = d.ok(&["logs", "svc"]);
+        l.contains("nameserver").then_some(l)
+    })
+    .expect("logs");
+    assert!(
+        logs.contains("started")
+            && logs.contains("svc-host")
+            && logs.contains("nameserver 127.0.0.11"),
+        "{logs}"
+    );
+    // exec: exit code passed through, hostname and network of the sandbox.
+    assert_eq!(
+        d.exec("svc", &["sh", "-c", "exit 7"]).status.code(),
+        Some(7)
+    );
+    assert_eq!(d.exec_ok("svc", &["hostname"]).trim(), "svc-host");
+    assert!(d.exec_ok("svc", &["ip", "-o", "addr"]).contains("10.78.0."));
+    // rm of a running process needs -f.
+    assert!(d.fails(&["rm", "svc"]).contains("-f"));
+    let ps = d.ok(&["ps"]);
+    assert!(ps.contains("svc") && ps.contains("Running"), "{ps}");
+    // Foreground run: output, exit code, --rm removes it.
+    let out = d.sdctl(&[
+        "run",
+        "--rm",
+        "--name",
+        "once",
+        "--network",
+        "n",
+        "--",
+        "sh",
+        "-c",
+        "echo hi from once; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi from once"));
+    assert!(!d.ok(&["ps", "-a"]).contains("once"));
+    // A process that exits: the sandbox shows Exited with its code; -d --rm is removed.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "short",
+        "--network",
+        "n",
+        "--",
+        "sh",
+        "-c",
+        "exit 5",
+    ]);
+    let exited = wait_for(Duration::from_secs(10), || {
+        let ps = d.ok(&["ps", "-a"]);
+        ps.lines()
+            .any(|l| l.contains("short") && l.contains("Exited (5)"))
+            .then_some(())
+    });
+    assert!(exited.is_some(), "{}", d.ok(&["ps", "-a"]));
+    d.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "gone",
+        "--network",
+        "n",
+        "--",
+        "true",
+    ]);
+    let removed = wait_for(Duration::from_secs(10), || {
+        (!d.ok(&["ps", "-a"]).contains("gone")).then_some(())
+    });
+    assert!(removed.is_some());
+    d.ok(&["rm", "-f", "svc", "short"]);
+}
+
+#[test]
+fn default_bridge_has_no_dns_and_forwarding_works_on_user_networks() {
+    let d = Daemon::start("dfwd");
+    // An upstream inside the daemon's namespace, named by the daemon's resolv.conf.
+    let up = Dnsmasq::start(
+        &d.ns,
+        d.dir.path(),
+        "127.0.0.53",
+        53,
+        &[
+            "--host-record=ext.example.test,198.51.100.7",
+            "--local=/example.test/",
+        ],
+    );
+    d.ok(&["network", "create", "--subnet", "10.79.0.0/24", "n"]);
+    d.ok(&["run", "-d", "--name", "u", "--network", "n"]);
+    d.ok(&["run", "-d", "--name", "plain"]); // default bridge
+    assert_eq!(
+        d.dig("u", &["ext.example.test"]).data("A"),
+        ["198.51.100.7"]
+    );
+    assert_eq!(d.dig("u", &["nope.example.test"]).status, "NXDOMAIN");
+    assert!(up.queries_for("ext.example.test") >= 1);
+    // Default bridge: like Docker, no embedded DNS (resolv.conf has no 127.0.0.11).
+    let rc = d.exec_ok("plain", &["cat", "/etc/resolv.conf"]);
+    assert!(!rc.contains("127.0.0.11"), "{rc}");
+    let ps = d.ok(&["ps"]);
+    assert!(ps.contains("bridge="), "{ps}");
+}
+
+#[test]
+fn kill9_restart_recovers_everything_and_rm_leaves_nothing() {
+    let mut d = Daemon::start("dkill");
+    d.ok(&["network", "create", "--subnet", "10.80.0.0/24", "n"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "n",
+        "--network-alias",
+        "alias-a",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let a_ip = d.ip("a", "n");
+    let b_pid = d.inspect("b")["pid"].as_u64().unwrap();
+    let links_before = {
+        let mut l = d.our_links();
+        l.sort();
+        l
+    };
+    let tables_before = d.nft_tables();
+
+    d.kill9_and_restart();
+    // Same sandboxes, same addresses, DNS answering again, the process adopted.
+    assert_eq!(d.ip("a", "n"), a_ip);
+    assert_eq!(d.dig("b", &["alias-a"]).data("A"), [a_ip.clone()]);
+    assert_eq!(d.inspect("b")["pid"].as_u64(), Some(b_pid));
+    let mut links_after = d.our_links();
+    links_after.sort();
+    assert_eq!(links_after, links_before, "nothing duplicated or lost");
+    assert_eq!(d.nft_tables(), tables_before);
+    // Objects of ours the store does not know are removed at start.
+    d.ns.run_ok("ip", &["link", "add", "sd-stale0000001", "type", "bridge"]);
+    d.kill9_and_restart();
+    assert!(!d.our_links().contains(&"sd-stale0000001".to_string()));
+    assert_eq!(d.dig("a", &["b"]).data("A"), [d.ip("b", "n")]);
+
+    // Remove everything: only the default bridge of the daemon remains.
+    d.ok(&["rm", "-f", "a", "b"]);
+    d.ok(&["network", "rm", "n"]);
+    assert_eq!(d.our_links().len(), 1, "{:?}", d.our_links());
+    assert!(d.netns_mounts().is_empty(), "{:?}", d.netns_mounts());
+    let etc = std::fs::read_dir(d.dir.path().join("etc-netns"))
+        .unwrap()
+        .count();
+    assert_eq!(etc, 0);
+    // SIGTERM keeps things; --cleanup removes every kernel object of ours.
+    drop(d);
+}
+
+#[test]
+fn connect_starts_dns_for_a_sandbox_that_had_none() {
+    let d = Daemon::start("dconn");
+    d.ok(&["network", "create", "--subnet", "10.81.0.0/24", "n"]);
+    d.ok(&["run", "-d", "--name", "x"]); // only on the default bridge: no DNS
+    d.ok(&["run", "-d", "--name", "y", "--network", "n"]);
+    d.ok(&["network", "connect", "n", "x"]);
+    let rc = d.exec_ok("x", &["cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("127.0.0.11"), "{rc}");
+    assert_eq!(d.dig("x", &["y"]).data("A"), [d.ip("y", "n")]);
+}
+
+#[test]
+fn host_search_domains_and_options_reach_sandboxes() {
+    let d = Daemon::start_full(
+        "dsrch",
+        &[],
+        "nameserver 127.0.0.53\nsearch corp.example b.example\noptions edns0 ndots:2\n",
+    );
+    // The host's resolver answers NXDOMAIN for its search domains, as a real one would.
+    let _up = Dnsmasq::start(
+        &d.ns,
+        d.dir.path(),
+        "127.0.0.53",
+        53,
+        &["--local=/example/"],
+    );
+    d.ok(&["network", "create", "--subnet", "10.82.0.0/24", "n"]);
+    d.ok(&["run", "-d", "--name", "one", "--network", "n"]);
+    d.ok(&["run", "-d", "--name", "two", "--network", "n"]);
+    let rc = d.exec_ok("one", &["cat", "/etc/resolv.conf"]);
+    assert!(rc.contains("nameserver 127.0.0.11"), "{rc}");
+    assert!(rc.contains("search corp.example b.example"), "{rc}");
+    // The host set ndots itself: kept, not replaced by ndots:0.
+    assert!(
+        rc.contains("options edns0 ndots:2") && !rc.contains("ndots:0"),
+        "{rc}"
+    );
+    // glibc walks the search list, gets NXDOMAIN upstream, then finds the local name.
+    let g = d.exec_ok("one", &["getent", "hosts", "two"]);
+    assert!(g.starts_with(&d.ip("two", "n")), "{g}");
+}
