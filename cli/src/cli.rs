@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sdnet_resolver::model::Upstream;
 
-use crate::api::{Driver, PortSpec};
+use crate::api::{DeclaredPort, Driver, PortSpec, RestartPolicy, ServiceNetworkReq};
+use sdnet_resolver::model::EndpointMode;
 
 pub const DEFAULT_SOCKET: &str = "/run/sdnet/sdnet.sock";
 
@@ -103,6 +104,14 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
         name: String,
+    },
+    /// Swarm-style services: replicated tasks behind a VIP (or DNS round robin).
+    #[command(alias = "service")]
+    Services {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: ServicesCommand,
     },
     /// DNS tools.
     Dns {
@@ -331,4 +340,132 @@ pub struct DnsServeArgs {
     /// Runtime worker threads (default: one per CPU the process may use).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServicesCommand {
+    /// Create a service and start its tasks.
+    Create(ServiceCreateArgs),
+    /// List services.
+    Ls {
+        #[command(flatten)]
+        out: OutputOpts,
+    },
+    /// Show services as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List a service's tasks.
+    Ps {
+        name: String,
+        #[command(flatten)]
+        out: OutputOpts,
+    },
+    /// Set the number of tasks: SERVICE=N…
+    Scale {
+        #[arg(required = true)]
+        specs: Vec<String>,
+        /// Return at once instead of waiting for the tasks.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Change a service (a new command or env rolls tasks over one at a time).
+    Update(ServiceUpdateArgs),
+    /// Remove services and their tasks.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Health check, run with /bin/sh -c inside each task; exit 0 = healthy.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub health_interval: Option<Duration>,
+    /// Per check (default: the interval).
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive failures before a task is unhealthy.
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Failures in this first period after start do not count.
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub health_start_period: Option<Duration>,
+    /// Remove the health check.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceCreateArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// NET[,alias=A]… (repeat for several networks).
+    #[arg(long = "network", required = true)]
+    pub networks: Vec<ServiceNetworkReq>,
+    #[arg(long, value_enum, default_value = "vip")]
+    pub endpoint_mode: ModeArg,
+    /// Declared port for SRV: NAME:PORT[/tcp|udp].
+    #[arg(long = "port")]
+    pub ports: Vec<DeclaredPort>,
+    /// Publish a port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp|udp].
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<PortSpec>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// When a task exits: any (replace it), on-failure, none.
+    #[arg(long, default_value = "any")]
+    pub restart: RestartPolicy,
+    /// How long a stopping task stays out of DNS and the LB before it is stopped.
+    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
+    pub drain: Duration,
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Return at once instead of waiting for the tasks.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceUpdateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[arg(long)]
+    pub restart: Option<RestartPolicy>,
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub drain: Option<Duration>,
+    /// Replace the environment (rolls tasks over).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    #[arg(short, long)]
+    pub detach: bool,
+    /// New command (rolls tasks over).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Vip,
+    Dnsrr,
+}
+
+impl From<ModeArg> for EndpointMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Vip => EndpointMode::Vip,
+            ModeArg::Dnsrr => EndpointMode::Dnsrr,
+        }
+    }
 }

@@ -1,6 +1,13 @@
-//! Address management: Docker's default pools for new networks, and per-subnet allocation
-//! (lowest free address, or serial for swarm networks so a freed address is not reused at
-//! once). Pure: no kernel, no I/O.
+//! Address management, pure (no kernel, no I/O).
+//!
+//! - Picking a subnet for a new network from Docker's default pools, skipping subnets that
+//!   overlap existing networks or reserved prefixes (host routes, resolv.conf nameservers).
+//! - Allocating addresses inside one subnet: the lowest free address, or (serial mode, as
+//!   swarm networks do) the next one after the last handed out, so a freed address is not
+//!   reused at once. Network, broadcast, gateway and aux addresses are never handed out.
+//!
+//! State is serde-serializable so the daemon can persist allocations. IPv6 subnets are never
+//! enumerated: allocation walks forward from a cursor over the (sparse) set of used addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -10,61 +17,120 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
-    #[error("could not find an available, non-overlapping IPv4 address pool among the defaults")]
+    #[error(
+        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
+    )]
     PoolsExhausted,
-    #[error("no free address left in {0}")]
+    #[error("no available addresses left in {0}")]
     SubnetFull(IpNet),
+    #[error("subnets {0} and {1} overlap")]
+    Overlap(IpNet, IpNet),
     #[error("address {ip} is not in subnet {subnet}")]
     OutsideSubnet { ip: IpAddr, subnet: IpNet },
     #[error("ip-range {range} is not within subnet {subnet}")]
     RangeOutsideSubnet { range: IpNet, subnet: IpNet },
-    #[error("gateway {0} is not a usable host address of subnet {1}")]
+    #[error("gateway {0} is not a usable address of subnet {1}")]
     BadGateway(IpAddr, IpNet),
     #[error("address {0} is already in use")]
     InUse(IpAddr),
     #[error("address {0} is reserved (network, broadcast, gateway or aux address)")]
     Reserved(IpAddr),
-    #[error("address {ip} is outside the ip-range {range}")]
-    OutsideRange { ip: IpAddr, range: IpNet },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which default pools a network draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scope {
-    /// Bridge networks: 172.17-19/16, 172.20/14, 172.24/14, 172.28/14 in /16s, 192.168/16 in /20s.
+    /// Bridge networks: 172.17-19/16, 172.20/14, 172.24/14, 172.28/14 in /16s, 192.168/16 in
+    /// /20s.
     Local,
-    /// Swarm networks: 10.0.0.0/8 in /24s.
+    /// Swarm (overlay) networks: 10.0.0.0/8 in /24s.
     Swarm,
 }
 
-/// Docker's default pools, in order.
-pub fn default_pools(scope: Scope) -> Vec<(Ipv4Net, u8)> {
-    let n = |s: &str| s.parse::<Ipv4Net>().expect("static pool");
-    match scope {
-        Scope::Local => vec![
-            (n("172.17.0.0/16"), 16),
-            (n("172.18.0.0/16"), 16),
-            (n("172.19.0.0/16"), 16),
-            (n("172.20.0.0/14"), 16),
-            (n("172.24.0.0/14"), 16),
-            (n("172.28.0.0/14"), 16),
-            (n("192.168.0.0/16"), 20),
-        ],
-        Scope::Swarm => vec![(n("10.0.0.0/8"), 24)],
+/// A default address pool: `base` cut into subnets of prefix length `size` (Docker's
+/// `default-address-pools` entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub base: IpNet,
+    pub size: u8,
+}
+
+const fn v4pool(a: u8, b: u8, len: u8, size: u8) -> Pool {
+    Pool {
+        base: IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(a, b, 0, 0), len)),
+        size,
     }
 }
 
+const LOCAL_POOLS: [Pool; 7] = [
+    v4pool(172, 17, 16, 16),
+    v4pool(172, 18, 16, 16),
+    v4pool(172, 19, 16, 16),
+    v4pool(172, 20, 14, 16),
+    v4pool(172, 24, 14, 16),
+    v4pool(172, 28, 14, 16),
+    v4pool(192, 168, 16, 20),
+];
+const SWARM_POOLS: [Pool; 1] = [v4pool(10, 0, 8, 24)];
+
+impl Pool {
+    /// Docker's default pools for `scope`, in the order they are tried.
+    pub fn defaults(scope: Scope) -> &'static [Pool] {
+        match scope {
+            Scope::Local => &LOCAL_POOLS,
+            Scope::Swarm => &SWARM_POOLS,
+        }
+    }
+
+    /// The subnets of this pool, in order (none if `size` is shorter than the base prefix).
+    pub fn subnets(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.base.subnets(self.size).into_iter().flatten()
+    }
+}
+
+/// Docker's default pools as (base, subnet size) pairs.
+pub fn default_pools(scope: Scope) -> Vec<(IpNet, u8)> {
+    Pool::defaults(scope)
+        .iter()
+        .map(|p| (p.base, p.size))
+        .collect()
+}
+
+/// Whether two prefixes share any address (false across address families).
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-/// The first address of `taken`'s complement among the default pools.
+/// Errors with [`IpamError::Overlap`] if any two of `nets` overlap.
+pub fn check_disjoint(nets: &[IpNet]) -> Result<(), IpamError> {
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            if overlaps(a, b) {
+                return Err(IpamError::Overlap(*a, *b));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first subnet of the default pools of `scope` that overlaps neither a `taken` subnet
+/// (other networks) nor a `reserved` prefix (host routes, nameservers).
 pub fn pick_subnet(scope: Scope, taken: &[IpNet], reserved: &[IpNet]) -> Result<IpNet, IpamError> {
-    for (pool, len) in default_pools(scope) {
-        let Ok(subnets) = pool.subnets(len) else {
+    pick_subnet_from(Pool::defaults(scope), taken, reserved)
+}
+
+/// [`pick_subnet`] over explicit pools (a daemon's configured `default-address-pools`).
+pub fn pick_subnet_from(
+    pools: &[Pool],
+    taken: &[IpNet],
+    reserved: &[IpNet],
+) -> Result<IpNet, IpamError> {
+    for pool in pools {
+        // A pool wholly covered by one prefix has nothing to offer: skip its enumeration.
+        if taken.iter().chain(reserved).any(|t| t.contains(&pool.base)) {
             continue;
-        };
-        for s in subnets {
-            let s = IpNet::V4(s);
+        }
+        for s in pool.subnets() {
             if !taken.iter().chain(reserved).any(|t| overlaps(&s, t)) {
                 return Ok(s);
             }
@@ -73,27 +139,20 @@ pub fn pick_subnet(scope: Scope, taken: &[IpNet], reserved: &[IpNet]) -> Result<
     Err(IpamError::PoolsExhausted)
 }
 
-/// The first host address of a subnet (the default gateway).
+/// The first host address of a subnet (Docker's default gateway).
 pub fn first_host(net: &IpNet) -> Option<IpAddr> {
-    match net {
-        IpNet::V4(n) => {
-            if n.prefix_len() >= 31 {
-                Some(IpAddr::V4(n.network()))
-            } else {
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)))
-            }
-        }
-        IpNet::V6(n) => {
-            if n.prefix_len() >= 127 {
-                Some(IpAddr::V6(n.network()))
-            } else {
-                Some(IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)))
-            }
-        }
+    let net = net.trunc();
+    let has_edges = match net {
+        IpNet::V4(n) => n.prefix_len() < 31,
+        IpNet::V6(n) => n.prefix_len() < 127,
+    };
+    if !has_edges {
+        return Some(net.network());
     }
+    Some(from_u128(to_u128(net.network()) + 1, net.addr().is_ipv4()))
 }
 
-/// Docker's MAC for an IPv4 endpoint: 02:42 followed by the address.
+/// Docker's MAC for an IPv4 endpoint: `02:42` followed by the address.
 pub fn mac_from_ipv4(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
@@ -101,33 +160,143 @@ pub fn mac_from_ipv4(ip: Ipv4Addr) -> [u8; 6] {
 
 fn to_u128(ip: IpAddr) -> u128 {
     match ip {
-        IpAddr::V4(a) => u32::from(a) as u128,
+        IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
     }
 }
 
 fn from_u128(v: u128, v4: bool) -> IpAddr {
     if v4 {
+        // Callers only pass values derived from IPv4 addresses.
         IpAddr::V4(Ipv4Addr::from(v as u32))
     } else {
         IpAddr::V6(Ipv6Addr::from(v))
     }
 }
 
-/// One subnet's allocations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subnet {
+/// Allocated addresses as maximal runs of consecutive values (start -> end, inclusive), so
+/// finding the first free address at or after some point is a lookup, not a walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Runs(BTreeMap<u128, u128>);
+
+impl Runs {
+    /// The run containing `v`.
+    fn find(&self, v: u128) -> Option<(u128, u128)> {
+        let (&s, &e) = self.0.range(..=v).next_back()?;
+        (v <= e).then_some((s, e))
+    }
+
+    fn insert(&mut self, v: u128) {
+        if self.find(v).is_some() {
+            return;
+        }
+        let (mut start, mut end) = (v, v);
+        if let Some(l) = v.checked_sub(1).and_then(|p| self.find(p)) {
+            self.0.remove(&l.0);
+            start = l.0;
+        }
+        if let Some(r) = v.checked_add(1).and_then(|n| self.find(n)) {
+            self.0.remove(&r.0);
+            end = r.1;
+        }
+        self.0.insert(start, end);
+    }
+
+    fn remove(&mut self, v: u128) {
+        let Some((s, e)) = self.find(v) else {
+            return;
+        };
+        self.0.remove(&s);
+        if s < v {
+            self.0.insert(s, v - 1);
+        }
+        if v < e {
+            self.0.insert(v + 1, e);
+        }
+    }
+
+    /// The first value at or after `v` that is not allocated (None past u128::MAX).
+    fn skip(&self, v: u128) -> Option<u128> {
+        match self.find(v) {
+            Some((_, e)) => e.checked_add(1),
+            None => Some(v),
+        }
+    }
+}
+
+/// The serialized form of [`Subnet`]: the allocated set as a plain list of addresses.
+#[derive(Serialize, Deserialize)]
+struct SubnetRepr {
     net: IpNet,
     range: Option<IpNet>,
     gateway: Option<IpAddr>,
+    #[serde(default)]
+    aux: BTreeMap<String, IpAddr>,
+    #[serde(default)]
+    allocated: BTreeSet<IpAddr>,
+    #[serde(default)]
+    serial: bool,
+    #[serde(default)]
+    last: Option<IpAddr>,
+}
+
+impl From<SubnetRepr> for Subnet {
+    fn from(r: SubnetRepr) -> Subnet {
+        let mut runs = Runs::default();
+        for ip in &r.allocated {
+            runs.insert(to_u128(*ip));
+        }
+        Subnet {
+            net: r.net,
+            range: r.range,
+            gateway: r.gateway,
+            aux: r.aux,
+            allocated: r.allocated,
+            serial: r.serial,
+            last: r.last,
+            runs,
+        }
+    }
+}
+
+impl From<Subnet> for SubnetRepr {
+    fn from(s: Subnet) -> SubnetRepr {
+        SubnetRepr {
+            net: s.net,
+            range: s.range,
+            gateway: s.gateway,
+            aux: s.aux,
+            allocated: s.allocated,
+            serial: s.serial,
+            last: s.last,
+        }
+    }
+}
+
+/// One subnet's configuration and allocations. Serialized as `{ net, range, gateway, aux,
+/// allocated, serial, last }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SubnetRepr", into = "SubnetRepr")]
+pub struct Subnet {
+    net: IpNet,
+    /// Dynamic allocations come from here (within `net`); fixed ones may be anywhere in `net`.
+    range: Option<IpNet>,
+    gateway: Option<IpAddr>,
+    /// Addresses reserved by name (e.g. a router outside our control).
     aux: BTreeMap<String, IpAddr>,
     allocated: BTreeSet<IpAddr>,
     /// Serial allocation: continue after the last address handed out.
     serial: bool,
+    /// The last address handed out dynamically (the serial cursor).
     last: Option<IpAddr>,
+    /// `allocated` as runs, for searching.
+    runs: Runs,
 }
 
 impl Subnet {
+    /// Validates and creates an empty allocator. Host bits of `net` and `range` are cleared;
+    /// `range` must lie within `net`, `gateway` must be a usable address of it (not the
+    /// network or broadcast address) and `aux` addresses must be in it.
     pub fn new(
         net: IpNet,
         range: Option<IpNet>,
@@ -135,10 +304,9 @@ impl Subnet {
         aux: BTreeMap<String, IpAddr>,
     ) -> Result<Subnet, IpamError> {
         let net = net.trunc();
+        let range = range.map(|r| r.trunc());
         if let Some(r) = range
-            && !(net.contains(&r.network())
-                && net.contains(&r.broadcast())
-                && r.prefix_len() >= net.prefix_len())
+            && !(r.prefix_len() >= net.prefix_len() && net.contains(&r.network()))
         {
             return Err(IpamError::RangeOutsideSubnet {
                 range: r,
@@ -147,12 +315,13 @@ impl Subnet {
         }
         let s = Subnet {
             net,
-            range: range.map(|r| r.trunc()),
+            range,
             gateway,
             aux,
             allocated: BTreeSet::new(),
             serial: false,
             last: None,
+            runs: Runs::default(),
         };
         if let Some(g) = gateway
             && (!net.contains(&g) || s.edge(g))
@@ -170,24 +339,43 @@ impl Subnet {
         Ok(s)
     }
 
+    /// Turns serial allocation on or off.
     pub fn serial(mut self, on: bool) -> Subnet {
         self.serial = on;
         self
+    }
+
+    pub fn is_serial(&self) -> bool {
+        self.serial
     }
 
     pub fn net(&self) -> IpNet {
         self.net
     }
 
+    pub fn range(&self) -> Option<IpNet> {
+        self.range
+    }
+
     pub fn gateway(&self) -> Option<IpAddr> {
         self.gateway
     }
 
+    pub fn aux(&self) -> &BTreeMap<String, IpAddr> {
+        &self.aux
+    }
+
+    /// Addresses handed out, in order.
     pub fn allocated(&self) -> impl Iterator<Item = &IpAddr> {
         self.allocated.iter()
     }
 
-    /// Network or (IPv4) broadcast address of a subnet that has them.
+    pub fn is_allocated(&self, ip: IpAddr) -> bool {
+        self.allocated.contains(&ip)
+    }
+
+    /// Network or (IPv4) broadcast address of a subnet that has them (not /31, /32, /127,
+    /// /128). IPv6 has no broadcast; its first address is the subnet-router anycast.
     fn edge(&self, ip: IpAddr) -> bool {
         match self.net {
             IpNet::V4(n) if n.prefix_len() < 31 => {
@@ -198,11 +386,14 @@ impl Subnet {
         }
     }
 
-    fn reserved(&self, ip: IpAddr) -> bool {
+    /// Never handed out: network, broadcast, gateway, aux addresses.
+    pub fn is_reserved(&self, ip: IpAddr) -> bool {
         self.edge(ip) || self.gateway == Some(ip) || self.aux.values().any(|a| *a == ip)
     }
 
-    /// Allocates `want`, or the next free address (lowest, or after the last for serial).
+    /// Allocates `want` (anywhere in the subnet, even outside the ip-range, as Docker allows
+    /// for fixed addresses), or else the next free address of the range: the lowest one, or
+    /// in serial mode the first after the last one handed out, wrapping around.
     pub fn allocate(&mut self, want: Option<IpAddr>) -> Result<IpAddr, IpamError> {
         if let Some(ip) = want {
             if !self.net.contains(&ip) {
@@ -211,40 +402,79 @@ impl Subnet {
                     subnet: self.net,
                 });
             }
-            if self.reserved(ip) {
+            if self.is_reserved(ip) {
                 return Err(IpamError::Reserved(ip));
             }
             if !self.allocated.insert(ip) {
                 return Err(IpamError::InUse(ip));
             }
+            self.runs.insert(to_u128(ip));
             return Ok(ip);
         }
         let span = self.range.unwrap_or(self.net);
-        let v4 = matches!(span, IpNet::V4(_));
         let (lo, hi) = (to_u128(span.network()), to_u128(span.broadcast()));
         let start = match (self.serial, self.last) {
-            (true, Some(l)) if span.contains(&l) => to_u128(l).saturating_add(1),
+            (true, Some(l)) if span.contains(&l) && to_u128(l) < hi => to_u128(l) + 1,
             _ => lo,
         };
-        // Walk forward from `start` (wrapping once to `lo`), skipping taken addresses.
-        let mut tries: u128 = 0;
-        let total = hi - lo + 1;
-        let mut v = if start > hi { lo } else { start };
-        while tries < total.min(1 << 24) {
-            let ip = from_u128(v, v4);
-            if !self.reserved(ip) && !self.allocated.contains(&ip) {
-                self.allocated.insert(ip);
-                self.last = Some(ip);
-                return Ok(ip);
-            }
-            v = if v >= hi { lo } else { v + 1 };
-            tries += 1;
-        }
-        Err(IpamError::SubnetFull(self.net))
+        let found = self.first_free(start, hi).or_else(|| {
+            (start > lo)
+                .then(|| self.first_free(lo, start - 1))
+                .flatten()
+        });
+        let Some(ip) = found else {
+            return Err(IpamError::SubnetFull(self.net));
+        };
+        self.allocated.insert(ip);
+        self.runs.insert(to_u128(ip));
+        self.last = Some(ip);
+        Ok(ip)
     }
 
-    pub fn release(&mut self, ip: IpAddr) {
-        self.allocated.remove(&ip);
+    /// The lowest usable address in `[from, to]`: jumps over runs of allocated addresses
+    /// and steps over the few reserved ones, so a huge (IPv6) or dense range costs a few
+    /// lookups, not a walk.
+    fn first_free(&self, from: u128, to: u128) -> Option<IpAddr> {
+        let v4 = self.net.addr().is_ipv4();
+        let mut v = from;
+        loop {
+            v = self.runs.skip(v)?;
+            if v > to {
+                return None;
+            }
+            let ip = from_u128(v, v4);
+            if !self.is_reserved(ip) {
+                return Some(ip);
+            }
+            v = v.checked_add(1)?;
+        }
+    }
+
+    /// Frees an address; true if it was allocated.
+    pub fn release(&mut self, ip: IpAddr) -> bool {
+        self.runs.remove(to_u128(ip));
+        self.allocated.remove(&ip)
+    }
+
+    /// How many addresses could still be handed out dynamically (saturating; for reports).
+    pub fn available(&self) -> u128 {
+        let span = self.range.unwrap_or(self.net);
+        let total = to_u128(span.broadcast()) - to_u128(span.network()) + 1;
+        let used = self
+            .allocated
+            .iter()
+            .filter(|ip| span.contains(*ip))
+            .count() as u128;
+        let reserved = self
+            .aux
+            .values()
+            .copied()
+            .chain(self.gateway)
+            .chain([self.net.network(), self.net.broadcast()])
+            .filter(|ip| span.contains(ip) && self.is_reserved(*ip) && !self.allocated.contains(ip))
+            .collect::<BTreeSet<_>>()
+            .len() as u128;
+        total.saturating_sub(used + reserved)
     }
 }
 
@@ -256,6 +486,31 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn subnet(s: &str) -> Subnet {
+        let n = net(s);
+        Subnet::new(n, None, first_host(&n), BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn default_pool_order() {
+        let local: Vec<IpNet> = Pool::defaults(Scope::Local)
+            .iter()
+            .flat_map(|p| p.subnets())
+            .collect();
+        // 3 + 3 × 4 /16s, then 16 /20s.
+        assert_eq!(local.len(), 3 + 12 + 16);
+        assert_eq!(local[0], net("172.17.0.0/16"));
+        assert_eq!(local[3], net("172.20.0.0/16"));
+        assert_eq!(local[14], net("172.31.0.0/16"));
+        assert_eq!(local[15], net("192.168.0.0/20"));
+        assert_eq!(local[30], net("192.168.240.0/20"));
+        assert_eq!(default_pools(Scope::Swarm), vec![(net("10.0.0.0/8"), 24)]);
+    }
+
     #[test]
     fn pools_skip_taken_and_reserved() {
         assert_eq!(
@@ -263,27 +518,54 @@ mod tests {
             net("172.17.0.0/16")
         );
         let taken = [net("172.17.0.0/16"), net("172.18.5.0/24")];
+        // A host route inside 172.19/16 (a nameserver) reserves that /16 too.
         assert_eq!(
             pick_subnet(Scope::Local, &taken, &[net("172.19.0.1/32")]).unwrap(),
             net("172.20.0.0/16")
+        );
+        // A reserved supernet covers several pool subnets.
+        assert_eq!(
+            pick_subnet(Scope::Local, &[], &[net("172.16.0.0/12")]).unwrap(),
+            net("192.168.0.0/20")
         );
         assert_eq!(
             pick_subnet(Scope::Swarm, &[net("10.0.0.0/24")], &[]).unwrap(),
             net("10.0.1.0/24")
         );
-        let all: Vec<IpNet> = default_pools(Scope::Local)
-            .iter()
-            .map(|(p, _)| IpNet::V4(*p))
-            .collect();
         assert_eq!(
-            pick_subnet(Scope::Local, &all, &[]),
+            pick_subnet(Scope::Swarm, &[], &[net("10.0.0.0/16")]).unwrap(),
+            net("10.1.0.0/24")
+        );
+    }
+
+    #[test]
+    fn pools_exhausted() {
+        let all: Vec<IpNet> = Pool::defaults(Scope::Local)
+            .iter()
+            .map(|p| p.base)
+            .collect();
+        let e = pick_subnet(Scope::Local, &all, &[]).unwrap_err();
+        assert_eq!(e, IpamError::PoolsExhausted);
+        assert!(
+            e.to_string()
+                .contains("could not find an available, non-overlapping IPv4 address pool")
+        );
+        // Everything but 192.168/16: the first /20 of it.
+        assert_eq!(
+            pick_subnet(Scope::Local, &all[..6], &[]).unwrap(),
+            net("192.168.0.0/20")
+        );
+        assert_eq!(
+            pick_subnet(Scope::Swarm, &[], &[net("0.0.0.0/1")]),
             Err(IpamError::PoolsExhausted)
         );
-        // 192.168/16 is cut in /20s.
-        let most: Vec<IpNet> = all[..6].to_vec();
+        let custom = [Pool {
+            base: net("fd00::/48"),
+            size: 64,
+        }];
         assert_eq!(
-            pick_subnet(Scope::Local, &most, &[]).unwrap(),
-            net("192.168.0.0/20")
+            pick_subnet_from(&custom, &[net("fd00::/64")], &[]).unwrap(),
+            net("fd00:0:0:1::/64")
         );
     }
 
@@ -291,131 +573,253 @@ mod tests {
     fn overlap() {
         assert!(overlaps(&net("10.0.0.0/8"), &net("10.1.0.0/16")));
         assert!(overlaps(&net("10.1.0.0/16"), &net("10.0.0.0/8")));
+        assert!(overlaps(&net("10.1.0.0/16"), &net("10.1.0.0/16")));
         assert!(!overlaps(&net("10.1.0.0/16"), &net("10.2.0.0/16")));
+        assert!(!overlaps(&net("10.0.0.0/8"), &net("fd00::/8")));
+        assert_eq!(
+            check_disjoint(&[net("10.0.0.0/24"), net("10.0.1.0/24"), net("10.0.0.128/25")]),
+            Err(IpamError::Overlap(net("10.0.0.0/24"), net("10.0.0.128/25")))
+        );
+        assert!(check_disjoint(&[net("10.0.0.0/24"), net("10.0.1.0/24")]).is_ok());
     }
 
     #[test]
     fn lowest_free_with_gateway_aux_and_fixed() {
         let mut aux = BTreeMap::new();
-        aux.insert("router".to_string(), "10.0.0.3".parse().unwrap());
-        let mut s = Subnet::new(
-            net("10.0.0.0/29"),
-            None,
-            first_host(&net("10.0.0.0/29")),
-            aux,
-        )
-        .unwrap();
+        aux.insert("router".to_string(), ip("10.0.0.3"));
+        let n = net("10.0.0.0/29");
+        let mut s = Subnet::new(n, None, first_host(&n), aux).unwrap();
+        assert_eq!(s.gateway(), Some(ip("10.0.0.1")));
+        assert_eq!(s.available(), 4);
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.2"));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.4"));
+        assert_eq!(s.allocate(Some(ip("10.0.0.6"))).unwrap(), ip("10.0.0.6"));
         assert_eq!(
-            s.allocate(None).unwrap(),
-            "10.0.0.2".parse::<IpAddr>().unwrap()
+            s.allocate(Some(ip("10.0.0.6"))),
+            Err(IpamError::InUse(ip("10.0.0.6")))
         );
-        assert_eq!(
-            s.allocate(None).unwrap(),
-            "10.0.0.4".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            s.allocate(Some("10.0.0.6".parse().unwrap())).unwrap(),
-            "10.0.0.6".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            s.allocate(Some("10.0.0.6".parse().unwrap())),
-            Err(IpamError::InUse("10.0.0.6".parse().unwrap()))
-        );
+        for reserved in ["10.0.0.0", "10.0.0.1", "10.0.0.3", "10.0.0.7"] {
+            assert_eq!(
+                s.allocate(Some(ip(reserved))),
+                Err(IpamError::Reserved(ip(reserved)))
+            );
+        }
         assert!(matches!(
-            s.allocate(Some("10.0.0.7".parse().unwrap())),
-            Err(IpamError::Reserved(_))
-        ));
-        assert!(matches!(
-            s.allocate(Some("10.9.0.7".parse().unwrap())),
+            s.allocate(Some(ip("10.9.0.7"))),
             Err(IpamError::OutsideSubnet { .. })
         ));
-        assert_eq!(
-            s.allocate(None).unwrap(),
-            "10.0.0.5".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            s.allocate(None),
-            Err(IpamError::SubnetFull(net("10.0.0.0/29")))
-        );
-        s.release("10.0.0.4".parse().unwrap());
-        assert_eq!(
-            s.allocate(None).unwrap(),
-            "10.0.0.4".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.5"));
+        assert_eq!(s.available(), 0);
+        assert_eq!(s.allocate(None), Err(IpamError::SubnetFull(n)));
+        assert!(s.release(ip("10.0.0.4")));
+        assert!(!s.release(ip("10.0.0.4")));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.4"));
     }
 
     #[test]
     fn range_and_validation() {
+        let n = net("10.0.0.0/24");
         let mut s = Subnet::new(
-            net("10.0.0.0/24"),
+            n,
             Some(net("10.0.0.128/25")),
-            first_host(&net("10.0.0.0/24")),
+            first_host(&n),
             BTreeMap::new(),
         )
         .unwrap();
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.128"));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.129"));
+        // A fixed address may sit outside the range, inside the subnet.
+        assert_eq!(s.allocate(Some(ip("10.0.0.20"))).unwrap(), ip("10.0.0.20"));
+        // The range ends at the subnet's broadcast, which is never handed out.
+        let mut small = Subnet::new(n, Some(net("10.0.0.254/31")), None, BTreeMap::new()).unwrap();
+        assert_eq!(small.allocate(None).unwrap(), ip("10.0.0.254"));
+        assert_eq!(small.allocate(None), Err(IpamError::SubnetFull(n)));
+
         assert_eq!(
-            s.allocate(None).unwrap(),
-            "10.0.0.128".parse::<IpAddr>().unwrap()
+            Subnet::new(n, Some(net("10.0.1.0/25")), None, BTreeMap::new()),
+            Err(IpamError::RangeOutsideSubnet {
+                range: net("10.0.1.0/25"),
+                subnet: n
+            })
         );
-        assert!(
-            Subnet::new(
-                net("10.0.0.0/24"),
-                Some(net("10.0.1.0/25")),
-                None,
-                BTreeMap::new()
-            )
-            .is_err()
+        assert!(matches!(
+            Subnet::new(n, Some(net("10.0.0.0/23")), None, BTreeMap::new()),
+            Err(IpamError::RangeOutsideSubnet { .. })
+        ));
+        assert!(matches!(
+            Subnet::new(n, Some(net("fd00::/120")), None, BTreeMap::new()),
+            Err(IpamError::RangeOutsideSubnet { .. })
+        ));
+        assert_eq!(
+            Subnet::new(n, None, Some(ip("10.0.0.255")), BTreeMap::new()),
+            Err(IpamError::BadGateway(ip("10.0.0.255"), n))
         );
-        assert!(
-            Subnet::new(
-                net("10.0.0.0/24"),
-                None,
-                Some("10.0.0.255".parse().unwrap()),
-                BTreeMap::new()
-            )
-            .is_err()
+        assert_eq!(
+            Subnet::new(n, None, Some(ip("10.0.1.1")), BTreeMap::new()),
+            Err(IpamError::BadGateway(ip("10.0.1.1"), n))
         );
-        assert!(
-            Subnet::new(
-                net("10.0.0.0/24"),
-                None,
-                Some("10.0.1.1".parse().unwrap()),
-                BTreeMap::new()
-            )
-            .is_err()
+        let mut aux = BTreeMap::new();
+        aux.insert("x".to_string(), ip("10.0.5.1"));
+        assert!(matches!(
+            Subnet::new(n, None, None, aux),
+            Err(IpamError::OutsideSubnet { .. })
+        ));
+        // Host bits are cleared.
+        assert_eq!(
+            Subnet::new(net("10.0.0.7/24"), None, None, BTreeMap::new())
+                .unwrap()
+                .net(),
+            n
         );
     }
 
     #[test]
-    fn serial_does_not_reuse_at_once() {
-        let mut s = Subnet::new(
-            net("10.0.0.0/29"),
-            None,
-            first_host(&net("10.0.0.0/29")),
-            BTreeMap::new(),
-        )
-        .unwrap()
-        .serial(true);
+    fn gateway_elsewhere_and_point_to_point() {
+        let n = net("10.0.0.0/29");
+        let mut s = Subnet::new(n, None, Some(ip("10.0.0.6")), BTreeMap::new()).unwrap();
+        let got: Vec<IpAddr> = (0..5).map(|_| s.allocate(None).unwrap()).collect();
+        assert_eq!(
+            got,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"].map(ip)
+        );
+        assert!(s.allocate(None).is_err());
+        // /31: both addresses usable, no network/broadcast.
+        let mut p2p = Subnet::new(net("10.1.0.0/31"), None, None, BTreeMap::new()).unwrap();
+        assert_eq!(p2p.allocate(None).unwrap(), ip("10.1.0.0"));
+        assert_eq!(p2p.allocate(None).unwrap(), ip("10.1.0.1"));
+        assert_eq!(first_host(&net("10.1.0.0/31")), Some(ip("10.1.0.0")));
+    }
+
+    #[test]
+    fn serial_reuse_order() {
+        let mut s = subnet("10.0.0.0/29").serial(true);
+        assert!(s.is_serial());
         let a = s.allocate(None).unwrap();
-        s.release(a);
         let b = s.allocate(None).unwrap();
-        assert_ne!(a, b);
+        assert_eq!((a, b), (ip("10.0.0.2"), ip("10.0.0.3")));
+        s.release(a);
+        // Not the freed .2: the next after the last one.
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.4"));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.5"));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.6"));
+        // Wraps around to the freed one.
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.2"));
+        assert_eq!(
+            s.allocate(None),
+            Err(IpamError::SubnetFull(net("10.0.0.0/29")))
+        );
+        s.release(ip("10.0.0.5"));
+        s.release(ip("10.0.0.3"));
+        // After .2 comes .3 (freed earlier than .5, but next in order).
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.3"));
+        assert_eq!(s.allocate(None).unwrap(), ip("10.0.0.5"));
+
+        // Non-serial reuses the lowest at once.
+        let mut l = subnet("10.0.0.0/29");
+        let a = l.allocate(None).unwrap();
+        l.allocate(None).unwrap();
+        l.release(a);
+        assert_eq!(l.allocate(None).unwrap(), a);
     }
 
     #[test]
     fn ipv6() {
         let n = net("fd00:1::/64");
-        let mut s = Subnet::new(n, None, first_host(&n), BTreeMap::new()).unwrap();
+        let mut s = subnet("fd00:1::/64");
+        assert_eq!(s.gateway(), Some(ip("fd00:1::1")));
+        assert_eq!(s.allocate(None).unwrap(), ip("fd00:1::2"));
+        assert_eq!(s.allocate(None).unwrap(), ip("fd00:1::3"));
+        assert_eq!(s.allocate(Some(ip("fd00:1::4"))).unwrap(), ip("fd00:1::4"));
+        assert_eq!(s.allocate(None).unwrap(), ip("fd00:1::5"));
         assert_eq!(
-            s.allocate(None).unwrap(),
-            "fd00:1::2".parse::<IpAddr>().unwrap()
+            s.allocate(Some(ip("fd00:1::"))),
+            Err(IpamError::Reserved(ip("fd00:1::")))
         );
-        assert_eq!(
-            s.allocate(None).unwrap(),
-            "fd00:1::3".parse::<IpAddr>().unwrap()
+        // The all-ones address is fine in IPv6 (no broadcast).
+        let top = ip("fd00:1::ffff:ffff:ffff:ffff");
+        assert_eq!(s.allocate(Some(top)).unwrap(), top);
+        assert!(s.release(ip("fd00:1::3")));
+        assert_eq!(s.allocate(None).unwrap(), ip("fd00:1::3"));
+        assert!(s.available() > 1 << 60);
+
+        // Serial over a /64 never enumerates: a long run of allocated addresses is skipped.
+        let mut ser = Subnet::new(n, None, first_host(&n), BTreeMap::new())
+            .unwrap()
+            .serial(true);
+        for _ in 0..10_000 {
+            ser.allocate(None).unwrap();
+        }
+        ser.release(ip("fd00:1::2"));
+        assert_eq!(ser.allocate(None).unwrap(), ip("fd00:1::2712"));
+        // Wrapping at the very top of a /64.
+        let mut w = subnet("fd00:2::/126").serial(true);
+        assert_eq!(w.allocate(None).unwrap(), ip("fd00:2::2"));
+        assert_eq!(w.allocate(None).unwrap(), ip("fd00:2::3"));
+        w.release(ip("fd00:2::2"));
+        assert_eq!(w.allocate(None).unwrap(), ip("fd00:2::2"));
+    }
+
+    #[test]
+    fn dense_lowest_free_is_fast() {
+        // 60k allocated in a /16: finding the one gap must not be quadratic.
+        let mut s = subnet("10.5.0.0/16");
+        for _ in 0..60_000 {
+            s.allocate(None).unwrap();
+        }
+        s.release(ip("10.5.200.0"));
+        let t = std::time::Instant::now();
+        assert_eq!(s.allocate(None).unwrap(), ip("10.5.200.0"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut aux = BTreeMap::new();
+        aux.insert("r".to_string(), ip("10.0.0.3"));
+        let n = net("10.0.0.0/24");
+        let mut s = Subnet::new(n, Some(net("10.0.0.0/25")), first_host(&n), aux)
+            .unwrap()
+            .serial(true);
+        s.allocate(None).unwrap();
+        s.allocate(Some(ip("10.0.0.200"))).unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""allocated":["10.0.0.2","10.0.0.200"]"#),
+            "{json}"
         );
+        let back: Subnet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        let mut back = back;
+        assert_eq!(back.allocate(None).unwrap(), ip("10.0.0.4"));
+    }
+
+    #[test]
+    fn runs() {
+        let mut r = Runs::default();
+        for v in [5, 7, 6, 1, 2, 10] {
+            r.insert(v);
+        }
         assert_eq!(
-            mac_from_ipv4("172.18.0.2".parse().unwrap()),
+            r.0.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            vec![(1, 2), (5, 7), (10, 10)]
+        );
+        assert_eq!(r.skip(0), Some(0));
+        assert_eq!(r.skip(5), Some(8));
+        assert_eq!(r.skip(10), Some(11));
+        r.remove(6);
+        assert_eq!(r.skip(5), Some(6));
+        assert_eq!(r.find(7), Some((7, 7)));
+        r.remove(10);
+        r.remove(10);
+        assert_eq!(r.find(10), None);
+        r.insert(u128::MAX);
+        assert_eq!(r.skip(u128::MAX), None);
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(
+            mac_from_ipv4(Ipv4Addr::new(172, 18, 0, 2)),
             [2, 0x42, 172, 18, 0, 2]
         );
     }

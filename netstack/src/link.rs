@@ -1,36 +1,61 @@
-//! Links, addresses and routes in one namespace over rtnetlink. Every operation is idempotent:
-//! "already exists" or "not found" count as success where the end state is the one asked for,
-//! so reconciliation can run them on whatever it finds.
+//! Links, addresses, routes, neighbours and FDB entries in one namespace, over rtnetlink.
+//!
+//! Every operation is idempotent: "already exists" or "not found" count as success where the
+//! end state is the one asked for, so reconciliation can run them on whatever it finds.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan,
+    RouteMessageBuilder,
 };
+use tracing::debug;
 
-use crate::Error;
 use crate::netns::Netns;
+use crate::{Error, Result};
 
-/// A netlink connection bound to one namespace.
+/// A netlink connection bound to one namespace (its socket was created there). Cheap to
+/// clone; the connection ends when the last clone is dropped.
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }
 
-/// What `links()` reports.
+/// What [`Netlink::links`] reports about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkInfoSummary {
+pub struct LinkInfo {
     pub index: u32,
     pub name: String,
+    /// `IFLA_INFO_KIND`: "bridge", "veth", "vxlan"…; None for plain devices such as lo.
     pub kind: Option<String>,
-    pub master: Option<u32>,
     pub mac: Option<[u8; 6]>,
+    /// Index of the bridge (or other controller) the link is enslaved to.
+    pub master: Option<u32>,
+    pub mtu: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// Former name of [`LinkInfo`].
+pub type LinkInfoSummary = LinkInfo;
+
+/// A route of the main table, as [`Netlink::route_list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dest: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -44,12 +69,13 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     let what = what.into();
     move |e| Error::Netlink {
         what,
+        errno: errno(&e),
         message: e.to_string(),
     }
 }
 
 /// Ok if the error only says the wanted state already holds.
-fn tolerate(r: Result<(), rtnetlink::Error>, ok: &[i32], what: String) -> Result<(), Error> {
+fn tolerate(r: Result<(), rtnetlink::Error>, ok: &[i32], what: String) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
         Err(e) if errno(&e).is_some_and(|c| ok.contains(&c)) => Ok(()),
@@ -58,25 +84,29 @@ fn tolerate(r: Result<(), rtnetlink::Error>, ok: &[i32], what: String) -> Result
 }
 
 impl Netlink {
-    /// Connects inside `ns` (the socket is created there) and drives the connection on the
-    /// current tokio runtime.
-    pub async fn connect(ns: &Netns) -> Result<Netlink, Error> {
+    /// Connects inside `ns` (the socket is created on a thread there) and drives the
+    /// connection on the current tokio runtime. Briefly blocks the calling task's thread
+    /// while that thread runs.
+    pub async fn connect(ns: &Netns) -> Result<Netlink> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Invalid("Netlink::connect needs a tokio runtime".into()))?;
         let handle = ns.run(move || {
+            // new_connection registers the socket with the runtime's reactor.
             let _guard = rt.enter();
             let (conn, handle, _) = rtnetlink::new_connection()?;
             tokio::spawn(conn);
             Ok::<_, std::io::Error>(handle)
         })?;
-        let handle = handle.map_err(|source| Error::Io {
-            what: "netlink socket".into(),
-            source,
-        })?;
+        let handle = handle.map_err(Error::io("opening a netlink socket"))?;
         Ok(Netlink { handle })
     }
 
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
+    /// The underlying rtnetlink handle, for requests this type does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    async fn link_msg(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut s = self
             .handle
             .link()
@@ -84,14 +114,24 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match s.try_next().await {
-            Ok(Some(m)) => Ok(Some(m.header.index)),
-            Ok(None) => Ok(None),
+            Ok(m) => Ok(m),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl(format!("looking up {name}"))(e)),
+            Err(e) => Err(nl(format!("looking up link {name}"))(e)),
         }
     }
 
-    pub async fn links(&self) -> Result<Vec<LinkInfoSummary>, Error> {
+    /// The index of link `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.link_msg(name).await?.map(|m| m.header.index))
+    }
+
+    /// Link `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
+        Ok(self.link_msg(name).await?.as_ref().map(summary))
+    }
+
+    /// All links of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -103,51 +143,83 @@ impl Netlink {
         Ok(msgs.iter().map(summary).collect())
     }
 
-    /// A bridge named `name` (created if missing); its index.
-    pub async fn ensure_bridge(&self, name: &str) -> Result<u32, Error> {
-        if let Some(i) = self.link_index(name).await? {
-            return Ok(i);
+    /// Index of `name` if it exists with the wanted kind; an error if it has another kind.
+    async fn existing(&self, name: &str, kind: &str) -> Result<Option<u32>> {
+        match self.link(name).await? {
+            Some(l) if l.kind.as_deref() == Some(kind) => Ok(Some(l.index)),
+            Some(l) => Err(Error::WrongKind {
+                name: name.to_string(),
+                found: l.kind.unwrap_or_else(|| "plain device".into()),
+                wanted: kind.to_string(),
+            }),
+            None => Ok(None),
         }
-        let r = self
-            .handle
-            .link()
-            .add(LinkBridge::new(name).build())
-            .execute()
-            .await;
-        tolerate(r, &[libc::EEXIST], format!("creating bridge {name}"))?;
-        self.link_index(name)
-            .await?
-            .ok_or_else(|| Error::Invalid(format!("bridge {name} vanished after creation")))
     }
 
-    /// A veth pair; the peer is created directly inside `peer_ns` when given. Returns the
-    /// index of `name` (in this namespace).
+    /// Creates a link unless one named `name` exists (with kind `kind`); its index.
+    async fn ensure(&self, name: &str, kind: &str, msg: LinkMessage) -> Result<u32> {
+        if let Some(i) = self.existing(name, kind).await? {
+            return Ok(i);
+        }
+        let r = self.handle.link().add(msg).execute().await;
+        tolerate(r, &[libc::EEXIST], format!("creating {kind} {name}"))?;
+        debug!(name, kind, "created link");
+        self.existing(name, kind)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("{kind} {name} vanished after creation")))
+    }
+
+    /// A bridge named `name` (created if missing, left as is otherwise); its index. Set its
+    /// MTU after enslaving ports: a bridge's MTU follows its ports when one joins.
+    pub async fn ensure_bridge(&self, name: &str) -> Result<u32> {
+        self.ensure(name, "bridge", LinkBridge::new(name).build())
+            .await
+    }
+
+    /// A veth pair `name` (here) / `peer_name` (created directly inside `peer_ns` when given,
+    /// else here); returns the index of `name`. If `name` already exists, its index is
+    /// returned and nothing is created (a half pair is the caller's to clean up).
     pub async fn create_veth(
         &self,
         name: &str,
-        peer: &str,
+        peer_name: &str,
         peer_ns: Option<&Netns>,
-    ) -> Result<u32, Error> {
-        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string());
+    ) -> Result<u32> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(peer_name.to_string());
         if let Some(ns) = peer_ns {
-            peer_msg = peer_msg.setns_by_fd(ns.as_fd().as_raw_fd());
+            peer = peer.setns_by_fd(ns.as_raw_fd());
         }
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(name.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("creating veth {name}/{peer}")))?;
-        self.link_index(name)
-            .await?
-            .ok_or_else(|| Error::Invalid(format!("veth {name} vanished after creation")))
+        self.ensure(name, "veth", msg).await
     }
 
-    async fn change(&self, msg: LinkMessage, what: String) -> Result<(), Error> {
+    /// A VXLAN device (created if missing; an existing one is left as is): VNI `vni`, UDP
+    /// `port`, source address `local`, underlay device `underlay_if`, MAC learning on or off
+    /// (off when the control plane programs FDB entries). Its index.
+    pub async fn add_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: IpAddr,
+        port: u16,
+        underlay_if: Option<u32>,
+        learning: bool,
+    ) -> Result<u32> {
+        let mut b = LinkVxlan::new(name, vni).port(port).learning(learning);
+        b = match local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        };
+        if let Some(i) = underlay_if {
+            b = b.dev(i);
+        }
+        self.ensure(name, "vxlan", b.build()).await
+    }
+
+    async fn change(&self, msg: LinkMessage, what: String) -> Result<()> {
         self.handle
             .link()
             .change(msg)
@@ -156,7 +228,7 @@ impl Netlink {
             .map_err(nl(what))
     }
 
-    pub async fn set_up(&self, idx: u32) -> Result<(), Error> {
+    pub async fn set_up(&self, idx: u32) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx).up().build(),
             format!("setting link {idx} up"),
@@ -164,7 +236,7 @@ impl Netlink {
         .await
     }
 
-    pub async fn set_down(&self, idx: u32) -> Result<(), Error> {
+    pub async fn set_down(&self, idx: u32) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx).down().build(),
             format!("setting link {idx} down"),
@@ -172,15 +244,15 @@ impl Netlink {
         .await
     }
 
-    pub async fn set_mtu(&self, idx: u32, mtu: u32) -> Result<(), Error> {
+    pub async fn set_mtu(&self, idx: u32, mtu: u32) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx).mtu(mtu).build(),
-            format!("setting MTU of link {idx}"),
+            format!("setting MTU {mtu} on link {idx}"),
         )
         .await
     }
 
-    pub async fn set_mac(&self, idx: u32, mac: [u8; 6]) -> Result<(), Error> {
+    pub async fn set_mac(&self, idx: u32, mac: [u8; 6]) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx)
                 .address(mac.to_vec())
@@ -190,36 +262,52 @@ impl Netlink {
         .await
     }
 
-    pub async fn set_master(&self, idx: u32, master: u32) -> Result<(), Error> {
-        self.change(
-            LinkUnspec::new_with_index(idx).controller(master).build(),
-            format!("enslaving link {idx} to {master}"),
-        )
-        .await
-    }
-
-    pub async fn rename(&self, idx: u32, name: &str) -> Result<(), Error> {
+    /// Enslaves link `idx` to bridge `bridge_idx`.
+    pub async fn set_master(&self, idx: u32, bridge_idx: u32) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx)
-                .name(name.to_string())
+                .controller(bridge_idx)
                 .build(),
-            format!("renaming link {idx}"),
+            format!("enslaving link {idx} to {bridge_idx}"),
         )
         .await
     }
 
-    pub async fn move_to_netns(&self, idx: u32, ns: &Netns) -> Result<(), Error> {
+    /// Releases link `idx` from its bridge.
+    pub async fn set_nomaster(&self, idx: u32) -> Result<()> {
+        self.change(
+            LinkUnspec::new_with_index(idx).nocontroller().build(),
+            format!("releasing link {idx} from its bridge"),
+        )
+        .await
+    }
+
+    /// Renames link `idx` (the kernel wants it down for that).
+    pub async fn rename(&self, idx: u32, new_name: &str) -> Result<()> {
         self.change(
             LinkUnspec::new_with_index(idx)
-                .setns_by_fd(ns.as_fd().as_raw_fd())
+                .name(new_name.to_string())
                 .build(),
-            format!("moving link {idx}"),
+            format!("renaming link {idx} to {new_name}"),
         )
         .await
     }
 
-    /// Bridge-port hairpin: lets a sandbox reach itself through its published port.
-    pub async fn set_hairpin(&self, idx: u32, on: bool) -> Result<(), Error> {
+    /// Moves link `idx` into `ns` (it disappears from this namespace).
+    pub async fn move_to_netns(&self, idx: u32, ns: &Netns) -> Result<()> {
+        self.change(
+            LinkUnspec::new_with_index(idx)
+                .setns_by_fd(ns.as_raw_fd())
+                .build(),
+            format!("moving link {idx} to {}", ns.path().display()),
+        )
+        .await
+    }
+
+    /// Bridge-port hairpin mode (lets a sandbox reach itself through a published port), set
+    /// over netlink as `ip link set … type bridge_slave hairpin on` does. `idx` must be
+    /// enslaved already.
+    pub async fn set_hairpin(&self, idx: u32, on: bool) -> Result<()> {
         let msg = LinkBridgePort::new(idx).hairpin(on).build();
         self.handle
             .link()
@@ -229,8 +317,8 @@ impl Netlink {
             .map_err(nl(format!("setting hairpin on link {idx}")))
     }
 
-    /// Deletes a link by name; a missing link is fine.
-    pub async fn delete_link(&self, name: &str) -> Result<(), Error> {
+    /// Deletes link `name`; a missing link is fine.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(idx) = self.link_index(name).await? else {
             return Ok(());
         };
@@ -238,8 +326,8 @@ impl Netlink {
         tolerate(r, &[libc::ENODEV], format!("deleting link {name}"))
     }
 
-    /// Adds an address; already present is fine.
-    pub async fn add_address(&self, idx: u32, addr: IpNet) -> Result<(), Error> {
+    /// Adds an address (with its prefix); already present is fine.
+    pub async fn add_address(&self, idx: u32, addr: IpNet) -> Result<()> {
         let r = self
             .handle
             .address()
@@ -249,13 +337,52 @@ impl Netlink {
         tolerate(r, &[libc::EEXIST], format!("adding {addr} to link {idx}"))
     }
 
-    /// Replaces (or adds) a route.
+    /// Removes an address; already absent is fine.
+    pub async fn delete_address(&self, idx: u32, addr: IpNet) -> Result<()> {
+        let msgs = self.address_msgs(idx).await?;
+        for m in msgs {
+            if addr_of(&m) == Some(addr) {
+                let r = self.handle.address().del(m).execute().await;
+                tolerate(
+                    r,
+                    &[libc::EADDRNOTAVAIL, libc::ENOENT],
+                    format!("removing {addr} from link {idx}"),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn address_msgs(&self, idx: u32) -> Result<Vec<AddressMessage>> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("listing addresses of link {idx}")))
+    }
+
+    /// Addresses of link `idx` (IPv4 and IPv6, with prefix lengths).
+    pub async fn addresses(&self, idx: u32) -> Result<Vec<IpNet>> {
+        Ok(self
+            .address_msgs(idx)
+            .await?
+            .iter()
+            .filter(|m| m.header.index == idx)
+            .filter_map(addr_of)
+            .collect())
+    }
+
+    /// Replaces (or adds) a route in the main table: `dest` via `gateway` and/or out of
+    /// `oif`. Without a gateway the route is on-link (scope link).
     pub async fn replace_route(
         &self,
         dest: IpNet,
         gateway: Option<IpAddr>,
         oif: Option<u32>,
-    ) -> Result<(), Error> {
+    ) -> Result<()> {
         let msg = route_msg(dest, gateway, oif)?;
         self.handle
             .route()
@@ -263,11 +390,17 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("route {dest}")))
+            .map_err(nl(format!("replacing route {dest}")))
     }
 
-    pub async fn delete_route(&self, dest: IpNet) -> Result<(), Error> {
-        let msg = route_msg(dest, None, None)?;
+    /// Deletes the main-table route to `dest` (whatever its gateway, device, protocol or
+    /// scope); already absent is fine.
+    pub async fn delete_route(&self, dest: IpNet) -> Result<()> {
+        let mut msg = route_msg(dest, None, None)?;
+        // Zero/"nowhere" are wildcards for the kernel's match, as `ip route del` sends.
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::Unspec;
         let r = self.handle.route().del(msg).execute().await;
         tolerate(
             r,
@@ -276,60 +409,145 @@ impl Netlink {
         )
     }
 
-    /// Destination prefixes of the main routing tables (v4 and v6), default routes excluded.
-    pub async fn routes(&self) -> Result<Vec<IpNet>, Error> {
+    async fn dump_routes(&self, v6: bool) -> Result<Vec<RouteMessage>> {
+        let req = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        self.handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing routes"))
+    }
+
+    /// Unicast routes of the main table, IPv4 then IPv6 (default routes included).
+    pub async fn route_list(&self) -> Result<Vec<Route>> {
         let mut out = Vec::new();
-        let v4: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing routes"))?;
-        let v6: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing routes"))?;
-        for m in v4.iter().chain(v6.iter()) {
-            let len = m.header.destination_prefix_length;
-            for a in &m.attributes {
-                if let RouteAttribute::Destination(d) = a {
-                    let ip = match d {
-                        RouteAddress::Inet(v4) => IpAddr::V4(*v4),
-                        RouteAddress::Inet6(v6) => IpAddr::V6(*v6),
-                        _ => continue,
-                    };
-                    if len > 0
-                        && let Ok(n) = IpNet::new(ip, len)
-                    {
-                        out.push(n.trunc());
-                    }
+        for v6 in [false, true] {
+            for m in self.dump_routes(v6).await? {
+                if let Some(r) = parse_route(&m) {
+                    out.push(r);
                 }
             }
         }
         Ok(out)
     }
+
+    /// Destination prefixes of the main table (IPv4 and IPv6), default routes excluded: what
+    /// IPAM must not hand out (connected subnets and routed prefixes of the namespace).
+    pub async fn routes(&self) -> Result<Vec<IpNet>> {
+        Ok(self
+            .route_list()
+            .await?
+            .into_iter()
+            .map(|r| r.dest)
+            .filter(|d| d.prefix_len() > 0)
+            .collect())
+    }
+
+    /// [`Netlink::routes`], IPv4 only.
+    pub async fn routes_v4(&self) -> Result<Vec<IpNet>> {
+        Ok(self
+            .dump_routes(false)
+            .await?
+            .iter()
+            .filter_map(parse_route)
+            .map(|r| r.dest)
+            .filter(|d| d.prefix_len() > 0)
+            .collect())
+    }
+
+    /// A permanent neighbour entry on link `idx`: `ip` is at `mac` (replaces any other).
+    pub async fn replace_neighbour(&self, idx: u32, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(idx, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("neighbour {ip} on link {idx}")))
+    }
+
+    /// A permanent FDB entry on the device itself (`bridge fdb replace MAC dev … dst IP self
+    /// permanent`): frames for `mac` on VXLAN link `idx` go to VTEP `dst`.
+    pub async fn replace_fdb(&self, idx: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(idx, &mac)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .destination(dst)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("fdb entry for {} on link {idx}", fmt_mac(&mac))))
+    }
 }
 
-fn route_msg(
-    dest: IpNet,
-    gateway: Option<IpAddr>,
-    oif: Option<u32>,
-) -> Result<RouteMessage, Error> {
-    let msg = match dest {
+fn addr_of(m: &AddressMessage) -> Option<IpNet> {
+    // IFA_LOCAL is the interface's own IPv4 address (IFA_ADDRESS is the peer on
+    // point-to-point links); IPv6 only has IFA_ADDRESS.
+    let mut addr = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => addr = Some(*ip),
+            AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
+            _ => {}
+        }
+    }
+    addr.and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok())
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// A main-table unicast route; None for anything else (local, broadcast, other tables).
+fn parse_route(m: &RouteMessage) -> Option<Route> {
+    let mut table = u32::from(m.header.table);
+    let (mut dest, mut gateway, mut oif) = (None, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => dest = route_ip(d),
+            RouteAttribute::Gateway(g) => gateway = route_ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let len = m.header.destination_prefix_length;
+    let dest = match dest {
+        Some(ip) => IpNet::new(ip, len).ok()?.trunc(),
+        None if m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6 => {
+            IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).ok()?
+        }
+        None => IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).ok()?,
+    };
+    Some(Route { dest, gateway, oif })
+}
+
+fn route_msg(dest: IpNet, gateway: Option<IpAddr>, oif: Option<u32>) -> Result<RouteMessage> {
+    let wrong = |fam: &str| Error::Invalid(format!("{fam} gateway for route {dest}"));
+    let mut msg = match dest {
         IpNet::V4(d) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d.network(), d.prefix_len());
             match gateway {
                 Some(IpAddr::V4(g)) => b = b.gateway(g),
-                Some(IpAddr::V6(_)) => {
-                    return Err(Error::Invalid(format!("IPv6 gateway for {dest}")));
-                }
+                Some(IpAddr::V6(_)) => return Err(wrong("IPv6")),
                 None => {}
             }
             if let Some(i) = oif {
@@ -338,13 +556,11 @@ fn route_msg(
             b.build()
         }
         IpNet::V6(d) => {
-            let mut b =
-                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len());
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d.network(), d.prefix_len());
             match gateway {
                 Some(IpAddr::V6(g)) => b = b.gateway(g),
-                Some(IpAddr::V4(_)) => {
-                    return Err(Error::Invalid(format!("IPv4 gateway for {dest}")));
-                }
+                Some(IpAddr::V4(_)) => return Err(wrong("IPv4")),
                 None => {}
             }
             if let Some(i) = oif {
@@ -353,29 +569,36 @@ fn route_msg(
             b.build()
         }
     };
+    if gateway.is_none() && matches!(dest, IpNet::V4(_)) {
+        // What `ip route replace PREFIX dev X` makes: directly reachable.
+        msg.header.scope = RouteScope::Link;
+    }
     Ok(msg)
 }
 
-fn summary(m: &LinkMessage) -> LinkInfoSummary {
-    let mut s = LinkInfoSummary {
+fn summary(m: &LinkMessage) -> LinkInfo {
+    let mut s = LinkInfo {
         index: m.header.index,
         name: String::new(),
         kind: None,
-        master: None,
         mac: None,
+        master: None,
+        mtu: None,
+        up: m.header.flags.contains(LinkFlags::Up),
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => s.name = n.clone(),
             LinkAttribute::Controller(c) => s.master = Some(*c),
-            LinkAttribute::Address(mac) if mac.len() == 6 => {
-                let mut b = [0u8; 6];
-                b.copy_from_slice(mac);
-                s.mac = Some(b);
+            LinkAttribute::Mtu(v) => s.mtu = Some(*v),
+            LinkAttribute::Address(mac) => {
+                if let Ok(b) = <[u8; 6]>::try_from(mac.as_slice()) {
+                    s.mac = Some(b);
+                }
             }
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
+                    if let NlLinkInfo::Kind(k) = i {
                         s.kind = Some(k.to_string());
                     }
                 }
@@ -386,82 +609,162 @@ fn summary(m: &LinkMessage) -> LinkInfoSummary {
     s
 }
 
-/// Announces `ip` on `ifname` inside `ns` with unsolicited ARP (two packets): neighbours that
-/// cached another MAC for a reused address learn the new one at once.
-pub fn send_gratuitous_arp(ns: &Netns, ifname: &str, ip: Ipv4Addr) -> Result<(), Error> {
-    let ifname = ifname.to_string();
-    ns.run(move || arp(&ifname, ip))?
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
-fn arp(ifname: &str, ip: Ipv4Addr) -> Result<(), Error> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| Error::Io { what, source }
-    };
-    let cname =
-        std::ffi::CString::new(ifname).map_err(|_| Error::Invalid("interface name".into()))?;
-    // SAFETY: if_nametoindex reads a C string we own.
+/// Announces `ip` on `ifname` inside `ns` with unsolicited ARP (an announcement request and
+/// a gratuitous reply, RFC 5227): neighbours that cached another MAC for a reused address
+/// learn the new one at once. The interface must be up.
+pub fn send_gratuitous_arp(ns: &Netns, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    ns.run(|| arp(ifname, ip))?
+}
+
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+
+fn arp_packet(op: u16, mac: &[u8; 6], ip: Ipv4Addr) -> [u8; 28] {
+    let mut p = [0u8; 28];
+    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    p[4] = 6;
+    p[5] = 4;
+    p[6..8].copy_from_slice(&op.to_be_bytes());
+    p[8..14].copy_from_slice(mac);
+    p[14..18].copy_from_slice(&ip.octets());
+    // Target hardware address: zero in the request, ours in the reply.
+    if op == ARP_REPLY {
+        p[18..24].copy_from_slice(mac);
+    }
+    p[24..28].copy_from_slice(&ip.octets());
+    p
+}
+
+fn arp(ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    let bad = || Error::Invalid(format!("invalid interface name {ifname:?}"));
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
+        return Err(bad());
+    }
+    let cname = std::ffi::CString::new(ifname).map_err(|_| bad())?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
     let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if idx == 0 {
-        return Err(io("looking up interface")(std::io::Error::last_os_error()));
+        return Err(Error::last_os(format!("looking up interface {ifname}")));
     }
-    // SAFETY: a raw packet socket, closed below; all buffers are ours.
-    unsafe {
-        let fd = libc::socket(
+    let proto = (libc::ETH_P_ARP as u16).to_be();
+    // SAFETY: a packet socket, owned right away.
+    let fd = unsafe {
+        libc::socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            (libc::ETH_P_ARP as u16).to_be() as i32,
-        );
-        if fd < 0 {
-            return Err(io("packet socket")(std::io::Error::last_os_error()));
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in cname
-            .as_bytes_with_nul()
-            .iter()
-            .enumerate()
-            .take(libc::IFNAMSIZ)
-        {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let mut mac = [0u8; 6];
-        if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 {
-            let sa = req.ifr_ifru.ifru_hwaddr.sa_data;
-            for (i, m) in mac.iter_mut().enumerate() {
-                *m = sa[i] as u8;
-            }
-        }
-        // ARP request, sender = target = ip (RFC 5227 announcement).
-        let mut pkt = Vec::with_capacity(28);
-        pkt.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
-        pkt.extend_from_slice(&mac);
-        pkt.extend_from_slice(&ip.octets());
-        pkt.extend_from_slice(&[0; 6]);
-        pkt.extend_from_slice(&ip.octets());
-        let mut to: libc::sockaddr_ll = std::mem::zeroed();
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-        to.sll_ifindex = idx as i32;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let mut err = None;
-        for _ in 0..2 {
-            let r = libc::sendto(
-                fd,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(Error::last_os("opening a packet socket"));
+    }
+    // SAFETY: fd was just created and is owned by no one else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let r = send_arp(&sock, ifname, &cname, idx, proto, ip);
+    // Closing a packet socket waits for the kernel to synchronize (~10 ms).
+    crate::reap::close_later(sock);
+    r
+}
+
+fn send_arp(
+    sock: &OwnedFd,
+    ifname: &str,
+    cname: &std::ffi::CStr,
+    idx: u32,
+    proto: u16,
+    ip: Ipv4Addr,
+) -> Result<()> {
+    // SAFETY: all-zero is a valid ifreq; the ioctl fills in the hardware address.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(cname.to_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR on an ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+        return Err(Error::last_os(format!("reading the MAC of {ifname}")));
+    }
+    let mut mac = [0u8; 6];
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    for (m, s) in mac.iter_mut().zip(sa.iter()) {
+        *m = *s as u8;
+    }
+
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = proto;
+    to.sll_ifindex = idx as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    for op in [ARP_REQUEST, ARP_REPLY] {
+        let pkt = arp_packet(op, &mac, ip);
+        // SAFETY: sendto with a buffer and address we own, lengths matching.
+        let r = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
                 pkt.as_ptr().cast(),
                 pkt.len(),
                 0,
                 (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            if r < 0 {
-                err = Some(std::io::Error::last_os_error());
-            }
-        }
-        libc::close(fd);
-        if let Some(e) = err {
-            return Err(io("sending ARP")(e));
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(Error::last_os(format!("sending ARP on {ifname}")));
         }
     }
+    debug!(ifname, %ip, "sent gratuitous ARP");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_layout() {
+        let mac = [2, 0x42, 10, 0, 0, 2];
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let req = arp_packet(ARP_REQUEST, &mac, ip);
+        assert_eq!(&req[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(&req[8..14], &mac);
+        assert_eq!(&req[14..18], &[10, 0, 0, 2]);
+        assert_eq!(&req[18..24], &[0; 6]);
+        assert_eq!(&req[24..28], &[10, 0, 0, 2]);
+        let rep = arp_packet(ARP_REPLY, &mac, ip);
+        assert_eq!(&rep[6..8], &[0, 2]);
+        assert_eq!(&rep[18..24], &mac);
+        assert_eq!(fmt_mac(&mac), "02:42:0a:00:00:02");
+    }
+
+    #[test]
+    fn route_messages() {
+        assert!(
+            route_msg(
+                "10.0.0.0/8".parse().unwrap(),
+                Some("::1".parse().unwrap()),
+                None
+            )
+            .is_err()
+        );
+        let m = route_msg("10.1.2.3/8".parse().unwrap(), None, Some(3)).unwrap();
+        assert_eq!(m.header.scope, RouteScope::Link);
+        assert_eq!(m.header.destination_prefix_length, 8);
+        assert!(
+            m.attributes
+                .contains(&RouteAttribute::Destination(RouteAddress::Inet(
+                    Ipv4Addr::new(10, 0, 0, 0)
+                )))
+        );
+    }
 }

@@ -1,25 +1,62 @@
-//! nftables rulesets applied as one atomic transaction inside a namespace.
+//! nftables commands applied as one atomic transaction inside a namespace.
 //!
-//! libnftables is called in-process (loaded with dlopen, so building needs no headers): an
-//! apply costs ~0.2 ms, where spawning `nft -f` costs 7-17 ms on this kind of machine. The one
-//! slow step is freeing a context after a commit (~7 ms, kernel side, on socket close), so
-//! contexts are handed to a background thread to be freed off the caller's path. Without the
-//! library the `nft` binary is used.
+//! libnftables is called in-process, loaded with `dlopen` (no build-time headers, and a host
+//! without it still works: the `nft` binary is the fallback). Spawning `nft -f` costs 7-17 ms
+//! per call on a small VM; a libnftables context costs ~0.2 ms to create and run. Commands run
+//! on a thread inside the target namespace, so the context's netlink socket lives there.
+//!
+//! What shapes this module (libnftables 1.0.x, kernel 6.x):
+//! - Closing a context's socket can be slow: after a commit that deleted objects, the kernel's
+//!   release of the socket waits for the deferred destruction of those objects (an RCU grace
+//!   period, ~10 ms measured) *while holding the namespace's nftables commit mutex*, so even
+//!   closing it on another thread stalls the next commit in that namespace. Hence contexts
+//!   are kept for reuse, one per namespace (up to 16, freed after 2 s idle, or at once by
+//!   [`Nft::forget`] / [`Netns::delete`]): repeated applies to a namespace (a firewall table
+//!   replaced on every change) never close a socket.
+//! - When a context is freed, we keep a duplicate of its socket, so `nft_ctx_free` returns at
+//!   once, and [`crate::reap`] closes the duplicate on a background thread. (Freeing the
+//!   whole context on another thread would race with calls in progress: next point.)
+//! - The library keeps process-global state (an interface cache released by every run and
+//!   free, one-time init), so every call into it is made under one lock.
+//! - It waits on its socket with `select()`: a descriptor at or above `FD_SETSIZE` (1024)
+//!   aborts the process (fortified `FD_SET`), and a socket it cannot create makes it call
+//!   `exit()`. So before each run we check that low descriptors are available and use the
+//!   binary otherwise. Processes holding many descriptors should keep theirs above 1024
+//!   ([`move_fd_high`]).
+//!
+//! A kept context pins its namespace (its socket holds a reference), for at most the idle
+//! time, unless the namespace is deleted through [`Netns::delete`].
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::Error;
+use tracing::{debug, warn};
+
 use crate::netns::Netns;
+use crate::{Error, Result};
 
 type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
 type CtxFree = unsafe extern "C" fn(*mut c_void);
 type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+type SockFd = unsafe extern "C" fn(*const c_void) -> c_int;
+
+/// `FD_SETSIZE`: libnftables' select() cannot take descriptors from here up.
+const FD_SETSIZE: RawFd = 1024;
+
+/// How [`Nft`] talks to nftables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// libnftables, in-process.
+    Library,
+    /// The `nft` binary, spawned from inside the namespace.
+    Binary,
+}
 
 struct Lib {
     new: CtxNew,
@@ -29,165 +66,498 @@ struct Lib {
     get_output: CtxStr,
     get_error: CtxStr,
     run: RunCmd,
+    /// libmnl's `mnl_socket_get_fd`, to find a context's socket (optional).
+    sock_fd: Option<SockFd>,
 }
 
-/// A context on its way to the reaper thread.
+/// Contexts kept for reuse (at most this many).
+const CACHE_CAP: usize = 16;
+/// A kept context unused this long is freed (it pins its namespace).
+const CACHE_IDLE: Duration = Duration::from_secs(2);
+
+/// A libnftables context. Only touched under [`STATE`]'s lock.
 struct Ctx(*mut c_void);
-// SAFETY: a libnftables context is used by one thread at a time; after the command ran it is
-// only freed, on the reaper thread.
+// SAFETY: a context is used by one thread at a time (under the STATE lock) and is not tied
+// to the thread that created it.
 unsafe impl Send for Ctx {}
 
+/// Identity of a network namespace: device and inode of its nsfs file.
+type NsKey = (u64, u64);
+
+struct Kept {
+    key: NsKey,
+    ctx: Ctx,
+    used: Instant,
+}
+
+/// Every call into libnftables happens under this lock (the library has global state); it
+/// also guards the contexts kept for reuse, most recently used last.
+static STATE: Mutex<Vec<Kept>> = Mutex::new(Vec::new());
+
+fn state() -> MutexGuard<'static, Vec<Kept>> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static LIB: OnceLock<Option<Lib>> = OnceLock::new();
+
 fn lib() -> Option<&'static Lib> {
-    static LIB: OnceLock<Option<Lib>> = OnceLock::new();
     LIB.get_or_init(|| {
-        // SAFETY: dlopen/dlsym with static C strings; symbols are cast to their documented
-        // C signatures (libnftables(3)).
-        unsafe {
-            let h = libc::dlopen(
-                c"libnftables.so.1".as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_LOCAL,
-            );
-            if h.is_null() {
-                return None;
-            }
-            let sym = |n: &CStr| {
-                let p = libc::dlsym(h, n.as_ptr());
-                (!p.is_null()).then_some(p)
-            };
-            Some(Lib {
-                new: std::mem::transmute::<*mut c_void, CtxNew>(sym(c"nft_ctx_new")?),
-                free: std::mem::transmute::<*mut c_void, CtxFree>(sym(c"nft_ctx_free")?),
-                buffer_output: std::mem::transmute::<*mut c_void, CtxInt>(sym(
-                    c"nft_ctx_buffer_output",
-                )?),
-                buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym(
-                    c"nft_ctx_buffer_error",
-                )?),
-                get_output: std::mem::transmute::<*mut c_void, CtxStr>(sym(
-                    c"nft_ctx_get_output_buffer",
-                )?),
-                get_error: std::mem::transmute::<*mut c_void, CtxStr>(sym(
-                    c"nft_ctx_get_error_buffer",
-                )?),
-                run: std::mem::transmute::<*mut c_void, RunCmd>(sym(c"nft_run_cmd_from_buffer")?),
-            })
+        let l = load();
+        if l.is_none() {
+            warn!("libnftables.so.1 not usable; falling back to the nft binary");
         }
+        l
     })
     .as_ref()
 }
 
-fn reaper() -> &'static std::sync::Mutex<mpsc::Sender<Ctx>> {
-    static TX: OnceLock<std::sync::Mutex<mpsc::Sender<Ctx>>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Ctx>();
-        std::thread::Builder::new()
-            .name("nft-reaper".into())
-            .spawn(move || {
-                while let Ok(ctx) = rx.recv() {
-                    if let Some(l) = lib() {
-                        // SAFETY: ctx came from nft_ctx_new and is freed exactly once.
-                        unsafe { (l.free)(ctx.0) };
-                    }
-                }
-            })
-            .ok();
-        std::sync::Mutex::new(tx)
-    })
-}
-
-/// Runs nft commands in the calling thread's namespace; returns nft's output.
-fn run_here(text: &str) -> Result<String, Error> {
-    let Some(l) = lib() else {
-        return run_binary(text);
-    };
-    let c = CString::new(text).map_err(|_| Error::Nft("ruleset contains NUL".into()))?;
-    // SAFETY: libnftables calls on a context we own; buffers are copied before the context
-    // leaves this function.
+fn load() -> Option<Lib> {
+    // SAFETY: dlopen/dlsym with static C strings; each symbol is cast to its documented C
+    // signature (libnftables(3), libmnl). Handles are never closed: the functions must stay
+    // valid for the life of the process.
     unsafe {
-        let ctx = (l.new)(0);
-        if ctx.is_null() {
-            return Err(Error::Nft("nft_ctx_new failed".into()));
+        let h = libc::dlopen(
+            c"libnftables.so.1".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_LOCAL,
+        );
+        if h.is_null() {
+            return None;
         }
-        (l.buffer_output)(ctx);
-        (l.buffer_error)(ctx);
-        let rc = (l.run)(ctx, c.as_ptr());
-        let copy = |p: *const c_char| {
-            if p.is_null() {
-                String::new()
-            } else {
-                CStr::from_ptr(p).to_string_lossy().into_owned()
-            }
+        let sym = |h: *mut c_void, n: &CStr| {
+            let p = libc::dlsym(h, n.as_ptr());
+            (!p.is_null()).then_some(p)
         };
-        let out = copy((l.get_output)(ctx));
-        let err = copy((l.get_error)(ctx));
-        match reaper().lock() {
-            Ok(tx) if tx.send(Ctx(ctx)).is_ok() => {}
-            _ => (l.free)(ctx),
-        }
-        if rc != 0 {
-            return Err(Error::Nft(if err.is_empty() {
-                format!("error {rc}")
-            } else {
-                err.trim().to_string()
-            }));
-        }
-        Ok(out)
+        let mnl = libc::dlopen(c"libmnl.so.0".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        let sock_fd = if mnl.is_null() {
+            None
+        } else {
+            sym(mnl, c"mnl_socket_get_fd").map(|p| std::mem::transmute::<*mut c_void, SockFd>(p))
+        };
+        Some(Lib {
+            new: std::mem::transmute::<*mut c_void, CtxNew>(sym(h, c"nft_ctx_new")?),
+            free: std::mem::transmute::<*mut c_void, CtxFree>(sym(h, c"nft_ctx_free")?),
+            buffer_output: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                h,
+                c"nft_ctx_buffer_output",
+            )?),
+            buffer_error: std::mem::transmute::<*mut c_void, CtxInt>(sym(
+                h,
+                c"nft_ctx_buffer_error",
+            )?),
+            get_output: std::mem::transmute::<*mut c_void, CtxStr>(sym(
+                h,
+                c"nft_ctx_get_output_buffer",
+            )?),
+            get_error: std::mem::transmute::<*mut c_void, CtxStr>(sym(
+                h,
+                c"nft_ctx_get_error_buffer",
+            )?),
+            run: std::mem::transmute::<*mut c_void, RunCmd>(sym(h, c"nft_run_cmd_from_buffer")?),
+            sock_fd,
+        })
     }
 }
 
-fn run_binary(text: &str) -> Result<String, Error> {
+fn getsockopt_int(fd: RawFd, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into an int we own.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// The context's netlink socket, if it can be found: the first member of libnftables'
+/// `struct nft_ctx` is its `struct mnl_socket *` (1.0.x). What we find is checked by asking
+/// the kernel that the descriptor is a netfilter netlink socket.
+///
+/// SAFETY: `ctx` must be a live context created with flags 0 (so it has a socket).
+unsafe fn ctx_socket(l: &Lib, ctx: *mut c_void) -> Option<RawFd> {
+    let get = l.sock_fd?;
+    // SAFETY: ctx points to a live nft_ctx whose first field is a pointer.
+    let nl = unsafe { *(ctx as *const *const c_void) };
+    if nl.is_null() {
+        return None;
+    }
+    // SAFETY: nl is the context's mnl_socket.
+    let fd = unsafe { get(nl) };
+    if fd < 0 {
+        return None;
+    }
+    let ok = getsockopt_int(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+        && getsockopt_int(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER);
+    ok.then_some(fd)
+}
+
+/// A duplicate of `fd` numbered `min` or above.
+fn dup_fd(fd: RawFd, min: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor owned by the result.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    // SAFETY: d is a fresh descriptor nobody else owns.
+    (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
+}
+
+/// Moves a descriptor to a number at or above 1024, keeping the low range free for code that
+/// uses `select()` (libnftables). Returns the original on failure (e.g. when the
+/// `RLIMIT_NOFILE` soft limit is 1024: raise it to use this).
+pub fn move_fd_high(fd: OwnedFd) -> OwnedFd {
+    match dup_fd(fd.as_raw_fd(), FD_SETSIZE) {
+        Some(high) => high,
+        None => fd,
+    }
+}
+
+/// Whether libnftables can safely create a context now: it needs a netfilter socket (and
+/// maybe a route socket for its interface cache) below `FD_SETSIZE`, and exits the process
+/// if it cannot open one. Probing takes the lowest free descriptors, which is what the
+/// library will get right after.
+fn low_fds_available() -> bool {
+    let mut probes = Vec::with_capacity(2);
+    for _ in 0..2 {
+        // SAFETY: a netlink socket, owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: fd was just created and is owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let low = fd.as_raw_fd() < FD_SETSIZE - 8;
+        probes.push(fd);
+        if !low {
+            return false;
+        }
+    }
+    true
+}
+
+fn copy_cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libnftables returns NUL-terminated buffers that live until the next call on
+    // the context; we copy before that.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Frees a context without waiting for the kernel: with a duplicate of its socket open,
+/// `nft_ctx_free`'s close is instant, and the duplicate is closed in the background.
+///
+/// SAFETY: under the STATE lock; `ctx` is live and not used again.
+unsafe fn release(l: &Lib, ctx: Ctx) {
+    // SAFETY: per this function's contract.
+    let sock = unsafe { ctx_socket(l, ctx.0) };
+    // Prefer a high number: the low range is what libnftables needs.
+    let keep = sock.and_then(|fd| dup_fd(fd, FD_SETSIZE).or_else(|| dup_fd(fd, 0)));
+    // SAFETY: per this function's contract; freed exactly once.
+    unsafe { (l.free)(ctx.0) };
+    if let Some(fd) = keep {
+        crate::reap::close_later(fd);
+    }
+}
+
+/// Frees kept contexts matching `drop_it`.
+fn evict(l: &Lib, kept: &mut Vec<Kept>, mut drop_it: impl FnMut(&Kept) -> bool) {
+    let mut i = 0;
+    while i < kept.len() {
+        if drop_it(&kept[i]) {
+            let k = kept.remove(i);
+            // SAFETY: under the STATE lock (we hold `kept`); the context leaves the cache.
+            unsafe { release(l, k.ctx) };
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Frees idle kept contexts now and then, so they do not pin namespaces for long.
+fn start_idle_sweeper(l: &'static Lib) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("nft-idle".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(CACHE_IDLE / 4);
+                    let mut kept = state();
+                    evict(l, &mut kept, |k| k.used.elapsed() >= CACHE_IDLE);
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the nft idle sweeper: {e}");
+        }
+    });
+}
+
+/// Frees the context kept for namespace `key`, if any (its namespace is going away).
+pub(crate) fn forget_key(key: NsKey) {
+    // Not loaded yet: nothing kept (and no reason to load it now).
+    let Some(Some(l)) = LIB.get() else {
+        return;
+    };
+    let mut kept = state();
+    evict(l, &mut kept, |k| k.key == key);
+}
+
+/// Runs nft commands with libnftables in the calling thread's namespace (whose identity is
+/// `key`); returns nft's output. `None`: the library cannot be used right now (use the
+/// binary).
+///
+/// The context is kept for the next call on the same namespace: besides saving its creation,
+/// that avoids closing its socket, which after a commit that deleted objects waits for the
+/// kernel's deferred destruction (~10 ms) while holding the namespace's nftables commit
+/// mutex, stalling the next commit there.
+fn run_library(l: &'static Lib, key: NsKey, text: &CStr) -> Option<Result<String>> {
+    let mut kept = state();
+    // Each run may open a route socket for the interface cache: keep low descriptors.
+    if !low_fds_available() {
+        debug!("no low descriptors for libnftables; using the nft binary");
+        return None;
+    }
+    let ctx = match kept.iter().position(|k| k.key == key) {
+        Some(i) => kept.remove(i).ctx,
+        None => {
+            // SAFETY: under the STATE lock; a new context, owned here.
+            let ctx = Ctx(unsafe { (l.new)(0) });
+            if ctx.0.is_null() {
+                return None;
+            }
+            // SAFETY: ctx is live and was created with flags 0.
+            let sock = unsafe { ctx_socket(l, ctx.0) };
+            if sock.is_some_and(|fd| fd >= FD_SETSIZE) {
+                // Another thread took the low descriptors between our probe and now.
+                // SAFETY: under the lock, freed once, never used again.
+                unsafe { release(l, ctx) };
+                return None;
+            }
+            // SAFETY: ctx is live; output and errors go to buffers we read below.
+            unsafe {
+                (l.buffer_output)(ctx.0);
+                (l.buffer_error)(ctx.0);
+            }
+            ctx
+        }
+    };
+    // SAFETY: ctx is live and used under the lock; the buffers are copied before the next
+    // call on it.
+    let (rc, out, err) = unsafe {
+        let rc = (l.run)(ctx.0, text.as_ptr());
+        (
+            rc,
+            copy_cstr((l.get_output)(ctx.0)),
+            copy_cstr((l.get_error)(ctx.0)),
+        )
+    };
+    kept.push(Kept {
+        key,
+        ctx,
+        used: Instant::now(),
+    });
+    if kept.len() > CACHE_CAP {
+        let k = kept.remove(0);
+        // SAFETY: under the lock; the least recently used context leaves the cache.
+        unsafe { release(l, k.ctx) };
+    }
+    drop(kept);
+    start_idle_sweeper(l);
+    Some(nft_result(rc == 0, out, err, rc))
+}
+
+fn nft_result(ok: bool, out: String, err: String, code: i32) -> Result<String> {
+    if ok {
+        return Ok(out);
+    }
+    let err = err.trim();
+    Err(Error::Nft(if err.is_empty() {
+        format!("nft failed with code {code}")
+    } else {
+        err.to_string()
+    }))
+}
+
+/// Runs nft commands with the `nft` binary, from the calling thread (so in its namespace).
+fn run_binary(text: &str) -> Result<String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Nft(format!("running nft: {e} (install nftables)")))?;
+        .map_err(|e| Error::Nft(format!("running nft: {e} (is nftables installed?)")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| Error::Nft(format!("writing to nft: {e}")))?;
+        // A write error (nft exited early) shows up in its status and stderr below.
+        let _ = stdin.write_all(text.as_bytes());
     }
     let out = child
         .wait_with_output()
         .map_err(|e| Error::Nft(format!("running nft: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    nft_result(
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
 }
 
-/// Applies `ruleset` (any nft commands) in `ns` as one transaction.
-pub fn apply(ns: &Netns, ruleset: &str) -> Result<(), Error> {
-    let text = ruleset.to_string();
-    ns.run(move || run_here(&text))?.map(|_| ())
+/// The namespace identity of a namespace handle.
+pub(crate) fn ns_key(fd: RawFd) -> Option<NsKey> {
+    // SAFETY: all-zero is a valid stat; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor the caller keeps open.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
-/// Tables in `ns`, as (family, name).
-pub fn list_tables(ns: &Netns) -> Result<Vec<(String, String)>, Error> {
-    let out = ns.run(|| run_here("list tables"))??;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            match (w.next(), w.next(), w.next()) {
-                (Some("table"), Some(f), Some(n)) => Some((f.to_string(), n.to_string())),
-                _ => None,
-            }
-        })
-        .collect())
-}
-
-/// One table as nft prints it, or None if it does not exist.
-pub fn list_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>, Error> {
-    if !list_tables(ns)?
-        .iter()
-        .any(|(f, n)| f == family && n == name)
+fn run_here(text: &str, key: Option<NsKey>, backend: Backend) -> Result<String> {
+    if backend == Backend::Library
+        && let Some(l) = lib()
+        && let Some(key) = key
     {
-        return Ok(None);
+        let c = CString::new(text).map_err(|_| Error::Invalid("nft text contains NUL".into()))?;
+        if let Some(r) = run_library(l, key, &c) {
+            return r;
+        }
     }
-    let cmd = format!("list table {family} {name}");
-    ns.run(move || run_here(&cmd))?.map(Some)
+    run_binary(text)
+}
+
+/// nft table families.
+const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+
+fn check_table_ref(family: &str, name: &str) -> Result<()> {
+    let name_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+    if !FAMILIES.contains(&family) || !name_ok {
+        return Err(Error::Invalid(format!(
+            "invalid nftables table {family} {name}"
+        )));
+    }
+    Ok(())
+}
+
+/// nftables inside a namespace. Stateless: each call is one transaction on a fresh context.
+pub struct Nft;
+
+impl Nft {
+    /// Which backend calls use: the library when it loads, else the binary.
+    pub fn backend() -> Backend {
+        if lib().is_some() {
+            Backend::Library
+        } else {
+            Backend::Binary
+        }
+    }
+
+    /// Applies `ruleset` in `ns` as one atomic transaction. The text is nft syntax (what
+    /// `nft list ruleset` prints) and may hold several commands: `add table …`,
+    /// `delete table …`, `table ip x { … }`, `add element …`, one per line or `;`-separated.
+    /// On error nothing is applied and the error carries nft's message.
+    pub fn apply(ns: &Netns, ruleset: &str) -> Result<()> {
+        Nft::apply_with(ns, ruleset, Nft::backend())
+    }
+
+    /// [`Nft::apply`] with a chosen backend (the binary is always available as a choice; the
+    /// library falls back to it when unusable).
+    pub fn apply_with(ns: &Netns, ruleset: &str, backend: Backend) -> Result<()> {
+        let key = ns_key(ns.as_raw_fd());
+        ns.run(|| run_here(ruleset, key, backend))?.map(|_| ())
+    }
+
+    /// Frees the libnftables context kept for `ns`, if any. Kept contexts hold a socket in
+    /// their namespace, which keeps it alive: [`Netns::delete`] calls this; call it when a
+    /// namespace is given up another way. (Idle contexts are freed within seconds anyway.)
+    pub fn forget(ns: &Netns) {
+        if let Some(key) = ns_key(ns.as_raw_fd()) {
+            forget_key(key);
+        }
+    }
+
+    /// Runs nft commands in `ns` and returns what nft printed (e.g. for `list` commands).
+    pub fn run(ns: &Netns, commands: &str) -> Result<String> {
+        let key = ns_key(ns.as_raw_fd());
+        ns.run(|| run_here(commands, key, Nft::backend()))?
+    }
+
+    /// Tables in `ns`, as (family, name).
+    pub fn list_tables(ns: &Netns) -> Result<Vec<(String, String)>> {
+        let out = Nft::run(ns, "list tables")?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match (w.next(), w.next(), w.next()) {
+                    (Some("table"), Some(f), Some(n)) => Some((f.to_string(), n.to_string())),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// One table as nft prints it, or None if it does not exist (for debugging and tests).
+    pub fn list_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>> {
+        check_table_ref(family, name)?;
+        match Nft::run(ns, &format!("list table {family} {name}")) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) => {
+                // Only "no such table" becomes None; anything else is an error.
+                let exists = Nft::list_tables(ns)?
+                    .iter()
+                    .any(|(f, n)| f == family && n == name);
+                if exists { Err(e) } else { Ok(None) }
+            }
+        }
+    }
+}
+
+/// Same as [`Nft::apply`].
+pub fn apply(ns: &Netns, ruleset: &str) -> Result<()> {
+    Nft::apply(ns, ruleset)
+}
+
+/// Same as [`Nft::list_tables`].
+pub fn list_tables(ns: &Netns) -> Result<Vec<(String, String)>> {
+    Nft::list_tables(ns)
+}
+
+/// Same as [`Nft::list_table`].
+pub fn list_table(ns: &Netns, family: &str, name: &str) -> Result<Option<String>> {
+    Nft::list_table(ns, family, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_refs() {
+        assert!(check_table_ref("inet", "sdnet").is_ok());
+        assert!(check_table_ref("ip", "snt-1.2_x/y").is_ok());
+        assert!(check_table_ref("ipx", "a").is_err());
+        assert!(check_table_ref("ip", "a; flush ruleset").is_err());
+        assert!(check_table_ref("ip", "").is_err());
+        assert!(check_table_ref("ip", "-a").is_err());
+    }
+
+    #[test]
+    fn high_fds() {
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        let moved = move_fd_high(fd.into());
+        assert!(moved.as_raw_fd() >= FD_SETSIZE);
+    }
 }

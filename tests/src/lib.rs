@@ -737,3 +737,61 @@ pub fn ask_tcp(ns: &Ns, addr: &str) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+/// A helper binary built next to sdctl (e.g. `whoami-server`).
+pub fn helper_bin(name: &str) -> PathBuf {
+    let bin = sdctl().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} not found: build the tests crate's binaries",
+        bin.display()
+    );
+    bin
+}
+
+impl Daemon {
+    /// A sandbox's namespace file as the test process can open it (the daemon may live in
+    /// another mount namespace).
+    pub fn netns_path(&self, sandbox: &str) -> PathBuf {
+        let v = self.inspect(sandbox);
+        let p = v["netns"].as_str().expect("netns path");
+        PathBuf::from(format!("/proc/{}/root{p}", self.pid))
+    }
+
+    /// Opens `count` TCP connections to `addr` from inside `sandbox`, one after the other,
+    /// and returns the first line each server sent ("" for a failed connection).
+    pub fn connect_many(&self, sandbox: &str, addr: &str, count: usize) -> Vec<String> {
+        let path = self.netns_path(sandbox);
+        let addr: std::net::SocketAddr = addr.parse().expect("address");
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let f = File::open(&path).expect("open netns");
+                // SAFETY: setns on this short-lived thread only.
+                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns");
+                (0..count)
+                    .map(|_| {
+                        use std::io::BufRead;
+                        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                            Ok(c) => {
+                                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                                let mut line = String::new();
+                                let _ = std::io::BufReader::new(c).read_line(&mut line);
+                                line.trim().to_string()
+                            }
+                            Err(_) => String::new(),
+                        }
+                    })
+                    .collect()
+            })
+            .join()
+            .expect("connect thread")
+        })
+    }
+
+    /// `services ps` as JSON.
+    pub fn tasks(&self, service: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&["services", "ps", service, "--format", "json"]);
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("tasks JSON")
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod http;
 mod output;
+mod services;
 
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
@@ -11,9 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::api::*;
-use crate::cli::{
-    ClientOpts, Command, DnsCommand, Format, NetworkCommand, NetworkCreateArgs, RunArgs,
-};
+use crate::cli::{ClientOpts, Command, DnsCommand, NetworkCommand, NetworkCreateArgs, RunArgs};
 use crate::daemon::api::LogChunk;
 use crate::enter::Enter;
 use http::{Client, seg};
@@ -48,6 +47,7 @@ fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 async fn run_async(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Network { client, command } => network(&client, command).await,
+        Command::Services { client, command } => services::run(&client, command).await,
         Command::Run(args) => run_sandbox(args).await,
         Command::Ps { client, all, out } => {
             let list: Vec<SandboxInfo> = Client::new(&client.socket)
@@ -433,9 +433,4 @@ fn exec(info: &ExecInfo, command: &[String]) -> Result<i32> {
     } else {
         126
     })
-}
-
-#[allow(dead_code)]
-fn format_is_json(f: Format) -> bool {
-    f == Format::Json
 }

@@ -2,7 +2,7 @@
 
 use comfy_table::{Table, presets};
 
-use crate::api::{NetworkInfo, SandboxInfo, SandboxStatus};
+use crate::api::{NetworkInfo, SandboxInfo, SandboxStatus, ServiceInfo};
 use crate::cli::{Format, OutputOpts};
 
 fn table(header: &[&str]) -> Table {
@@ -118,4 +118,76 @@ pub fn sandboxes(list: &[SandboxInfo], out: &OutputOpts) {
         ]);
     }
     print(t);
+}
+
+pub fn services(list: &[ServiceInfo], out: &OutputOpts) {
+    if out.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+        return;
+    }
+    if out.quiet {
+        for s in list {
+            println!("{}", &s.id[..12]);
+        }
+        return;
+    }
+    let mut t = table(&["ID", "NAME", "MODE", "REPLICAS", "VIPS", "PORTS"]);
+    for s in list {
+        let vips: Vec<String> = s
+            .networks
+            .iter()
+            .filter_map(|n| n.vip.map(|v| format!("{}={v}", n.network)))
+            .collect();
+        let mut ports: Vec<String> = s.publish.iter().map(|p| p.to_string()).collect();
+        ports.extend(
+            s.ports
+                .iter()
+                .map(|p| format!("{}:{}/{}", p.name, p.port, p.protocol)),
+        );
+        t.add_row(vec![
+            s.id[..12].to_string(),
+            s.name.clone(),
+            s.mode.to_string(),
+            format!("{}/{}", s.running, s.replicas),
+            vips.join(","),
+            ports.join(", "),
+        ]);
+    }
+    print(t);
+}
+
+pub fn tasks(s: &ServiceInfo, out: &OutputOpts) {
+    if out.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s.tasks).unwrap_or_default()
+        );
+        return;
+    }
+    if out.quiet {
+        for t in &s.tasks {
+            println!("{}", &t.id[..12]);
+        }
+        return;
+    }
+    let mut tb = table(&["NAME", "SLOT", "STATE", "HEALTH", "NODE", "IP"]);
+    for t in &s.tasks {
+        let state = match t.exit_code {
+            Some(c) if t.state == "exited" => format!("exited ({c})"),
+            _ => t.state.clone(),
+        };
+        tb.add_row(vec![
+            t.name.clone(),
+            t.slot.to_string(),
+            state,
+            if t.health.is_empty() {
+                "-".into()
+            } else {
+                t.health.clone()
+            },
+            t.node.clone(),
+            t.ips.join(","),
+        ]);
+    }
+    print(tb);
 }

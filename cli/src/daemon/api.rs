@@ -48,6 +48,9 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
         .route("/v1/sandboxes/{name}/exec", get(exec_info))
         .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/services", get(services).post(create_service))
+        .route("/v1/services/{name}", get(service).delete(remove_service))
+        .route("/v1/services/{name}/update", post(update_service))
         .route("/v1/dns/query", post(dns_query))
         .with_state(d)
 }
@@ -128,6 +131,32 @@ async fn remove_sandbox(
     Ok(Json(Removed {
         removed: vec![d.remove_sandbox(&name, q.force).await?],
     }))
+}
+
+async fn services(State(d): D) -> R<Vec<ServiceInfo>> {
+    Ok(Json(d.services().await))
+}
+
+async fn create_service(State(d): D, Json(req): Json<ServiceCreate>) -> R<ServiceInfo> {
+    Ok(Json(d.create_service(req).await?))
+}
+
+async fn service(State(d): D, Path(name): Path<String>) -> R<ServiceInfo> {
+    Ok(Json(d.service(&name).await?))
+}
+
+async fn remove_service(State(d): D, Path(name): Path<String>) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: vec![d.remove_service(&name).await?],
+    }))
+}
+
+async fn update_service(
+    State(d): D,
+    Path(name): Path<String>,
+    Json(u): Json<ServiceUpdate>,
+) -> R<ServiceInfo> {
+    Ok(Json(d.update_service(&name, u).await?))
 }
 
 async fn exec_info(State(d): D, Path(name): Path<String>) -> R<ExecInfo> {

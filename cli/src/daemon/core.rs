@@ -29,7 +29,8 @@ use crate::api::*;
 use crate::daemon::firewall::{self, FwNetwork, FwPort};
 use crate::daemon::plumb::{self, EndpointNet, Host};
 use crate::daemon::store::{
-    EndpointRec, NetMode, NetworkRec, Op, ProcRec, SandboxRec, Store, SubnetRec,
+    EndpointRec, NetMode, NetworkRec, Op, ProcRec, SandboxRec, ServiceRec, Store, SubnetRec,
+    TaskRec,
 };
 use crate::daemon::{names, process};
 use crate::enter::Enter;
@@ -77,12 +78,12 @@ impl Config {
     }
 }
 
-struct Net {
-    rec: NetworkRec,
-    ipam: Vec<ipam::Subnet>,
+pub(super) struct Net {
+    pub(super) rec: NetworkRec,
+    pub(super) ipam: Vec<ipam::Subnet>,
 }
 
-struct DnsListener {
+pub(super) struct DnsListener {
     udp_port: u16,
     tcp_port: u16,
     tasks: Vec<JoinHandle<()>>,
@@ -97,15 +98,35 @@ impl Drop for DnsListener {
 }
 
 /// A socket holding a published host port, so no other program takes it.
-struct Reservation {
+pub(super) struct Reservation {
     _socket: std::os::fd::OwnedFd,
 }
 
-struct Sb {
-    rec: SandboxRec,
-    dns: Option<DnsListener>,
-    reservations: Vec<Reservation>,
-    watcher: Option<JoinHandle<()>>,
+pub(super) struct Sb {
+    pub(super) rec: SandboxRec,
+    pub(super) dns: Option<DnsListener>,
+    pub(super) reservations: Vec<Reservation>,
+    pub(super) watcher: Option<JoinHandle<()>>,
+    /// The service VIPs programmed in this sandbox's LB table (None: unknown, reload whole).
+    pub(super) lb: Option<BTreeMap<Ipv4Addr, sdnet_lb::VipLb>>,
+    /// Health checker of a task.
+    pub(super) health: Option<JoinHandle<()>>,
+    /// Consecutive failed health checks.
+    pub(super) failures: u32,
+}
+
+impl Sb {
+    pub(super) fn new(rec: SandboxRec) -> Sb {
+        Sb {
+            rec,
+            dns: None,
+            reservations: Vec::new(),
+            watcher: None,
+            lb: None,
+            health: None,
+            failures: 0,
+        }
+    }
 }
 
 impl Drop for Sb {
@@ -113,13 +134,23 @@ impl Drop for Sb {
         if let Some(w) = &self.watcher {
             w.abort();
         }
+        if let Some(h) = &self.health {
+            h.abort();
+        }
     }
 }
 
+pub(super) struct Svc {
+    pub(super) rec: ServiceRec,
+    /// Sockets holding the service's published host ports (held, never read).
+    pub(super) _reservations: Vec<Reservation>,
+}
+
 #[derive(Default)]
-struct Inner {
-    nets: BTreeMap<String, Net>,
-    sbs: BTreeMap<String, Sb>,
+pub(super) struct Inner {
+    pub(super) nets: BTreeMap<String, Net>,
+    pub(super) sbs: BTreeMap<String, Sb>,
+    pub(super) svcs: BTreeMap<String, Svc>,
 }
 
 /// A process exit seen by a watcher.
@@ -129,13 +160,27 @@ pub struct Exit {
     pub code: Option<i32>,
 }
 
+/// Things that happen to the daemon's objects outside an API call.
+pub enum Event {
+    Exit(Exit),
+    /// A task's health check result.
+    Health {
+        sandbox: String,
+        ok: bool,
+    },
+    /// A draining task's delay is over: stop and remove it.
+    Drained {
+        sandbox: String,
+    },
+}
+
 pub struct Daemon {
     pub cfg: Config,
-    store: Store,
+    pub(super) store: Store,
     pub resolver: Arc<Resolver>,
-    host: Host,
-    inner: Mutex<Inner>,
-    exits: mpsc::UnboundedSender<Exit>,
+    pub(super) host: Host,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) events: mpsc::UnboundedSender<Event>,
 }
 
 pub fn now() -> u64 {
@@ -203,7 +248,14 @@ impl Net {
     }
 }
 
-fn sandbox_model(rec: &SandboxRec) -> model::Sandbox {
+/// In DNS and the LB: a plain sandbox always; a task while running, healthy, not draining.
+pub(super) fn visible(rec: &SandboxRec) -> bool {
+    rec.task
+        .as_ref()
+        .is_none_or(|t| t.healthy && !t.unhealthy && !t.draining && !rec.exited)
+}
+
+pub(super) fn sandbox_model(rec: &SandboxRec) -> model::Sandbox {
     model::Sandbox {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -219,12 +271,16 @@ fn sandbox_model(rec: &SandboxRec) -> model::Sandbox {
             })
             .collect(),
         upstreams: rec.dns.clone(),
-        task: None,
+        task: rec.task.as_ref().map(|t| model::TaskInfo {
+            service: t.service.clone(),
+            slot: t.slot,
+            healthy: visible(rec),
+        }),
     }
 }
 
 impl Inner {
-    fn net_by_ref(&self, r: &str) -> ApiResult<&Net> {
+    pub(super) fn net_by_ref(&self, r: &str) -> ApiResult<&Net> {
         if let Some(n) = self.nets.get(r) {
             return Ok(n);
         }
@@ -276,7 +332,7 @@ impl Inner {
             .collect()
     }
 
-    fn firewall(&self) -> String {
+    pub(super) fn firewall(&self) -> String {
         let bridges: Vec<&Net> = self
             .nets
             .values()
@@ -298,11 +354,43 @@ impl Inner {
                         bridge: net.rec.bridge.as_deref().unwrap_or(""),
                         host_ip: p.host_ip,
                         host_port: p.host_port,
-                        target,
+                        targets: vec![target],
                         container_port: p.container_port,
                         protocol: p.protocol,
                     });
                 }
+            }
+        }
+        // Published service ports spread over the service's healthy tasks.
+        for svc in self.svcs.values() {
+            for p in &svc.rec.publish {
+                let Some(net) = svc
+                    .rec
+                    .networks
+                    .iter()
+                    .filter_map(|n| self.nets.get(&n.network))
+                    .find(|n| !n.rec.internal)
+                else {
+                    continue;
+                };
+                let targets: Vec<IpAddr> = self
+                    .sbs
+                    .values()
+                    .filter(|s| {
+                        s.rec.task.as_ref().is_some_and(|t| t.service == svc.rec.id)
+                            && visible(&s.rec)
+                    })
+                    .filter_map(|s| s.rec.endpoints.iter().find(|e| e.network == net.rec.id))
+                    .filter_map(|e| e.ipv4.map(IpAddr::V4))
+                    .collect();
+                ports.push(FwPort {
+                    bridge: net.rec.bridge.as_deref().unwrap_or(""),
+                    host_ip: p.host_ip,
+                    host_port: p.host_port,
+                    targets,
+                    container_port: p.container_port,
+                    protocol: p.protocol,
+                });
             }
         }
         firewall::ruleset(&nets, &ports)
@@ -324,6 +412,21 @@ impl Inner {
             }?;
             Some((net, ip))
         })
+    }
+
+    /// Who already publishes this host port, if anyone.
+    pub(super) fn port_owner(&self, p: &PortSpec) -> Option<String> {
+        if let Some(s) = self
+            .sbs
+            .values()
+            .find(|s| s.rec.ports.iter().any(|q| same_binding(p, q)))
+        {
+            return Some(format!("sandbox {}", s.rec.name));
+        }
+        self.svcs
+            .values()
+            .find(|s| s.rec.publish.iter().any(|q| same_binding(p, q)))
+            .map(|s| format!("service {}", s.rec.name))
     }
 
     fn needs_dns(&self, rec: &SandboxRec) -> bool {
@@ -408,7 +511,7 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn random_id() -> String {
+pub(super) fn random_id() -> String {
     let mut b = [0u8; 32];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         use std::io::Read;
@@ -477,7 +580,7 @@ impl Daemon {
         cfg: Config,
         store: Store,
         resolver: Arc<Resolver>,
-    ) -> Result<(Arc<Daemon>, mpsc::UnboundedReceiver<Exit>)> {
+    ) -> Result<(Arc<Daemon>, mpsc::UnboundedReceiver<Event>)> {
         for d in [cfg.netns_dir(), cfg.logs_dir(), cfg.etc_netns_dir.clone()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
@@ -489,7 +592,7 @@ impl Daemon {
             resolver,
             host,
             inner: Mutex::new(Inner::default()),
-            exits: tx,
+            events: tx,
         });
         d.reconcile().await?;
         Ok((d, rx))
@@ -505,6 +608,7 @@ impl Daemon {
     /// Start-up: load the store, remove what is ours but unknown, make everything else real.
     async fn reconcile(self: &Arc<Self>) -> Result<()> {
         let (nets, sbs) = self.store.load()?;
+        let svcs = self.store.load_services()?;
         let mut inner = self.inner.lock().await;
         for n in nets {
             inner.nets.insert(
@@ -517,13 +621,21 @@ impl Daemon {
         }
         self.ensure_default_networks(&mut inner).await?;
         for s in sbs {
-            inner.sbs.insert(
+            inner.sbs.insert(s.id.clone(), Sb::new(s));
+        }
+        for s in svcs {
+            let mut reservations = Vec::new();
+            for p in &s.publish {
+                match reserve(p) {
+                    Ok(r) => reservations.push(r),
+                    Err(e) => warn!(service = %s.name, "{e}"),
+                }
+            }
+            inner.svcs.insert(
                 s.id.clone(),
-                Sb {
+                Svc {
                     rec: s,
-                    dns: None,
-                    reservations: Vec::new(),
-                    watcher: None,
+                    _reservations: reservations,
                 },
             );
         }
@@ -547,7 +659,7 @@ impl Daemon {
         let state = model::State {
             networks: inner.nets.values().map(|n| n.model()).collect(),
             sandboxes: inner.sbs.values().map(|s| sandbox_model(&s.rec)).collect(),
-            services: Vec::new(),
+            services: inner.svcs.values().map(|s| s.model()).collect(),
         };
         self.resolver
             .tables
@@ -559,6 +671,12 @@ impl Daemon {
                 warn!(sandbox = %inner.sbs[id].rec.name, "could not restore sandbox: {e:#}");
             }
             self.readopt_process(&mut inner, id);
+            self.start_health(&mut inner, id);
+        }
+        // Tasks that died while no daemon watched are replaced, scaled services converge.
+        let svc_ids: Vec<String> = inner.svcs.keys().cloned().collect();
+        for id in &svc_ids {
+            self.converge(&mut inner, id).await;
         }
         info!(
             networks = inner.nets.len(),
@@ -630,6 +748,15 @@ impl Daemon {
                 {
                     if s.subnet.contains(&ip) {
                         let _ = sub.allocate(Some(ip));
+                    }
+                }
+            }
+            for svc in inner.svcs.values() {
+                for sn in svc.rec.networks.iter().filter(|n| n.network == net_id) {
+                    if let Some(vip) = sn.vip
+                        && s.subnet.contains(&IpAddr::V4(vip))
+                    {
+                        let _ = sub.allocate(Some(IpAddr::V4(vip)));
                     }
                 }
             }
@@ -784,6 +911,8 @@ impl Daemon {
                     .push(reserve(p).map_err(|e| anyhow!("{e}"))?);
             }
         }
+        // Service VIPs reachable from here.
+        self.sync_lb(inner, id).await;
         Ok(())
     }
 
@@ -821,31 +950,40 @@ impl Daemon {
             }
             Some(p) => {
                 // It ended while no daemon was watching: its exit code is lost.
-                let _ = self.exits.send(Exit {
+                let _ = self.events.send(Event::Exit(Exit {
                     sandbox: id.to_string(),
                     proc: p,
                     code: None,
-                });
+                }));
             }
             None => {}
         }
     }
 
     fn watch(self: &Arc<Self>, id: &str, p: ProcRec) -> JoinHandle<()> {
-        let tx = self.exits.clone();
+        let tx = self.events.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             let code = process::wait(p).await.unwrap_or(None);
-            let _ = tx.send(Exit {
+            let _ = tx.send(Event::Exit(Exit {
                 sandbox: id,
                 proc: p,
                 code,
-            });
+            }));
         })
     }
 
-    /// Records a process exit (and removes `--rm` sandboxes).
-    pub async fn on_exit(self: &Arc<Self>, exit: Exit) {
+    /// Handles one event (the daemon's event loop calls this in order).
+    pub async fn on_event(self: &Arc<Self>, e: Event) {
+        match e {
+            Event::Exit(x) => self.on_exit(x).await,
+            Event::Health { sandbox, ok } => self.on_health(&sandbox, ok).await,
+            Event::Drained { sandbox } => self.on_drained(&sandbox).await,
+        }
+    }
+
+    /// Records a process exit (removes `--rm` sandboxes, replaces tasks).
+    async fn on_exit(self: &Arc<Self>, exit: Exit) {
         let auto_remove = {
             let mut inner = self.inner.lock().await;
             let Some(sb) = inner.sbs.get_mut(&exit.sandbox) else {
@@ -860,6 +998,13 @@ impl Daemon {
             info!(sandbox = %sb.rec.name, code = ?exit.code, "process exited");
             if let Err(e) = self.store.commit(&[Op::PutSandbox(&sb.rec)]) {
                 warn!("recording the exit: {e}");
+            }
+            if let Some(svc) = sb.rec.task.as_ref().map(|t| t.service.clone()) {
+                // A task: out of DNS and the LB now, then replaced as its policy says.
+                let id = exit.sandbox.clone();
+                self.task_visibility_changed(&mut inner, &id).await;
+                self.converge(&mut inner, &svc).await;
+                return;
             }
             sb.rec.auto_remove.then(|| sb.rec.id.clone())
         };
@@ -1206,7 +1351,25 @@ impl Daemon {
     }
 
     pub async fn create_sandbox(self: &Arc<Self>, req: SandboxCreate) -> ApiResult<SandboxInfo> {
+        let started = std::time::Instant::now();
         let mut inner = self.inner.lock().await;
+        let locked = started.elapsed();
+        let id = self.create_sandbox_in(&mut inner, req, None).await?;
+        tracing::debug!(
+            lock_ms = locked.as_secs_f64() * 1000.0,
+            "waited for the lock"
+        );
+        Ok(self.sb_info(&inner, &id))
+    }
+
+    /// Creates a sandbox (or a task, with `task`) with the lock held; returns its ID.
+    pub(super) async fn create_sandbox_in(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        req: SandboxCreate,
+        task: Option<TaskRec>,
+    ) -> ApiResult<String> {
+        let started = std::time::Instant::now();
         let id = random_id();
         let name = match &req.name {
             Some(n) => {
@@ -1282,13 +1445,10 @@ impl Daemon {
             if req.ports[..i].iter().any(|q| same_binding(p, q)) {
                 return bad(format!("port {p} given twice"));
             }
-            for s in inner.sbs.values() {
-                if s.rec.ports.iter().any(|q| same_binding(p, q)) {
-                    return Err(ApiError::Conflict(format!(
-                        "host port {p} is already published by sandbox {}",
-                        s.rec.name
-                    )));
-                }
+            if let Some(owner) = inner.port_owner(p) {
+                return Err(ApiError::Conflict(format!(
+                    "host port {p} is already published by {owner}"
+                )));
             }
         }
         let adopted_from = match &req.netns {
@@ -1309,11 +1469,11 @@ impl Daemon {
                     .unwrap_or(false)
             });
             let a = a.cloned().unwrap_or_default();
-            match self.plan_endpoint(&mut inner, &id, net_id, i, &a) {
+            match self.plan_endpoint(inner, &id, net_id, i, &a) {
                 Ok(e) => endpoints.push(e),
                 Err(err) => {
                     for e in &endpoints {
-                        self.release(&mut inner, &e.network, e.ipv4, e.ipv6);
+                        self.release(inner, &e.network, e.ipv4, e.ipv6);
                     }
                     return Err(err);
                 }
@@ -1325,7 +1485,7 @@ impl Daemon {
                 .any(|e| inner.nets.get(&e.network).is_some_and(|n| !n.rec.internal))
         {
             for e in &endpoints {
-                self.release(&mut inner, &e.network, e.ipv4, e.ipv6);
+                self.release(inner, &e.network, e.ipv4, e.ipv6);
             }
             return bad("published ports need a non-internal bridge network");
         }
@@ -1347,33 +1507,27 @@ impl Daemon {
             process: None,
             exited: false,
             exit_code: None,
+            task,
         };
         if let Err(e) = self.store.commit(&[Op::PutSandbox(&rec)]) {
             for e in &rec.endpoints {
-                self.release(&mut inner, &e.network, e.ipv4, e.ipv6);
+                self.release(inner, &e.network, e.ipv4, e.ipv6);
             }
             return Err(ApiError::Internal(e.into()));
         }
-        inner.sbs.insert(
-            id.clone(),
-            Sb {
-                rec: rec.clone(),
-                dns: None,
-                reservations: Vec::new(),
-                watcher: None,
-            },
-        );
+        inner.sbs.insert(id.clone(), Sb::new(rec.clone()));
         // Names first: the view must exist when the listener starts answering.
         if let Err(e) = self
             .resolver
             .tables
             .apply([Change::UpsertSandbox(sandbox_model(&rec))])
         {
-            self.abort_create(&mut inner, &id).await;
+            self.abort_create(inner, &id).await;
             return Err(ApiError::Internal(anyhow!("{e}")));
         }
+        let planned = started.elapsed();
         let realized = async {
-            self.realize_sandbox(&mut inner, &id).await?;
+            self.realize_sandbox(inner, &id).await?;
             if !rec.ports.is_empty() {
                 self.host.apply_nft(&inner.firewall())?;
             }
@@ -1381,22 +1535,28 @@ impl Daemon {
         }
         .await;
         if let Err(e) = realized {
-            self.abort_create(&mut inner, &id).await;
+            self.abort_create(inner, &id).await;
             return Err(ApiError::Internal(
                 e.context(format!("creating sandbox {name}")),
             ));
         }
         if !rec.command.is_empty()
-            && let Err(e) = self.start_process(&mut inner, &id)
+            && let Err(e) = self.start_process(inner, &id)
         {
-            self.abort_create(&mut inner, &id).await;
+            self.abort_create(inner, &id).await;
             return Err(ApiError::BadRequest(format!(
                 "starting {:?}: {e:#}",
                 rec.command
             )));
         }
-        info!(sandbox = %name, "sandbox created");
-        Ok(self.sb_info(&inner, &id))
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        info!(
+            sandbox = %name,
+            total_ms = ms(started.elapsed()),
+            plan_store_names_ms = ms(planned),
+            "sandbox created"
+        );
+        Ok(id)
     }
 
     async fn abort_create(&self, inner: &mut Inner, id: &str) {
@@ -1478,6 +1638,23 @@ impl Daemon {
     pub async fn remove_sandbox(self: &Arc<Self>, r: &str, force: bool) -> ApiResult<String> {
         let mut inner = self.inner.lock().await;
         let id = inner.sb_id(r)?;
+        let name = self.remove_sandbox_in(&mut inner, &id, force).await?;
+        // Removing a task by hand: its service starts a replacement.
+        let svcs: Vec<String> = inner.svcs.keys().cloned().collect();
+        for s in svcs {
+            self.converge(&mut inner, &s).await;
+        }
+        Ok(name)
+    }
+
+    /// Removes a sandbox with the lock held.
+    pub(super) async fn remove_sandbox_in(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        id: &str,
+        force: bool,
+    ) -> ApiResult<String> {
+        let id = id.to_string();
         let sb = &inner.sbs[&id];
         let running = sb
             .rec
@@ -1504,12 +1681,16 @@ impl Daemon {
             .map_err(anyhow::Error::from)?;
         let sb = inner.sbs.remove(&id).context("sandbox vanished")?;
         for e in &sb.rec.endpoints {
-            self.release(&mut inner, &e.network, e.ipv4, e.ipv6);
+            self.release(inner, &e.network, e.ipv4, e.ipv6);
         }
         if !sb.rec.ports.is_empty() {
             self.host.apply_nft(&inner.firewall())?;
         }
-        self.unrealize(&inner, &sb).await;
+        if sb.rec.task.is_some() {
+            // Its address leaves every LB that had it.
+            self.sync_lb_all(inner).await;
+        }
+        self.unrealize(inner, &sb).await;
         let _ = std::fs::remove_file(self.cfg.log_path(&id));
         info!(sandbox = %sb.rec.name, "sandbox removed");
         Ok(sb.rec.name.clone())
@@ -1774,7 +1955,7 @@ impl Daemon {
 }
 
 /// Same host binding (address, port, protocol): two of them cannot coexist.
-fn same_binding(a: &PortSpec, b: &PortSpec) -> bool {
+pub(super) fn same_binding(a: &PortSpec, b: &PortSpec) -> bool {
     a.host_port == b.host_port
         && a.protocol == b.protocol
         && match (a.host_ip, b.host_ip) {
@@ -1783,7 +1964,7 @@ fn same_binding(a: &PortSpec, b: &PortSpec) -> bool {
         }
 }
 
-fn reserve(p: &PortSpec) -> std::result::Result<Reservation, String> {
+pub(super) fn reserve(p: &PortSpec) -> std::result::Result<Reservation, String> {
     let ip = p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let addr = std::net::SocketAddr::new(ip, p.host_port);
     let r = match p.protocol {

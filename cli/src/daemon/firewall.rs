@@ -21,12 +21,13 @@ pub struct FwNetwork<'a> {
     pub internal: bool,
 }
 
-/// A published port of a sandbox on a bridge network.
+/// A published port: a sandbox's (one target) or a service's (its healthy tasks; none while
+/// no task is healthy, and then the reserved host port answers with a reset).
 pub struct FwPort<'a> {
     pub bridge: &'a str,
     pub host_ip: Option<IpAddr>,
     pub host_port: u16,
-    pub target: IpAddr,
+    pub targets: Vec<IpAddr>,
     pub container_port: u16,
     pub protocol: Protocol,
 }
@@ -115,19 +116,25 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
     }
     s.push_str("  }\n  chain published {\n");
     for p in ports {
+        let Some(first) = p.targets.first() else {
+            continue;
+        };
         let dst = match p.host_ip {
             Some(ip) if !ip.is_unspecified() => format!("{} daddr {ip} ", fam(&ip)),
             _ => String::new(),
         };
+        let dnat = if p.targets.len() == 1 {
+            format!("dnat {} to {}", fam(first), sock(first, p.container_port))
+        } else {
+            sdnet_lb::dnat(&p.targets, Some(p.container_port))
+        };
         // An IPv4 target is only reachable from IPv4 clients (and v6 from v6).
         let _ = writeln!(
             s,
-            "    meta nfproto {} {dst}{} dport {} dnat {} to {}",
-            if p.target.is_ipv4() { "ipv4" } else { "ipv6" },
+            "    meta nfproto {} {dst}{} dport {} {dnat}",
+            if first.is_ipv4() { "ipv4" } else { "ipv6" },
             p.protocol,
             p.host_port,
-            fam(&p.target),
-            sock(&p.target, p.container_port)
         );
     }
     s.push_str("  }\n");
@@ -146,14 +153,15 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
         } else {
             let _ = writeln!(s, "    iifname \"{b}\" accept comment \"ICC\"");
             for p in ports.iter().filter(|p| p.bridge == b) {
-                let _ = writeln!(
-                    s,
-                    "    {} daddr {} {} dport {} accept comment \"PUBLISHED\"",
-                    fam(&p.target),
-                    p.target,
-                    p.protocol,
-                    p.container_port
-                );
+                for t in &p.targets {
+                    let _ = writeln!(
+                        s,
+                        "    {} daddr {t} {} dport {} accept comment \"PUBLISHED\"",
+                        fam(t),
+                        p.protocol,
+                        p.container_port
+                    );
+                }
             }
             s.push_str("    drop comment \"UNPUBLISHED PORT DROP\"\n");
         }
@@ -184,14 +192,14 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
         if !n.internal {
             s.push_str("    fib saddr type local masquerade comment \"MASQUERADE FROM HOST\"\n");
             for p in ports.iter().filter(|p| p.bridge == b) {
-                let f = fam(&p.target);
-                let _ = writeln!(
-                    s,
-                    "    {f} saddr {t} {f} daddr {t} {} dport {} masquerade comment \"MASQ TO OWN PORT\"",
-                    p.protocol,
-                    p.container_port,
-                    t = p.target
-                );
+                for t in &p.targets {
+                    let f = fam(t);
+                    let _ = writeln!(
+                        s,
+                        "    {f} saddr {t} {f} daddr {t} {} dport {} masquerade comment \"MASQ TO OWN PORT\"",
+                        p.protocol, p.container_port,
+                    );
+                }
             }
         }
         s.push_str("  }\n");
@@ -243,7 +251,7 @@ mod tests {
                 bridge: "sd-aaaaaaaaaaaa",
                 host_ip: None,
                 host_port: 8080,
-                target: "172.18.0.2".parse().unwrap(),
+                targets: vec!["172.18.0.2".parse().unwrap()],
                 container_port: 80,
                 protocol: Protocol::Tcp,
             },
@@ -251,9 +259,25 @@ mod tests {
                 bridge: "sd-aaaaaaaaaaaa",
                 host_ip: Some("127.0.0.1".parse().unwrap()),
                 host_port: 5353,
-                target: "172.18.0.3".parse().unwrap(),
+                targets: vec!["172.18.0.3".parse().unwrap()],
                 container_port: 53,
                 protocol: Protocol::Udp,
+            },
+            FwPort {
+                bridge: "sd-aaaaaaaaaaaa",
+                host_ip: None,
+                host_port: 9090,
+                targets: vec!["172.18.0.4".parse().unwrap(), "172.18.0.5".parse().unwrap()],
+                container_port: 90,
+                protocol: Protocol::Tcp,
+            },
+            FwPort {
+                bridge: "sd-aaaaaaaaaaaa",
+                host_ip: None,
+                host_port: 9091,
+                targets: vec![],
+                container_port: 91,
+                protocol: Protocol::Tcp,
             },
         ];
         ruleset(&nets, &ports)
@@ -269,6 +293,8 @@ mod tests {
             "meta nfproto ipv4 ip daddr 127.0.0.1 udp dport 5353 dnat ip to 172.18.0.3:53"
         ));
         assert!(r.contains("INTERNAL NETWORK EGRESS"));
+        assert!(r.contains("tcp dport 9090 dnat ip to numgen random mod 2 map { 0 : 172.18.0.4 . 90, 1 : 172.18.0.5 . 90 }"));
+        assert!(!r.contains("dport 9091"), "no healthy task: no DNAT");
         assert!(r.contains("ip6 saddr fd00:1::/64 masquerade"));
         assert!(
             !r.contains("ip saddr 172.19.0.0/16 masquerade"),

@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod names;
 pub mod plumb;
 pub mod process;
+pub mod services;
 pub mod store;
 
 use std::os::fd::AsRawFd;
@@ -55,7 +56,23 @@ fn lock_run_dir(run_dir: &Path) -> Result<RunLock> {
     Ok(RunLock(f))
 }
 
+/// Two sockets per sandbox: lift the soft descriptor limit to the hard one.
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 async fn serve(args: DaemonArgs) -> Result<()> {
+    raise_nofile();
     let cfg = Config {
         state_dir: args.state_dir.clone(),
         run_dir: args.run_dir.clone(),
@@ -96,12 +113,21 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         DefaultUpstreams::Host(HostResolvConf::new(&args.resolv_conf)),
     );
     resolver.set_log_queries(args.log_queries);
-    let (daemon, mut exits) = Daemon::start(cfg, store, resolver).await?;
+    let (daemon, mut events) = Daemon::start(cfg, store, resolver).await?;
     {
         let d = daemon.clone();
         tokio::spawn(async move {
-            while let Some(e) = exits.recv().await {
-                d.on_exit(e).await;
+            while let Some(e) = events.recv().await {
+                d.on_event(e).await;
+            }
+        });
+        // A safety net for services: converge every few seconds (cheap when nothing to do).
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(3));
+            loop {
+                t.tick().await;
+                d.tick().await;
             }
         });
     }

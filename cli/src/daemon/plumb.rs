@@ -206,6 +206,10 @@ pub fn bind_dns(ns: &Netns) -> Result<(UdpSocket, TcpListener)> {
         })
         .context("entering the sandbox")?
         .context("binding 127.0.0.11 in the sandbox")?;
+    // Thousands of sandboxes mean thousands of sockets: keep them above 1024, away from code
+    // that still uses select() (libnftables).
+    let udp = UdpSocket::from(nft::move_fd_high(udp.into()));
+    let tcp = TcpListener::from(nft::move_fd_high(tcp.into()));
     Ok((udp, tcp))
 }
 

@@ -79,7 +79,7 @@ pub async fn wait(p: ProcRec) -> io::Result<Option<i32>> {
         return Err(e);
     }
     // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let pidfd = sdnet_netstack::nft::move_fd_high(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     if !alive(&p) {
         return Ok(reap(p.pid));
     }

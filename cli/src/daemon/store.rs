@@ -11,11 +11,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Driver, PortSpec};
+use crate::api::{DeclaredPort, Driver, HealthSpec, PortSpec, RestartPolicy};
+use sdnet_resolver::model::EndpointMode;
 use sdnet_resolver::model::Upstream;
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -141,6 +143,59 @@ pub struct SandboxRec {
     pub process: Option<ProcRec>,
     pub exited: bool,
     pub exit_code: Option<i32>,
+    /// Set when this sandbox is a task of a service.
+    #[serde(default)]
+    pub task: Option<TaskRec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskRec {
+    pub service: String,
+    pub slot: u32,
+    /// Passed its health check at least once since it last failed it (true at once without
+    /// a health check). Only healthy, non-draining, running tasks are in DNS and the LB.
+    pub healthy: bool,
+    /// Failed its check `retries` times in a row.
+    #[serde(default)]
+    pub unhealthy: bool,
+    /// Being stopped: out of DNS and the LB, waiting for the drain delay.
+    #[serde(default)]
+    pub draining: bool,
+    /// The service version the task runs (a newer one rolls it over).
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceNetRec {
+    pub network: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub vip: Option<Ipv4Addr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRec {
+    pub id: String,
+    pub name: String,
+    pub created: u64,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub replicas: u32,
+    pub mode: EndpointMode,
+    pub networks: Vec<ServiceNetRec>,
+    #[serde(default)]
+    pub ports: Vec<DeclaredPort>,
+    #[serde(default)]
+    pub publish: Vec<PortSpec>,
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    pub drain_ms: u64,
+    /// Bumped by updates that need new tasks.
+    #[serde(default)]
+    pub version: u64,
 }
 
 pub enum Op<'a> {
@@ -148,6 +203,8 @@ pub enum Op<'a> {
     DelNetwork(&'a str),
     PutSandbox(&'a SandboxRec),
     DelSandbox(&'a str),
+    PutService(&'a ServiceRec),
+    DelService(&'a str),
 }
 
 pub struct Store {
@@ -161,6 +218,7 @@ impl Store {
         let tx = db.begin_write()?;
         tx.open_table(NETWORKS)?;
         tx.open_table(SANDBOXES)?;
+        tx.open_table(SERVICES)?;
         tx.commit()?;
         Ok(Store { db })
     }
@@ -170,12 +228,18 @@ impl Store {
         Ok((read_all(&tx, NETWORKS)?, read_all(&tx, SANDBOXES)?))
     }
 
+    pub fn load_services(&self) -> Result<Vec<ServiceRec>, StoreError> {
+        let tx = self.db.begin_read()?;
+        read_all(&tx, SERVICES)
+    }
+
     /// Applies all ops in one durable transaction.
     pub fn commit(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut nets = tx.open_table(NETWORKS)?;
             let mut sbs = tx.open_table(SANDBOXES)?;
+            let mut svcs = tx.open_table(SERVICES)?;
             for op in ops {
                 match op {
                     Op::PutNetwork(n) => {
@@ -189,6 +253,12 @@ impl Store {
                     }
                     Op::DelSandbox(id) => {
                         sbs.remove(*id)?;
+                    }
+                    Op::PutService(s) => {
+                        svcs.insert(s.id.as_str(), serde_json::to_vec(s)?.as_slice())?;
+                    }
+                    Op::DelService(id) => {
+                        svcs.remove(*id)?;
                     }
                 }
             }

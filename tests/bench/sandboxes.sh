@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Sandbox benchmark: create + attach + DNS ready through the daemon's API, 1,000 sandboxes,
+# daemon RSS per idle sandbox, and DNS through 127.0.0.11 from inside a sandbox vs the
+# standalone resolver — side by side with Podman's netavark + aardvark-dns doing the same
+# (shared/bench/netavark_timing.sh, which also prints the `ip -batch` kernel floor).
+#
+#   tests/bench/sandboxes.sh            # N=1000 sandboxes, netavark N=200
+#   N=200 NV_N=100 tests/bench/sandboxes.sh
+# Env: N (sandboxes), NV_N (netavark containers, 0 = skip), DUR (dnsperf seconds), OUT.
+# Everything runs in namespaces the script creates; only processes it started are ended.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+N=${N:-1000}
+NV_N=${NV_N:-200}
+DUR=${DUR:-10}
+OUT=${OUT:-$(mktemp -d /tmp/sdbench-sb.XXXXXX)}
+mkdir -p "$OUT"
+ANCHORS=${ANCHORS:-$ROOT/../shared/bench}
+HNS=sdbsb-$$
+W=$(mktemp -d /tmp/sdbsb-w.XXXXXX)
+PIDS=()
+
+cleanup() {
+  set +e
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 0.3
+  if [ -n "${SDCTL:-}" ] && [ -d "$W/state" ]; then
+    ip netns exec "$HNS" "$SDCTL" daemon --cleanup --state-dir "$W/state" --run-dir "$W/run" \
+      --socket "$W/sock" --etc-netns-dir "$W/etc" --no-netns-links >/dev/null 2>&1
+  fi
+  ip netns del "$HNS" 2>/dev/null
+  ip netns del "$HNS-dns" 2>/dev/null
+  cp "$W/daemon.log" "$OUT/daemon.log" 2>/dev/null; rm -rf "$W"
+}
+trap cleanup EXIT
+
+for t in dnsperf dig nft; do
+  command -v $t >/dev/null || bash "$ANCHORS/anchors.sh" install
+done
+cargo build --release -q -p sdctl -p sdnet-tests --bin sdctl --bin sandbox-bench
+SDCTL=${CARGO_TARGET_DIR:-$ROOT/target}/release/sdctl
+BENCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/sandbox-bench
+
+# The daemon runs under ip netns exec (its own mount namespace): its namespace files are
+# reached through /proc/PID/root.
+# Other jobs on this 2-core machine would otherwise steal the CPU (see baseline-perf.md).
+echo -20 > /proc/self/autogroup 2>/dev/null || true
+
+ip netns add "$HNS"
+ip -n "$HNS" link set lo up
+echo "nameserver 127.0.0.53" > "$W/resolv.conf"
+ip netns exec "$HNS" taskset -c 0 "$SDCTL" daemon --state-dir "$W/state" --run-dir "$W/run" --socket "$W/sock" \
+  --etc-netns-dir "$W/etc" --no-netns-links --resolv-conf "$W/resolv.conf" >"$W/daemon.log" 2>&1 &
+DPID=$!
+PIDS+=("$DPID")
+export SDNET_SOCKET=$W/sock
+for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
+"$SDCTL" network create --subnet 10.200.0.0/16 bench >/dev/null
+"$SDCTL" run -d --name probe --network bench >/dev/null
+rss() { awk '/VmRSS/ {print $2}' "/proc/$DPID/status"; }
+RSS0=$(rss)
+
+echo "== $N sandboxes through the API (create + attach + DNS listener; name checked at return)"
+"$BENCH" "$W/sock" bench "$N" "/proc/$DPID/root$W/run/netns/probe" s | tee "$OUT/sdnet-create.txt" &
+BP=$!
+# RSS at the peak: sample while the sandboxes exist (before the removal phase).
+peak=$RSS0
+while kill -0 $BP 2>/dev/null; do r=$(rss); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2; done
+wait $BP
+RSS_PER=$(( (peak - RSS0) * 1024 / N ))
+
+echo "== DNS through 127.0.0.11 inside a sandbox vs the standalone resolver"
+python3 - "$W/q.txt" <<'PY'
+import random, sys
+random.seed(42)
+with open(sys.argv[1], "w") as f:
+    for _ in range(100000):
+        f.write(f"n{random.randrange(1000)} A\n")
+PY
+"$SDCTL" run -d --name client --network bench >/dev/null
+for i in $(seq 0 999); do echo "{\"name\":\"n$i\",\"networks\":[{\"network\":\"bench\"}]}"; done >/dev/null
+# 1000 names to ask for (cheap: no processes)
+for i in $(seq 0 999); do "$SDCTL" run -d --name "n$i" --network bench >/dev/null; done
+dp() { taskset -c 1 dnsperf "$@" -d "$W/q.txt" -l "$DUR" -c 4 -q 100 2>&1 | awk '/Queries per second/ {print $4}'; }
+QPS_SB=$(ip netns exec "$HNS" nsenter --net="/proc/$DPID/root$W/run/netns/client" bash -c "$(declare -f dp); W=$W DUR=$DUR; dp -s 127.0.0.11 -p 53")
+# The same names served by `sdctl dns serve` on loopback, answering as the client sandbox.
+python3 - "$W/state.json" <<'PY'
+import json, sys
+sbs = [{"id": f"{i+1:064x}", "name": f"n{i}", "endpoints": [{"network": "bench", "ipv4": f"10.200.{(i+10)//256}.{(i+10)%256}"}]} for i in range(1000)]
+sbs.append({"id": "f" * 64, "name": "client", "endpoints": [{"network": "bench", "ipv4": "10.200.99.99"}]})
+json.dump({"networks": [{"id": "bench", "name": "bench"}], "sandboxes": sbs}, open(sys.argv[1], "w"))
+PY
+ip netns add "$HNS-dns"
+ip -n "$HNS-dns" link set lo up
+ip netns exec "$HNS-dns" taskset -c 0 "$SDCTL" dns serve --state "$W/state.json" --listen 127.0.0.10:53 \
+  --as client --upstream 127.0.0.9 >"$W/serve.log" 2>&1 &
+PIDS+=("$!")
+sleep 1
+QPS_SA=$(ip netns exec "$HNS-dns" bash -c "$(declare -f dp); W=$W DUR=$DUR; dp -s 127.0.0.10 -p 53")
+
+NV_MED="" NV_P99="" FLOOR=""
+if [ "$NV_N" -gt 0 ] && [ -x /usr/lib/podman/netavark ] || { [ "$NV_N" -gt 0 ] && apt-get install -y -qq netavark aardvark-dns >/dev/null 2>&1; }; then
+  echo "== netavark $NV_N containers (shared/bench/netavark_timing.sh)"
+  PREFIX=nvt$$ bash "$ANCHORS/netavark_timing.sh" "$NV_N" "$OUT/netavark" >"$OUT/netavark.log" 2>&1 || true
+  S="$OUT/netavark/summary.txt"
+  if [ -f "$S" ]; then
+    # "DNS ready" row: ip netns add + setup + lag; floor: compact netns add + ip.
+    NV_MED=$(awk -F'\t' '/total_dns_ready|netns add \+ setup \+ dns/ {print; exit}' "$S" | grep -oE '[0-9]+\.[0-9]+' | head -1)
+  fi
+fi
+
+med=$(grep -oE 'median_ms=[0-9.]+' "$OUT/sdnet-create.txt" | head -1 | cut -d= -f2)
+p99=$(grep -oE 'p99_ms=[0-9.]+' "$OUT/sdnet-create.txt" | head -1 | cut -d= -f2)
+wall=$(grep -oE 'create_wall_s=[0-9.]+' "$OUT/sdnet-create.txt" | cut -d= -f2)
+ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create.txt" | cut -d= -f2)
+{
+  echo "# sandboxes benchmark — $(date -u +%F) — $(uname -r) — $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) — sdctl $(git rev-parse --short HEAD)"
+  echo
+  echo "| what | sdnet | target | anchor |"
+  echo "|---|---|---|---|"
+  echo "| create + attach + DNS ready, median (ms) | $med | ≤ 10 | netavark+aardvark ${NV_MED:-see netavark/summary.txt} |"
+  echo "| same, p99 (ms) | $p99 | ≤ 50 | |"
+  echo "| $N sandboxes, wall (s) | $wall | ≤ 20 (1,000) | |"
+  echo "| name answers when the call returns | $ready | all | netavark: often not (research/netavark-timing.md) |"
+  echo "| daemon RSS per idle sandbox (bytes) | $RSS_PER | ≤ 32768 | |"
+  echo "| DNS QPS via 127.0.0.11 in a sandbox / standalone | $QPS_SB / $QPS_SA ($(awk "BEGIN{printf \"%.0f\", 100*$QPS_SB/$QPS_SA}") %) | ≥ 90 % | |"
+} | tee "$OUT/results.md"
+[ -f "$OUT/netavark/summary.txt" ] && { echo; echo "netavark summary:"; grep -E "setup|DNS ready|floor|ip \(both" "$OUT/netavark/summary.txt" | head -20; }
+echo "results: $OUT"
