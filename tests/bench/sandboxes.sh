@@ -18,7 +18,8 @@ OUT=${OUT:-$(mktemp -d /tmp/sdbench-sb.XXXXXX)}
 mkdir -p "$OUT"
 ANCHORS=${ANCHORS:-$ROOT/../shared/bench}
 HNS=sdbsb-$$
-W=$(mktemp -d /tmp/sdbsb-w.XXXXXX)
+# The run dir is tmpfs on a normal host (/run); so is ours here.
+W=$(mktemp -d /dev/shm/sdbsb-w.XXXXXX 2>/dev/null || mktemp -d /tmp/sdbsb-w.XXXXXX)
 PIDS=()
 
 cleanup() {

@@ -406,7 +406,8 @@ fn inflight_bound_gives_refused_fast() {
     let ns = Ns::new("dnsl");
     let dir = TempDir::new("dnsl");
     let (_hole, hole) = silent_upstream(&ns, "127.0.0.6:53");
-    let s = serve(
+    // Held to keep the server running until the end of the test.
+    let _server = serve(
         &ns,
         &dir,
         &state(),

@@ -73,7 +73,15 @@ impl Config {
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.logs_dir().join(format!("{id}.log"))
     }
-    fn etc_dir(&self, name: &str) -> PathBuf {
+    /// A sandbox's resolv.conf and hosts live here (the run dir: tmpfs, no inode churn on
+    /// the root filesystem); `<etc-netns-dir>/<name>` is a symlink to it for `ip netns exec`.
+    pub(super) fn files_dir(&self, name: &str) -> PathBuf {
+        self.run_dir.join("etc").join(name)
+    }
+    fn files_root(&self) -> PathBuf {
+        self.run_dir.join("etc")
+    }
+    fn etc_link(&self, name: &str) -> PathBuf {
         self.etc_netns_dir.join(name)
     }
 }
@@ -573,8 +581,6 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-const ETC_MARKER: &str = ".sdnet";
-
 impl Daemon {
     pub async fn start(
         cfg: Config,
@@ -798,11 +804,22 @@ impl Daemon {
             }
         }
         let known_names: HashSet<&str> = inner.sbs.values().map(|s| s.rec.name.as_str()).collect();
+        if let Ok(rd) = std::fs::read_dir(self.cfg.files_root()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known_names.contains(name.as_str()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        // Links in /etc/netns pointing into our run dir are ours.
         if let Ok(rd) = std::fs::read_dir(&self.cfg.etc_netns_dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if e.path().join(ETC_MARKER).exists() && !known_names.contains(name.as_str()) {
-                    let _ = std::fs::remove_dir_all(e.path());
+                if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(self.cfg.files_root()))
+                    && !known_names.contains(name.as_str())
+                {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
@@ -917,9 +934,19 @@ impl Daemon {
     }
 
     fn write_files(&self, inner: &Inner, rec: &SandboxRec, dns: bool) -> Result<()> {
-        let dir = self.cfg.etc_dir(&rec.name);
+        let dir = self.cfg.files_dir(&rec.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join(ETC_MARKER), &rec.id)?;
+        let link = self.cfg.etc_link(&rec.name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(dir.as_path()) {
+            let _ = std::fs::create_dir_all(&self.cfg.etc_netns_dir);
+            // Only replace a link of ours; a real directory there belongs to someone else.
+            if std::fs::read_link(&link).is_ok() {
+                let _ = std::fs::remove_file(&link);
+            }
+            if let Err(e) = std::os::unix::fs::symlink(&dir, &link) {
+                warn!(link = %link.display(), "cannot link the sandbox's files for ip netns exec: {e}");
+            }
+        }
         let host = self.host_conf();
         let resolv = if dns {
             host.for_sandbox(
@@ -1515,7 +1542,12 @@ impl Daemon {
             }
             return Err(ApiError::Internal(e.into()));
         }
-        inner.sbs.insert(id.clone(), Sb::new(rec.clone()));
+        let mut sb = Sb::new(rec.clone());
+        if !rec.adopted {
+            // A namespace we create has no LB table: nothing to delete there.
+            sb.lb = Some(BTreeMap::new());
+        }
+        inner.sbs.insert(id.clone(), sb);
         // Names first: the view must exist when the listener starts answering.
         if let Err(e) = self
             .resolver
@@ -1579,7 +1611,7 @@ impl Daemon {
     fn start_process(self: &Arc<Self>, inner: &mut Inner, id: &str) -> Result<()> {
         let sb = inner.sbs.get(id).context("sandbox vanished")?;
         let rec = &sb.rec;
-        let dir = self.cfg.etc_dir(&rec.name);
+        let dir = self.cfg.files_dir(&rec.name);
         let resolv = dir.join("resolv.conf");
         let hosts = dir.join("hosts");
         let netns = (rec.mode == NetMode::Own).then_some(rec.netns.as_path());
@@ -1624,14 +1656,12 @@ impl Daemon {
                 let _ = std::fs::remove_file(&link);
             }
         }
-        let etc = self.cfg.etc_dir(&rec.name);
-        if std::fs::read_to_string(etc.join(ETC_MARKER))
-            .ok()
-            .as_deref()
-            == Some(rec.id.as_str())
-        {
-            let _ = std::fs::remove_dir_all(&etc);
+        let files = self.cfg.files_dir(&rec.name);
+        let link = self.cfg.etc_link(&rec.name);
+        if std::fs::read_link(&link).ok().as_deref() == Some(files.as_path()) {
+            let _ = std::fs::remove_file(&link);
         }
+        let _ = std::fs::remove_dir_all(&files);
         let _ = inner;
     }
 
@@ -1718,7 +1748,7 @@ impl Daemon {
         let inner = self.inner.lock().await;
         let id = inner.sb_id(r)?;
         let rec = &inner.sbs[&id].rec;
-        let dir = self.cfg.etc_dir(&rec.name);
+        let dir = self.cfg.files_dir(&rec.name);
         Ok(ExecInfo {
             daemon_pid: std::process::id(),
             netns: if rec.mode == NetMode::Host {
@@ -1743,7 +1773,7 @@ impl Daemon {
     fn sb_info(&self, inner: &Inner, id: &str) -> SandboxInfo {
         let sb = &inner.sbs[id];
         let rec = &sb.rec;
-        let dir = self.cfg.etc_dir(&rec.name);
+        let dir = self.cfg.files_dir(&rec.name);
         SandboxInfo {
             id: rec.id.clone(),
             name: rec.name.clone(),
@@ -1907,11 +1937,12 @@ impl Daemon {
         let _ = host.apply_nft(&firewall::delete_ruleset());
         if let Ok(rd) = std::fs::read_dir(&cfg.etc_netns_dir) {
             for e in rd.flatten() {
-                if e.path().join(ETC_MARKER).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
+                if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(cfg.files_root())) {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
+        let _ = std::fs::remove_dir_all(cfg.files_root());
         if let Some(dir) = &cfg.netns_link_dir
             && let Ok(rd) = std::fs::read_dir(dir)
         {

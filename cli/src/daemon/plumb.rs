@@ -147,6 +147,13 @@ pub async fn attach(
                 .with_context(|| format!("creating veth {}/{}", ep.host_if, ep.ifname))?
         }
     };
+    // A bridge port needs no addresses of its own; with IPv6 on, every new port would send
+    // DAD, router solicitations and MLD reports that the bridge floods to every sandbox.
+    sysctl::set(
+        &host.ns,
+        &format!("net.ipv6.conf.{}.disable_ipv6", ep.host_if),
+        "1",
+    )?;
     if let Some(m) = net.mtu {
         host.nl.set_mtu(host_idx, m).await?;
     }
@@ -159,6 +166,13 @@ pub async fn attach(
         .await?
         .with_context(|| format!("{} missing in the sandbox", ep.ifname))?;
     sb_nl.set_mac(idx, ep.mac).await?;
+    // IPv6 only where the network has it (same flooding reason), set before the link is up.
+    let v6 = if ep.ipv6.is_some() { "0" } else { "1" };
+    sysctl::set(
+        sb_ns,
+        &format!("net.ipv6.conf.{}.disable_ipv6", ep.ifname),
+        v6,
+    )?;
     if let Some(m) = net.mtu {
         sb_nl.set_mtu(idx, m).await?;
     }
@@ -188,8 +202,12 @@ pub async fn attach(
         }
     }
     if let Some(ip) = ep.ipv4 {
-        // Neighbours may hold a stale MAC for a reused address.
-        let _ = sdnet_netstack::link::send_gratuitous_arp(sb_ns, &ep.ifname, ip);
+        // Neighbours may hold a stale MAC for a reused address. The announcement is flooded to
+        // every port of the bridge (O(sandboxes) work in the kernel) and gates nothing the
+        // caller waits for, so it goes out in the background.
+        if let Ok(ns) = sb_ns.try_clone() {
+            announce(ns, ep.ifname.clone(), ip);
+        }
     }
     Ok(())
 }
@@ -223,4 +241,27 @@ pub fn adopt_netns(from: &Path, at: &Path) -> Result<Netns> {
         return Ok(Netns::open(at)?);
     }
     Ok(Netns::bind(from, at).with_context(|| format!("adopting namespace {}", from.display()))?)
+}
+
+/// Sends unsolicited ARP from one background thread (bursts of sandbox creations must not
+/// grow the blocking thread pool).
+fn announce(ns: Netns, ifname: String, ip: Ipv4Addr) {
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Job = (Netns, String, Ipv4Addr);
+    static TX: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let _ = std::thread::Builder::new()
+            .name("arp-announce".into())
+            .spawn(move || {
+                while let Ok((ns, ifname, ip)) = rx.recv() {
+                    let _ = sdnet_netstack::link::send_gratuitous_arp(&ns, &ifname, ip);
+                }
+            });
+        Mutex::new(tx)
+    });
+    if let Ok(tx) = tx.lock() {
+        let _ = tx.send((ns, ifname, ip));
+    }
 }

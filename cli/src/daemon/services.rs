@@ -6,7 +6,7 @@
 //! only while running, healthy and not draining; every change of that is pushed at once to
 //! the resolver tables and, per client sandbox, as an incremental nftables change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
@@ -136,11 +136,18 @@ impl Daemon {
         let text = match &sb.lb {
             Some(have) if *have == want => return,
             Some(have) => {
+                // A spread chain exists for every backend count some VIP in the table has.
+                let loaded: BTreeSet<usize> = have
+                    .values()
+                    .map(|v| v.backends.len())
+                    .filter(|n| *n > 0)
+                    .collect();
+                let vips: BTreeSet<&Ipv4Addr> = have.keys().chain(want.keys()).collect();
                 let mut t = String::new();
-                for vip in have.keys().chain(want.keys()) {
-                    if let Some(c) = sdnet_lb::change(have.get(vip), want.get(vip))
-                        && !t.contains(&c)
-                    {
+                for vip in vips {
+                    let new = want.get(vip);
+                    let spread_loaded = new.is_some_and(|n| loaded.contains(&n.backends.len()));
+                    if let Some(c) = sdnet_lb::change(have.get(vip), new, spread_loaded) {
                         t.push_str(&c);
                     }
                 }
@@ -237,7 +244,7 @@ impl Daemon {
         let sandbox = id.to_string();
         let netns = sb.rec.netns.clone();
         let hostname = sb.rec.hostname.clone();
-        let dir = self.cfg.etc_netns_dir.join(&sb.rec.name);
+        let dir = self.cfg.files_dir(&sb.rec.name);
         sb.health = Some(tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let interval = Duration::from_millis(spec.interval_ms.max(50));
