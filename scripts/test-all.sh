@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every sdnet test on a fresh Debian machine, as root: installs the tools the end-to-end
-# tests drive (dig, kdig, dnsmasq, nft, ...), builds the workspace, runs unit and end-to-end
-# tests. Benchmarks (tests/bench/) and fuzzing (fuzz/) are separate: see README.md.
+# tests drive (dig, kdig, dnsmasq, nft, ...; dnsperf too, for the benchmarks), builds the
+# workspace, runs unit and end-to-end tests. Benchmarks (tests/bench/) and fuzzing (fuzz/)
+# are separate: see README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ fi
 need=()
 for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq nft:nftables ip:iproute2 \
             ping:iputils-ping socat:socat busybox:busybox-static nsenter:util-linux \
-            unshare:util-linux conntrack:conntrack; do
+            unshare:util-linux conntrack:conntrack dnsperf:dnsperf; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,6 +1,6 @@
 //! DNS wire format for the hot path: parse only what an answer needs (header, the one
 //! question, the OPT record) and write responses straight into a buffer. hickory-proto is the
-//! reference decoder (tests decode every response with it) and handles the general paths.
+//! reference decoder: tests decode every response with it.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

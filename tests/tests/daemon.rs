@@ -50,6 +50,18 @@ fn sandboxes_resolve_each_other_through_127_0_0_11() {
     assert_eq!(q.status, "NOERROR");
     assert!(q.answer.is_empty());
     assert_eq!(d.dig("beta", &["+tcp", "alpha"]).data("A"), [a_ip.clone()]);
+    // A program in the sandbox may bind port 53 itself; 127.0.0.11 keeps answering.
+    let out = d.exec_ok(
+        "beta",
+        &[
+            "sh",
+            "-c",
+            "socat -u UDP-RECV:53 - 2>&1 & sleep 0.3; dig +short +tries=1 +time=2 alpha; \
+             dig +short +tcp +tries=1 +time=2 alpha; kill $! 2>/dev/null; true",
+        ],
+    );
+    assert_eq!(out.matches(&a_ip).count(), 2, "{out}");
+    assert!(!has(&out, "in use"), "{out}");
     // glibc (getent) and busybox nslookup, both through resolv.conf.
     let g = d.exec_ok("beta", &["getent", "hosts", "alpha"]);
     assert!(g.starts_with(&a_ip), "{g}");

@@ -215,10 +215,17 @@ pub fn delete_ruleset() -> String {
 
 /// The per-sandbox table redirecting 127.0.0.11:53 to the resolver's random ports, so a
 /// process in the sandbox may still bind port 53 itself.
+///
+/// The rewrite is stateless (port set on both directions, `notrack`), not conntrack NAT:
+/// DNS queries are short flows, and tracking them cost a quarter of the resolver's
+/// throughput (dnsperf through 127.0.0.11 in a namespace: conntrack NAT ~75 % of the
+/// direct QPS, stateless ~90 %) and filled the sandbox's conntrack table under load. Both
+/// directions are local (lo), so no route depends on the port. Replies are recognised by
+/// their source, 127.0.0.11 and our port: nothing else in the sandbox can bind that.
 pub fn dns_redirect(udp: u16, tcp: u16) -> String {
     let t = "sdnet-dns";
     format!(
-        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain dns-dnat {{\n    type nat hook output priority -100; policy accept;\n    ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:{udp}\n    ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:{tcp}\n  }}\n  chain dns-snat {{\n    type nat hook postrouting priority 100; policy accept;\n    ip saddr 127.0.0.11 udp sport {udp} snat to :53\n    ip saddr 127.0.0.11 tcp sport {tcp} snat to :53\n  }}\n}}\n"
+        "table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n  chain dns-rewrite {{\n    type filter hook output priority raw; policy accept;\n    ip daddr 127.0.0.11 udp dport 53 notrack udp dport set {udp}\n    ip daddr 127.0.0.11 tcp dport 53 notrack tcp dport set {tcp}\n    ip saddr 127.0.0.11 udp sport {udp} notrack udp sport set 53\n    ip saddr 127.0.0.11 tcp sport {tcp} notrack tcp sport set 53\n  }}\n}}\n"
     )
 }
 
