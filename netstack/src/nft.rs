@@ -72,6 +72,8 @@ struct Lib {
 
 /// Contexts kept for reuse (at most this many).
 const CACHE_CAP: usize = 16;
+/// A context that ran a text this large is freed at once instead of kept (see `run_library`).
+const BIG_TEXT: usize = 256 * 1024;
 /// A kept context unused this long is freed (it pins its namespace).
 const CACHE_IDLE: Duration = Duration::from_secs(2);
 
@@ -360,11 +362,19 @@ fn run_library(l: &'static Lib, key: NsKey, text: &CStr) -> Option<Result<String
             copy_cstr((l.get_error)(ctx.0)),
         )
     };
-    kept.push(Kept {
-        key,
-        ctx,
-        used: Instant::now(),
-    });
+    if text.to_bytes().len() >= BIG_TEXT {
+        // The context now caches everything the text created; freeing that costs ~1 µs per
+        // set element, which the next (small) change on this namespace would pay. Pay it
+        // here, on the already slow whole-table load.
+        // SAFETY: under the lock; the context is not kept, so it is freed exactly once.
+        unsafe { release(l, ctx) };
+    } else {
+        kept.push(Kept {
+            key,
+            ctx,
+            used: Instant::now(),
+        });
+    }
     if kept.len() > CACHE_CAP {
         let k = kept.remove(0);
         // SAFETY: under the lock; the least recently used context leaves the cache.

@@ -341,6 +341,25 @@ fn change_timed(
     Ok(t)
 }
 
+/// Lists with the `nft` binary, not through the context the daemon's path uses: a listing
+/// leaves the whole table (every element) in that context's cache, and the next change
+/// would pay for freeing it — a cost the daemon, which never lists, does not have.
+fn list_with_binary(ns: &Netns, what: &str) -> Res<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["nft"])
+        .args(what.split(' '))
+        .output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft {what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn head(text: &str) -> String {
     text.lines().take(12).collect::<Vec<_>>().join("\n")
 }
@@ -381,9 +400,7 @@ fn scale(work: &Work, o: &Opts, s: usize, rng: &mut Rng) -> Res<()> {
     let reload_ms = apply_timed(&ns, &text)?;
 
     let t = Instant::now();
-    let listing = nft::list_table(&ns, "ip", sdnet_lb::TABLE)
-        .map_err(|e| format!("listing the table: {e}"))?
-        .ok_or("the table is missing after the load")?;
+    let listing = list_with_binary(&ns, &format!("list table ip {}", sdnet_lb::TABLE))?;
     let list_ms = ms(t.elapsed());
     let spread_chains = listing
         .lines()
@@ -484,8 +501,7 @@ fn scale(work: &Work, o: &Opts, s: usize, rng: &mut Rng) -> Res<()> {
     if let Some((i, old)) = last_changed {
         let v = &vips[i];
         let m = format!("backends-{}", v.backends.len());
-        let out = nft::Nft::run(&ns, &format!("list map ip {} {m}", sdnet_lb::TABLE))
-            .map_err(|e| format!("listing map {m}: {e}"))?;
+        let out = list_with_binary(&ns, &format!("list map ip {} {m}", sdnet_lb::TABLE))?;
         let got = backends_of(&out, v.vip);
         let want: BTreeSet<Ipv4Addr> = v.backends.iter().copied().collect();
         let removed: Vec<_> = old.backends.iter().filter(|b| !want.contains(b)).collect();
