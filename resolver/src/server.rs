@@ -367,7 +367,31 @@ struct Batch {
     hdrs: [libc::mmsghdr; BATCH_LEN],
     /// For each reply slot, the received message it answers.
     reply_from: [usize; BATCH_LEN],
+    /// Sending: the replies (slots) in group order, and per group its first index into
+    /// `order` and its size; one `sendmmsg` message per group.
+    order: [usize; BATCH_LEN],
+    groups: [(usize, usize); BATCH_LEN],
+    /// Sending: the destination address length of each reply slot.
+    namelen: [libc::socklen_t; BATCH_LEN],
+    /// `UDP_SEGMENT` control messages, one per group.
+    ctrl: [SegmentCmsg; BATCH_LEN],
 }
+
+/// Replies to one destination of one size go out as a single UDP GSO send (`UDP_SEGMENT`):
+/// the kernel runs the output path (route, netfilter, loopback or driver) once per group
+/// instead of once per datagram and splits it at the end. A busy client socket (a stub with
+/// many queries in flight, a load generator) gets a batch answered for a fraction of the
+/// per-datagram kernel cost. Off for good after the kernel refuses it once.
+static GSO_ON: AtomicBool = AtomicBool::new(true);
+/// Replies larger than this go alone (a segment must fit the path MTU).
+const GSO_MAX_SEGMENT: usize = 1200;
+/// Bytes per GSO send (the kernel's limit is 64 KiB of UDP payload).
+const GSO_MAX_BYTES: usize = 60_000;
+
+/// Room for one `cmsghdr` carrying a u16, aligned like `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SegmentCmsg([u8; 32]);
 
 thread_local! {
     static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
@@ -388,6 +412,10 @@ impl Batch {
             iov: [zeroed(); BATCH_LEN],
             hdrs: [zeroed(); BATCH_LEN],
             reply_from: [0; BATCH_LEN],
+            order: [0; BATCH_LEN],
+            groups: [(0, 0); BATCH_LEN],
+            namelen: [0; BATCH_LEN],
+            ctrl: [SegmentCmsg([0; 32]); BATCH_LEN],
         }
     }
 
@@ -439,30 +467,23 @@ impl Batch {
         if n == 0 {
             return;
         }
+        // The received headers still hold each source's address length; keep them before
+        // `hdrs` is rewritten to describe the replies.
         for j in 0..n {
-            let from = self.reply_from[j];
-            self.iov[j] = libc::iovec {
-                iov_base: self.out[j].as_mut_ptr().cast(),
-                iov_len: self.out[j].len(),
-            };
-            let namelen = self.hdrs[from].msg_hdr.msg_namelen;
-            let mut h: libc::mmsghdr = zeroed();
-            h.msg_hdr.msg_name = (&mut self.addrs[from] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = namelen;
-            h.msg_hdr.msg_iov = &mut self.iov[j];
-            h.msg_hdr.msg_iovlen = 1;
-            self.hdrs[j] = h;
+            self.namelen[j] = self.hdrs[self.reply_from[j]].msg_hdr.msg_namelen;
         }
-        // `hdrs` now describes replies; received headers are no longer needed. Reply j was
-        // built from received message reply_from[j] >= j, whose address is still intact.
+        let ngroups = self.plan(n, GSO_ON.load(Ordering::Relaxed));
+        for g in 0..ngroups {
+            self.describe(g);
+        }
         let mut done = 0;
-        while done < n {
+        while done < ngroups {
             // SAFETY: headers point at buffers owned by self that outlive the call.
             let r = unsafe {
                 libc::sendmmsg(
                     fd,
                     self.hdrs[done..].as_mut_ptr(),
-                    (n - done) as libc::c_uint,
+                    (ngroups - done) as libc::c_uint,
                     libc::MSG_DONTWAIT,
                 )
             };
@@ -475,18 +496,142 @@ impl Batch {
                 continue;
             }
             if e.kind() == io::ErrorKind::WouldBlock {
-                for j in done..n {
-                    if let Some(to) = sockaddr(&self.addrs[self.reply_from[j]]) {
-                        unsent.push((to, self.out[j].clone()));
-                    }
+                for g in done..ngroups {
+                    self.push_unsent(g, unsent);
+                }
+                break;
+            }
+            let (start, len) = self.groups[done];
+            if len > 1 {
+                // The kernel or the route refuses GSO: send this group one by one, and
+                // never group again.
+                debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                GSO_ON.store(false, Ordering::Relaxed);
+                for k in start..start + len {
+                    self.send_one(fd, self.order[k], unsent);
                 }
             } else {
                 // One bad destination must not cost the rest of the batch: skip it.
                 debug!(error = %e, "reply not sent");
-                done += 1;
+            }
+            done += 1;
+        }
+    }
+
+    /// Groups the `n` replies by destination and size (first-come order kept); returns the
+    /// number of groups. Without `gso`, every reply is its own group.
+    fn plan(&mut self, n: usize, gso: bool) -> usize {
+        let mut taken = [false; BATCH_LEN];
+        let (mut k, mut ngroups) = (0, 0);
+        for j in 0..n {
+            if taken[j] {
                 continue;
             }
-            break;
+            taken[j] = true;
+            let start = k;
+            self.order[k] = j;
+            k += 1;
+            let size = self.out[j].len();
+            if gso && size <= GSO_MAX_SEGMENT {
+                let mut bytes = size;
+                for m in j + 1..n {
+                    if !taken[m]
+                        && self.out[m].len() == size
+                        && bytes + size <= GSO_MAX_BYTES
+                        && self.same_destination(j, m)
+                    {
+                        taken[m] = true;
+                        self.order[k] = m;
+                        k += 1;
+                        bytes += size;
+                    }
+                }
+            }
+            self.groups[ngroups] = (start, k - start);
+            ngroups += 1;
+        }
+        ngroups
+    }
+
+    fn same_destination(&self, a: usize, b: usize) -> bool {
+        let (la, lb) = (self.namelen[a], self.namelen[b]);
+        if la != lb {
+            return false;
+        }
+        let len = (la as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: both point at sockaddr_storage values owned by self, `len` bytes long at most.
+        let bytes = |i: usize| unsafe {
+            std::slice::from_raw_parts(
+                (&self.addrs[self.reply_from[i]] as *const libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        };
+        bytes(a) == bytes(b)
+    }
+
+    /// Writes the `sendmmsg` header of group `g` (and its iovecs and control message).
+    fn describe(&mut self, g: usize) {
+        let (start, len) = self.groups[g];
+        for k in start..start + len {
+            let j = self.order[k];
+            self.iov[k] = libc::iovec {
+                iov_base: self.out[j].as_mut_ptr().cast(),
+                iov_len: self.out[j].len(),
+            };
+        }
+        let first = self.order[start];
+        let mut h: libc::mmsghdr = zeroed();
+        h.msg_hdr.msg_name =
+            (&mut self.addrs[self.reply_from[first]] as *mut libc::sockaddr_storage).cast();
+        h.msg_hdr.msg_namelen = self.namelen[first];
+        h.msg_hdr.msg_iov = &mut self.iov[start];
+        h.msg_hdr.msg_iovlen = len as _;
+        if len > 1 {
+            let segment = self.out[first].len() as u16;
+            let ctrl = &mut self.ctrl[g];
+            // SAFETY: CMSG_SPACE/CMSG_LEN of 2 bytes fit the 32-byte, 8-aligned buffer; the
+            // header and data pointers come from CMSG_FIRSTHDR/CMSG_DATA on that buffer.
+            unsafe {
+                h.msg_hdr.msg_control = ctrl.0.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+            }
+        }
+        self.hdrs[g] = h;
+    }
+
+    fn push_unsent(&self, g: usize, unsent: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let (start, len) = self.groups[g];
+        for k in start..start + len {
+            let j = self.order[k];
+            if let Some(to) = sockaddr(&self.addrs[self.reply_from[j]]) {
+                unsent.push((to, self.out[j].clone()));
+            }
+        }
+    }
+
+    fn send_one(&self, fd: RawFd, j: usize, unsent: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let buf = &self.out[j];
+        // SAFETY: the buffer and address are owned by self and outlive the call.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&self.addrs[self.reply_from[j]] as *const libc::sockaddr_storage).cast(),
+                self.namelen[j],
+            )
+        };
+        if r < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+            && let Some(to) = sockaddr(&self.addrs[self.reply_from[j]])
+        {
+            unsent.push((to, buf.clone()));
         }
     }
 }

@@ -473,6 +473,73 @@ fn reload_on_sighup_keeps_sockets() {
     assert_eq!(s.dig(&["newbie"]).data("A"), ["10.1.0.50"]);
 }
 
+/// A burst from one socket is answered in batches, replies of one size to one destination
+/// as one UDP GSO send: every reply must still arrive whole, as its own datagram.
+#[test]
+fn bursts_from_one_socket_get_every_reply_intact() {
+    let ns = Ns::new("dnsb");
+    let dir = TempDir::new("dnsb");
+    let s = serve(
+        &ns,
+        &dir,
+        &state(),
+        &["--as", "a", "--upstream", "127.0.0.9:9", "--threads", "1"],
+    );
+    let sock = ns.udp("127.0.0.1:0");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    // (name, answers): three reply sizes, so several groups per batch.
+    let names: [(&str, u16); 4] = [("db", 2), ("alpha", 1), ("web", 1), ("tasks.web", 2)];
+    let query = |id: u16, name: &str| {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    };
+    for round in 0..3u16 {
+        // Stopped, the server lets the whole burst queue up; resumed, it reads it in batches.
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(s.pid as i32, libc::SIGSTOP) };
+        for i in 0..100u16 {
+            let id = round * 1000 + i;
+            sock.send_to(&query(id, names[i as usize % 4].0), "127.0.0.1:53")
+                .unwrap();
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(s.pid as i32, libc::SIGCONT) };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 4096];
+        while seen.len() < 100 {
+            let (n, _) = sock
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}: {} of 100 replies: {e}", seen.len()));
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            let i = id - round * 1000;
+            let (name, answers) = names[i as usize % 4];
+            let q = query(id, name);
+            // Same ID and question, NOERROR, the right number of answers, nothing glued on:
+            // an answer record here is 16 bytes (pointer, type, class, TTL, length, IPv4).
+            assert_eq!(&buf[4..6], &[0, 1], "reply {id}: one question");
+            assert_eq!(
+                &buf[12..q.len()],
+                &q[12..],
+                "reply {id} asks something else"
+            );
+            assert_eq!(buf[3] & 0xF, 0, "reply {id}: rcode");
+            assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), answers, "reply {id}");
+            assert_eq!(
+                n,
+                q.len() + 16 * answers as usize,
+                "reply {id} is {n} bytes"
+            );
+            assert!(seen.insert(id), "reply {id} twice");
+        }
+    }
+}
+
 #[test]
 fn malformed_input_never_breaks_the_server() {
     let ns = Ns::new("dnsm");
