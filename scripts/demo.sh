@@ -28,6 +28,7 @@ if ! "$SDCTL" ps >/dev/null 2>&1; then
   log=${SDNET_DEMO_LOG:-/var/log/sdnet-demo.log}
   echo "== starting the daemon (log: $log)"
   "$SDCTL" daemon >"$log" 2>&1 &
+  echo "$!" > "${SDNET_DEMO_PIDFILE:-/run/sdnet-demo.pid}"
   for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
   "$SDCTL" ps >/dev/null || { cat "$log"; exit 1; }
 fi
@@ -49,5 +50,5 @@ run dns query --from demo-a demo-b
 echo
 echo "The daemon keeps running. Remove the demo with:"
 echo "  $SDCTL rm -f demo-a demo-b && $SDCTL network rm demo"
-echo "Stop the daemon with: kill \$(pidof sdctl)   (sandboxes and networks stay;"
+echo "Stop the daemon with: kill \$(cat ${SDNET_DEMO_PIDFILE:-/run/sdnet-demo.pid})   (sandboxes and networks stay;"
 echo "  '$SDCTL daemon --cleanup' removes every kernel object of sdnet's)"
