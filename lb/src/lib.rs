@@ -13,8 +13,14 @@
 //!   chain spread-N { dnat ip to ip daddr . numgen random mod N map @backends-N }
 //!   chain nat-out    (nat output)    ip daddr vmap @vips
 //!   chain filter-out (filter output) ip daddr @dead → TCP reset / ICMP unreachable
+//!   chain untracked  (raw output)    127.0.0.11 ↔ anything: notrack
 //! }
 //! ```
+//! The NAT chain turns conntrack on in the sandbox's namespace. The embedded resolver's
+//! traffic (127.0.0.11, port-rewritten statelessly by the `sdnet-dns` table) must stay
+//! untracked: every query would otherwise add conntrack entries that fill the table under
+//! load. Loopback packets keep their untracked mark on the receiving side.
+//!
 //! There is one `spread-N` chain and `backends-N` map per backend count N in use, not one
 //! per service: the table's chains and sets do not grow with the number of services. That
 //! matters because libnftables loads every chain and set of the table into its cache before
@@ -147,6 +153,9 @@ pub fn table(vips: &[VipLb]) -> String {
     s.push_str(
         "  chain filter-out {\n    type filter hook output priority 0; policy accept;\n    ip daddr @dead meta l4proto tcp reject with tcp reset\n    ip daddr @dead reject\n  }\n",
     );
+    s.push_str(
+        "  chain untracked {\n    type filter hook output priority raw; policy accept;\n    ip daddr 127.0.0.11 notrack\n    ip saddr 127.0.0.11 notrack\n  }\n",
+    );
     s.push_str("}\n");
     s
 }
@@ -257,6 +266,9 @@ mod tests {
         assert!(t.contains("dnat ip to ip daddr . numgen random mod 2 map @backends-2"));
         assert!(t.contains("elements = { 10.1.0.101 }"));
         assert!(t.contains("reject with tcp reset"));
+        assert!(
+            t.contains("ip daddr 127.0.0.11 notrack") && t.contains("ip saddr 127.0.0.11 notrack")
+        );
     }
 
     #[test]

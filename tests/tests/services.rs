@@ -133,6 +133,10 @@ fn names_vip_dnsrr_srv_ptr() {
         d.dig("cl", &["-x", &t0ip]).data("PTR"),
         [format!("{task0}.n.")]
     );
+    // The client's LB table turned conntrack on in its namespace; the resolver's traffic
+    // stays untracked there (every query would otherwise add entries).
+    let tracked = d.exec_ok("cl", &["conntrack", "-L"]);
+    assert!(!tracked.contains("127.0.0.11"), "{tracked}");
     // ls shows running/desired and the VIP.
     let ls = d.ok(&["services", "ls"]);
     assert!(ls.contains("3/3") && ls.contains(&web_vip), "{ls}");

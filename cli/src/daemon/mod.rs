@@ -128,6 +128,10 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             loop {
                 t.tick().await;
                 d.tick().await;
+                // Bursts (many sandboxes created or removed at once) leave freed heap that
+                // glibc keeps; hand it back so an idle daemon's RSS is what it holds.
+                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
             }
         });
     }

@@ -3,6 +3,8 @@
 //!
 //! sandbox-bench SOCKET NETWORK COUNT PROBE_NETNS PREFIX
 //! Prints one line per phase: `create` and `remove` latency stats (ms) and DNS readiness.
+//! With `SB_IDLE_SECS=N` it leaves the sandboxes idle for N seconds between the phases (the
+//! benchmark reads the daemon's idle RSS then).
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
@@ -107,6 +109,12 @@ fn main() {
     let wall = started.elapsed().as_secs_f64();
     stats("create", create);
     println!("create_wall_s={wall:.2} dns_ready_at_return={ready_at_return}/{count}");
+    let _ = std::io::stdout().flush();
+    let idle: u64 = std::env::var("SB_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(idle.min(600)));
     let mut remove = Vec::with_capacity(count);
     for i in 0..count {
         let t = Instant::now();
