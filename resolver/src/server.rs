@@ -381,7 +381,7 @@ struct Batch {
 /// the kernel runs the output path (route, netfilter, loopback or driver) once per group
 /// instead of once per datagram and splits it at the end. A busy client socket (a stub with
 /// many queries in flight, a load generator) gets a batch answered for a fraction of the
-/// per-datagram kernel cost. Off for good after the kernel refuses it once.
+/// per-datagram kernel cost. Off for good once the kernel says it cannot segment.
 static GSO_ON: AtomicBool = AtomicBool::new(true);
 /// Replies larger than this go alone (a segment must fit the path MTU).
 const GSO_MAX_SEGMENT: usize = 1200;
@@ -503,10 +503,16 @@ impl Batch {
             }
             let (start, len) = self.groups[done];
             if len > 1 {
-                // The kernel or the route refuses GSO: send this group one by one, and
-                // never group again.
-                debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
-                GSO_ON.store(false, Ordering::Relaxed);
+                // Send this group one by one. EIO/EINVAL/EOPNOTSUPP mean the kernel or the
+                // route cannot segment: never group again. Other errors (a firewall's EPERM
+                // for one destination) say nothing about GSO.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                ) {
+                    debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    GSO_ON.store(false, Ordering::Relaxed);
+                }
                 for k in start..start + len {
                     self.send_one(fd, self.order[k], unsent);
                 }
@@ -657,5 +663,106 @@ fn sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
             )))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket as StdUdp;
+
+    fn fill_v4(ss: &mut libc::sockaddr_storage, a: SocketAddrV4) -> libc::socklen_t {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in fits in a sockaddr_storage.
+        unsafe {
+            std::ptr::write(
+                (ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
+                sin,
+            )
+        };
+        size_of::<libc::sockaddr_in>() as libc::socklen_t
+    }
+
+    /// Replies as `send` sees them after a `recv` of `n` datagrams from `client`.
+    fn batch_for(client: SocketAddrV4, payloads: &[Vec<u8>]) -> Batch {
+        let mut b = Batch::new();
+        for (i, p) in payloads.iter().enumerate() {
+            let len = fill_v4(&mut b.addrs[i], client);
+            b.hdrs[i].msg_hdr.msg_namelen = len;
+            b.out[i] = p.clone();
+            b.reply_from[i] = i;
+        }
+        b
+    }
+
+    fn receive_all(sock: &StdUdp, n: usize) -> Vec<Vec<u8>> {
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        (0..n)
+            .map(|_| {
+                let (len, _) = sock.recv_from(&mut buf).expect("a reply");
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    fn local(sock: &StdUdp) -> SocketAddrV4 {
+        match sock.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    }
+
+    // One test, in order: GSO_ON is process-wide and the second half turns it off.
+    #[test]
+    fn replies_are_grouped_and_fall_back_when_gso_is_refused() {
+        let server = StdUdp::bind("127.0.0.1:0").unwrap();
+        let client = StdUdp::bind("127.0.0.1:0").unwrap();
+        let other = StdUdp::bind("127.0.0.1:0").unwrap();
+        let payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 40 + (i as usize % 2)]).collect();
+
+        // Two sizes to one client, one reply elsewhere: three groups, all delivered whole.
+        let mut b = batch_for(local(&client), &payloads);
+        let len = fill_v4(&mut b.addrs[5], local(&other));
+        b.hdrs[5].msg_hdr.msg_namelen = len;
+        let mut unsent = Vec::new();
+        b.send(server.as_raw_fd(), 6, &mut unsent);
+        assert!(unsent.is_empty());
+        assert_eq!(b.plan(6, true), 3);
+        let mut got = receive_all(&client, 5);
+        got.sort();
+        assert_eq!(got, payloads[..5].to_vec());
+        assert_eq!(receive_all(&other, 1), [payloads[5].clone()]);
+        assert!(GSO_ON.load(Ordering::Relaxed));
+
+        // SO_NO_CHECK makes the kernel refuse UDP GSO (EINVAL): the group goes out datagram
+        // by datagram and GSO stays off.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a live c_int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                server.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let same: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 40]).collect();
+        let mut b = batch_for(local(&client), &same);
+        b.send(server.as_raw_fd(), 4, &mut unsent);
+        assert!(unsent.is_empty());
+        let mut got = receive_all(&client, 4);
+        got.sort();
+        assert_eq!(got, same);
+        assert!(!GSO_ON.load(Ordering::Relaxed), "GSO still on after EINVAL");
     }
 }
