@@ -540,13 +540,13 @@ impl Batch {
             let size = self.out[j].len();
             if gso && size <= GSO_MAX_SEGMENT {
                 let mut bytes = size;
-                for m in j + 1..n {
-                    if !taken[m]
+                for (m, t) in taken.iter_mut().enumerate().take(n).skip(j + 1) {
+                    if !*t
                         && self.out[m].len() == size
                         && bytes + size <= GSO_MAX_BYTES
                         && self.same_destination(j, m)
                     {
-                        taken[m] = true;
+                        *t = true;
                         self.order[k] = m;
                         k += 1;
                         bytes += size;
