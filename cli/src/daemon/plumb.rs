@@ -246,10 +246,10 @@ pub fn adopt_netns(from: &Path, at: &Path) -> Result<Netns> {
 /// Sends unsolicited ARP from one background thread (bursts of sandbox creations must not
 /// grow the blocking thread pool).
 fn announce(ns: Netns, ifname: String, ip: Ipv4Addr) {
-    use std::sync::mpsc;
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{self, Sender};
     type Job = (Netns, String, Ipv4Addr);
-    static TX: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    static TX: OnceLock<Sender<Job>> = OnceLock::new();
     let tx = TX.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let _ = std::thread::Builder::new()
@@ -259,9 +259,7 @@ fn announce(ns: Netns, ifname: String, ip: Ipv4Addr) {
                     let _ = sdnet_netstack::link::send_gratuitous_arp(&ns, &ifname, ip);
                 }
             });
-        Mutex::new(tx)
+        tx
     });
-    if let Ok(tx) = tx.lock() {
-        let _ = tx.send((ns, ifname, ip));
-    }
+    let _ = tx.send((ns, ifname, ip));
 }

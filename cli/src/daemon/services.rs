@@ -136,8 +136,9 @@ impl Daemon {
         let text = match &sb.lb {
             Some(have) if *have == want => return,
             Some(have) => {
-                // A spread chain exists for every backend count some VIP in the table has.
-                let loaded: BTreeSet<usize> = have
+                // A spread chain exists for every backend count some VIP in the table has,
+                // and for each one an earlier change in this transaction creates.
+                let mut loaded: BTreeSet<usize> = have
                     .values()
                     .map(|v| v.backends.len())
                     .filter(|n| *n > 0)
@@ -146,8 +147,12 @@ impl Daemon {
                 let mut t = String::new();
                 for vip in vips {
                     let new = want.get(vip);
-                    let spread_loaded = new.is_some_and(|n| loaded.contains(&n.backends.len()));
+                    let count = new.map_or(0, |n| n.backends.len());
+                    let spread_loaded = loaded.contains(&count);
                     if let Some(c) = sdnet_lb::change(have.get(vip), new, spread_loaded) {
+                        if count > 0 {
+                            loaded.insert(count);
+                        }
                         t.push_str(&c);
                     }
                 }
