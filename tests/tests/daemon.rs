@@ -56,12 +56,20 @@ fn sandboxes_resolve_each_other_through_127_0_0_11() {
         &[
             "sh",
             "-c",
-            "socat -u UDP-RECV:53 - 2>&1 & sleep 0.3; dig +short +tries=1 +time=2 alpha; \
-             dig +short +tcp +tries=1 +time=2 alpha; kill $! 2>/dev/null; true",
+            "socat -u UDP-RECV:53 - 2>&1 & \
+             for i in $(seq 250); do ss -Hlun 'sport = :53' | grep -q . && break; sleep 0.02; done; \
+             ss -Hlun 'sport = :53' | grep -q . && echo BOUND53; \
+             dig +short +tries=1 +time=2 alpha; dig +short +tcp +tries=1 +time=2 alpha; \
+             kill $! 2>/dev/null; true",
         ],
     );
+    assert!(has(&out, "BOUND53"), "socat never bound port 53: {out}");
     assert_eq!(out.matches(&a_ip).count(), 2, "{out}");
-    assert!(!has(&out, "in use"), "{out}");
+    // ip netns exec finds the files through <etc-netns-dir>/<name>, a link to the run dir.
+    let link = d.dir.path().join("etc-netns").join("beta");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    let rc = std::fs::read_to_string(link.join("resolv.conf")).unwrap();
+    assert!(has(&rc, "nameserver 127.0.0.11"), "{rc}");
     // glibc (getent) and busybox nslookup, both through resolv.conf.
     let g = d.exec_ok("beta", &["getent", "hosts", "alpha"]);
     assert!(g.starts_with(&a_ip), "{g}");
@@ -620,4 +628,67 @@ fn host_search_domains_and_options_reach_sandboxes() {
     // glibc walks the search list, gets NXDOMAIN upstream, then finds the local name.
     let g = d.exec_ok("one", &["getent", "hosts", "two"]);
     assert!(g.starts_with(&d.ip("two", "n")), "{g}");
+}
+
+#[test]
+fn ipv6_only_on_networks_that_have_it() {
+    let d = Daemon::start("dv6");
+    d.ok(&["network", "create", "--subnet", "10.72.0.0/24", "v4only"]);
+    d.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.73.0.0/24",
+        "--subnet",
+        "fd00:73::/64",
+        "dual",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "a",
+        "--network",
+        "v4only",
+        "--network",
+        "dual",
+    ]);
+    d.ok(&["run", "-d", "--name", "b", "--network", "dual"]);
+    let off = |sb: &str, ifname: &str| {
+        d.exec_ok(
+            sb,
+            &[
+                "cat",
+                &format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+            ],
+        )
+        .trim()
+        .to_string()
+    };
+    // No IPv6 chatter (DAD, router and MLD solicitations) where the network has none.
+    assert_eq!(off("a", "eth0"), "1");
+    assert_eq!(off("a", "eth1"), "0");
+    assert_eq!(off("b", "eth0"), "0");
+    // The bridge-side ends of the veth pairs have no addresses of their own.
+    let host = d.ns.run_ok(
+        "sh",
+        &[
+            "-c",
+            "cat /proc/sys/net/ipv6/conf/sdv*/disable_ipv6 | sort -u",
+        ],
+    );
+    assert_eq!(host.trim(), "1", "{host}");
+    // IPv6 still works on the dual-stack network.
+    let b6 = d.inspect("b")["endpoints"][0]["ipv6"]
+        .as_str()
+        .expect("b has an IPv6 address")
+        .to_string();
+    let pinged = wait_for(Duration::from_secs(5), || {
+        d.exec("a", &["ping", "-6", "-c1", "-W1", &b6])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(pinged.is_some(), "no IPv6 ping from a to b ({b6})");
 }
