@@ -120,18 +120,20 @@ fn answer_found(
     let mut r = Response::new(out, q, RCODE_NOERROR, flag::AA | ra, limit);
     let (answered, ttl) = match (found, q.qtype) {
         (Found::Addrs(_, set), TYPE_A) => {
-            let n = set.v4.len();
+            let v4 = set.v4();
+            let n = v4.len();
             for i in 0..n {
-                if !r.a(set.ttl, set.v4[(rotation as usize + i) % n]) {
+                if !r.a(set.ttl, v4[(rotation as usize + i) % n]) {
                     break;
                 }
             }
             (n > 0, set.ttl)
         }
         (Found::Addrs(_, set), TYPE_AAAA) => {
-            let n = set.v6.len();
+            let v6 = set.v6();
+            let n = v6.len();
             for i in 0..n {
-                if !r.aaaa(set.ttl, set.v6[(rotation as usize + i) % n]) {
+                if !r.aaaa(set.ttl, v6[(rotation as usize + i) % n]) {
                     break;
                 }
             }

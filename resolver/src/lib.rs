@@ -7,6 +7,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod model;
+mod nameindex;
 pub mod resolvconf;
 pub mod server;
 pub mod table;

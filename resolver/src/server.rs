@@ -207,11 +207,21 @@ impl Resolver {
                 let n = sock.try_io(Interest::READABLE, || b.recv(fd))?;
                 let snap = self.tables.snapshot();
                 let mut replies = 0;
+                // A batch mostly comes from one client: look its view up once (with 100k
+                // sandboxes, each lookup in the view maps is a few cache misses).
+                let mut last: Option<(IpAddr, Option<&Arc<View>>)> = None;
                 for i in 0..n {
                     let Some((src, len)) = b.received(i) else {
                         continue;
                     };
-                    let view = sel.select(&snap, src.ip());
+                    let view = match last {
+                        Some((ip, view)) if ip == src.ip() => view,
+                        _ => {
+                            let view = sel.select(&snap, src.ip());
+                            last = Some((src.ip(), view));
+                            view
+                        }
+                    };
                     let (msg, out) = b.slot(i, replies);
                     let msg = &msg[..len];
                     match self.handle(&snap, view, msg, true, out) {

@@ -18,6 +18,7 @@ use smallvec::SmallVec;
 use crate::model::{
     self, DEFAULT_TTL, DEFAULT_VIP_TTL, EndpointMode, ModelError, Network, Sandbox, Service, State,
 };
+use crate::nameindex::{FlatIndex, NameIndex, NameKey};
 use crate::wire::encode_name;
 
 pub(crate) type Map<K, V> =
@@ -27,13 +28,41 @@ pub type NetIdx = u32;
 pub type ViewIdx = u32;
 type HolderId = u32;
 
-/// Addresses answering one name on one network.
+/// Addresses answering one name on one network: what readers see. Kept small (24 bytes, the
+/// common single IPv4 address inline) because the maps store values inline in their nodes:
+/// small entries mean dense nodes and fewer cache misses per lookup in big tables. Who holds
+/// the name (the union behind it) is the writer's business, see `Holders`.
 #[derive(Clone, Debug)]
 pub struct AddrSet {
-    holders: SmallVec<[(HolderId, u32, SmallVec<[IpAddr; 2]>); 1]>,
-    pub v4: Arc<[Ipv4Addr]>,
-    pub v6: Arc<[Ipv6Addr]>,
+    addrs: Addrs,
     pub ttl: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Addrs {
+    One4(Ipv4Addr),
+    Lists(Arc<AddrLists>),
+}
+
+#[derive(Debug, Default)]
+struct AddrLists {
+    v4: SmallVec<[Ipv4Addr; 4]>,
+    v6: SmallVec<[Ipv6Addr; 2]>,
+}
+
+impl AddrSet {
+    pub fn v4(&self) -> &[Ipv4Addr] {
+        match &self.addrs {
+            Addrs::One4(a) => std::slice::from_ref(a),
+            Addrs::Lists(l) => &l.v4,
+        }
+    }
+    pub fn v6(&self) -> &[Ipv6Addr] {
+        match &self.addrs {
+            Addrs::One4(_) => &[],
+            Addrs::Lists(l) => &l.v6,
+        }
+    }
 }
 
 /// One SRV target: a task and a declared port.
@@ -54,15 +83,103 @@ pub struct SrvSet {
     pub ttl: u32,
 }
 
+/// The name an address points back to, and its TTL (the first holder's, see `Holders`).
 #[derive(Clone, Debug)]
 pub struct PtrEntry {
-    holders: SmallVec<[(HolderId, Arc<[u8]>, u32); 1]>,
+    target: WireName,
+    ttl: u32,
 }
 
 impl PtrEntry {
-    /// The target (wire format) and TTL; the first holder wins if an address is claimed twice.
+    fn new(target: &Arc<[u8]>, ttl: u32) -> Self {
+        PtrEntry {
+            target: WireName::new(target),
+            ttl,
+        }
+    }
+    /// The target (wire format) and TTL.
     pub fn target(&self) -> Option<(&[u8], u32)> {
-        self.holders.first().map(|(_, t, ttl)| (&t[..], *ttl))
+        Some((self.target.as_bytes(), self.ttl))
+    }
+}
+
+/// A wire-format name kept inline when short (`c1.net` is 8 bytes), so answering a PTR query
+/// copies from the slot the lookup just read instead of chasing another allocation.
+#[derive(Clone, Debug)]
+enum WireName {
+    Inline { len: u8, bytes: [u8; 22] },
+    Shared(Arc<[u8]>),
+}
+
+impl WireName {
+    fn new(name: &Arc<[u8]>) -> Self {
+        if name.len() <= 22 {
+            let mut bytes = [0; 22];
+            bytes[..name.len()].copy_from_slice(name);
+            WireName::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            WireName::Shared(name.clone())
+        }
+    }
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            WireName::Inline { len, bytes } => &bytes[..*len as usize],
+            WireName::Shared(b) => b,
+        }
+    }
+}
+
+/// Names of one network, split by whether they contain a dot. Most names (sandbox names, IDs,
+/// hostnames) have none and live in the big `NameIndex`; a dotted query (`c1.test`) is tried
+/// whole before it is split (`c1` on network `test`), and routing by the dot sends that first,
+/// usually failing, lookup to the small dotted map (`tasks.web`, dotted aliases).
+#[derive(Clone)]
+struct NameMap<V: Clone> {
+    plain: NameIndex<V>,
+    dotted: Map<NameKey, V>,
+}
+
+impl<V: Clone> Default for NameMap<V> {
+    fn default() -> Self {
+        NameMap {
+            plain: NameIndex::default(),
+            dotted: Map::default(),
+        }
+    }
+}
+
+fn dotted(key: &str) -> bool {
+    key.as_bytes().contains(&b'.')
+}
+
+impl<V: Clone> NameMap<V> {
+    #[inline]
+    fn get(&self, key: &str) -> Option<&V> {
+        if dotted(key) {
+            self.dotted.get(key)
+        } else {
+            self.plain.get(key)
+        }
+    }
+    fn insert(&mut self, key: &str, v: V) {
+        if dotted(key) {
+            self.dotted.insert(NameKey::new(key), v);
+        } else {
+            self.plain.insert(NameKey::new(key), v);
+        }
+    }
+    fn remove(&mut self, key: &str) {
+        if dotted(key) {
+            self.dotted.remove(key);
+        } else {
+            self.plain.remove(NameKey::new(key));
+        }
+    }
+    fn len(&self) -> usize {
+        self.plain.len() + self.dotted.len()
     }
 }
 
@@ -72,9 +189,9 @@ pub struct NetTable {
     pub id: Arc<str>,
     pub name: Arc<str>,
     pub internal: bool,
-    addrs: Map<Box<str>, AddrSet>,
+    addrs: NameMap<AddrSet>,
     srv: Map<Box<str>, SrvSet>,
-    ptr: Map<IpAddr, PtrEntry>,
+    ptr: FlatIndex<IpAddr, PtrEntry>,
 }
 
 impl NetTable {
@@ -83,9 +200,9 @@ impl NetTable {
             id: n.id.as_str().into(),
             name: n.name.as_str().into(),
             internal: n.internal,
-            addrs: Map::default(),
+            addrs: NameMap::default(),
             srv: Map::default(),
-            ptr: Map::default(),
+            ptr: FlatIndex::default(),
         }
     }
     pub fn addrs(&self, key: &str) -> Option<&AddrSet> {
@@ -261,6 +378,7 @@ struct Writer {
     holder_ids: HashMap<HolderKey, HolderId>,
     next_holder: HolderId,
     records: HashMap<HolderId, Vec<Record>>,
+    holders: Holders,
     /// Networks each holder is on (the reverse of `net_users`).
     holder_nets: HashMap<HolderId, Vec<String>>,
     sources: HashMap<String, Vec<IpAddr>>,
@@ -660,7 +778,7 @@ impl Writer {
     fn drop_holder(&mut self, snap: &mut Snapshot, key: &HolderKey) {
         let hid = self.holder_id(key);
         for r in self.records.remove(&hid).unwrap_or_default() {
-            remove_record(snap, hid, &r);
+            self.holders.remove(snap, hid, &r);
         }
         self.set_holder_nets(hid, key, Vec::new());
         self.holder_ids.remove(key);
@@ -700,12 +818,12 @@ impl Writer {
         // Remove what went away, add what is new; unchanged records are not touched.
         for r in &old {
             if !new.contains(r) {
-                remove_record(snap, hid, r);
+                self.holders.remove(snap, hid, r);
             }
         }
         for r in &new {
             if !old.contains(r) {
-                add_record(snap, hid, r);
+                self.holders.add(snap, hid, r);
             }
         }
         self.records.insert(hid, new);
@@ -911,151 +1029,200 @@ fn table_mut(snap: &mut Snapshot, net: NetIdx) -> Option<&mut NetTable> {
     snap.nets.get_mut(&net).map(Arc::make_mut)
 }
 
-fn add_record(snap: &mut Snapshot, h: HolderId, r: &Record) {
-    match r {
-        Record::Addr { net, key, ip, ttl } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let mut set = t.addrs.get(&**key).cloned().unwrap_or_else(|| AddrSet {
-                holders: SmallVec::new(),
-                v4: Arc::from([]),
-                v6: Arc::from([]),
-                ttl: 0,
-            });
-            match set.holders.iter_mut().find(|e| e.0 == h) {
-                Some(e) => {
-                    e.1 = (*ttl).min(e.1);
-                    e.2.push(*ip);
-                }
-                None => set.holders.push((h, *ttl, smallvec::smallvec![*ip])),
-            }
-            set.recompute();
-            t.addrs.insert(key.clone(), set);
-        }
-        Record::Ptr {
-            net,
-            ip,
-            target,
-            ttl,
-        } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let mut e = t.ptr.get(ip).cloned().unwrap_or_else(|| PtrEntry {
-                holders: SmallVec::new(),
-            });
-            e.holders.push((h, target.clone(), *ttl));
-            t.ptr.insert(*ip, e);
-        }
-        Record::Srv { net, key, target } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let mut set = t.srv.get(&**key).cloned().unwrap_or_else(|| SrvSet {
-                holders: SmallVec::new(),
-                targets: Arc::from([]),
-                ttl: 0,
-            });
-            match set.holders.iter_mut().find(|e| e.0 == h) {
-                Some(e) => e.1.push(target.clone()),
-                None => set.holders.push((h, smallvec::smallvec![target.clone()])),
-            }
-            set.recompute();
-            t.srv.insert(key.clone(), set);
-        }
-    }
+type AddrHolders = SmallVec<[(HolderId, u32, SmallVec<[IpAddr; 2]>); 1]>;
+type PtrHolders = SmallVec<[(HolderId, Arc<[u8]>, u32); 1]>;
+
+/// Who contributes to each name and address of each network. Readers only see the union
+/// (`AddrSet`) or the first claim (`PtrEntry`); keeping the contributions here, out of the
+/// readers' maps, keeps those maps small and lets one holder leave without disturbing others.
+#[derive(Default)]
+struct Holders {
+    addrs: HashMap<NetIdx, HashMap<Box<str>, AddrHolders>>,
+    ptrs: HashMap<NetIdx, HashMap<IpAddr, PtrHolders>>,
 }
 
-fn remove_record(snap: &mut Snapshot, h: HolderId, r: &Record) {
-    match r {
-        Record::Addr { net, key, ip, .. } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let Some(mut set) = t.addrs.get(&**key).cloned() else {
-                return;
-            };
-            if let Some(pos) = set.holders.iter().position(|e| e.0 == h) {
-                let ips = &mut set.holders[pos].2;
-                if let Some(i) = ips.iter().position(|x| x == ip) {
-                    ips.remove(i);
+impl Holders {
+    fn add(&mut self, snap: &mut Snapshot, h: HolderId, r: &Record) {
+        match r {
+            Record::Addr { net, key, ip, ttl } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let hs = self
+                    .addrs
+                    .entry(*net)
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default();
+                match hs.iter_mut().find(|e| e.0 == h) {
+                    Some(e) => {
+                        e.1 = (*ttl).min(e.1);
+                        e.2.push(*ip);
+                    }
+                    None => hs.push((h, *ttl, smallvec::smallvec![*ip])),
                 }
-                if ips.is_empty() {
-                    set.holders.remove(pos);
-                }
-            }
-            if set.holders.is_empty() {
-                t.addrs.remove(&**key);
-            } else {
-                set.recompute();
-                t.addrs.insert(key.clone(), set);
-            }
-        }
-        Record::Ptr {
-            net, ip, target, ..
-        } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let Some(mut e) = t.ptr.get(ip).cloned() else {
-                return;
-            };
-            if let Some(pos) = e.holders.iter().position(|x| x.0 == h && x.1 == *target) {
-                e.holders.remove(pos);
-            }
-            if e.holders.is_empty() {
-                t.ptr.remove(ip);
-            } else {
-                t.ptr.insert(*ip, e);
-            }
-        }
-        Record::Srv { net, key, target } => {
-            let Some(t) = table_mut(snap, *net) else {
-                return;
-            };
-            let Some(mut set) = t.srv.get(&**key).cloned() else {
-                return;
-            };
-            if let Some(pos) = set.holders.iter().position(|e| e.0 == h) {
-                let ts = &mut set.holders[pos].1;
-                if let Some(i) = ts.iter().position(|x| x == target) {
-                    ts.remove(i);
-                }
-                if ts.is_empty() {
-                    set.holders.remove(pos);
+                match AddrSet::union(hs) {
+                    Some(set) => t.addrs.insert(key, set),
+                    None => t.addrs.remove(key),
                 }
             }
-            if set.holders.is_empty() {
-                t.srv.remove(&**key);
-            } else {
+            Record::Ptr {
+                net,
+                ip,
+                target,
+                ttl,
+            } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let hs = self.ptrs.entry(*net).or_default().entry(*ip).or_default();
+                hs.push((h, target.clone(), *ttl));
+                if hs.len() == 1 {
+                    t.ptr.insert(*ip, PtrEntry::new(target, *ttl));
+                }
+            }
+            Record::Srv { net, key, target } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let mut set = t.srv.get(&**key).cloned().unwrap_or_else(|| SrvSet {
+                    holders: SmallVec::new(),
+                    targets: Arc::from([]),
+                    ttl: 0,
+                });
+                match set.holders.iter_mut().find(|e| e.0 == h) {
+                    Some(e) => e.1.push(target.clone()),
+                    None => set.holders.push((h, smallvec::smallvec![target.clone()])),
+                }
                 set.recompute();
                 t.srv.insert(key.clone(), set);
+            }
+        }
+    }
+
+    fn remove(&mut self, snap: &mut Snapshot, h: HolderId, r: &Record) {
+        match r {
+            Record::Addr { net, key, ip, .. } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let Some(names) = self.addrs.get_mut(net) else {
+                    return;
+                };
+                let Some(hs) = names.get_mut(&**key) else {
+                    return;
+                };
+                if let Some(pos) = hs.iter().position(|e| e.0 == h) {
+                    let ips = &mut hs[pos].2;
+                    if let Some(i) = ips.iter().position(|x| x == ip) {
+                        ips.remove(i);
+                    }
+                    if ips.is_empty() {
+                        hs.remove(pos);
+                    }
+                }
+                match AddrSet::union(hs) {
+                    Some(set) => t.addrs.insert(key, set),
+                    None => {
+                        t.addrs.remove(key);
+                        names.remove(&**key);
+                        if names.is_empty() {
+                            self.addrs.remove(net);
+                        }
+                    }
+                }
+            }
+            Record::Ptr {
+                net, ip, target, ..
+            } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let Some(ips) = self.ptrs.get_mut(net) else {
+                    return;
+                };
+                let Some(hs) = ips.get_mut(ip) else {
+                    return;
+                };
+                let Some(pos) = hs.iter().position(|x| x.0 == h && x.1 == *target) else {
+                    return;
+                };
+                hs.remove(pos);
+                match hs.first() {
+                    // The first claim answers; only a change of the first touches the map.
+                    Some((_, target, ttl)) if pos == 0 => {
+                        t.ptr.insert(*ip, PtrEntry::new(target, *ttl));
+                    }
+                    Some(_) => {}
+                    None => {
+                        t.ptr.remove(*ip);
+                        ips.remove(ip);
+                        if ips.is_empty() {
+                            self.ptrs.remove(net);
+                        }
+                    }
+                }
+            }
+            Record::Srv { net, key, target } => {
+                let Some(t) = table_mut(snap, *net) else {
+                    return;
+                };
+                let Some(mut set) = t.srv.get(&**key).cloned() else {
+                    return;
+                };
+                if let Some(pos) = set.holders.iter().position(|e| e.0 == h) {
+                    let ts = &mut set.holders[pos].1;
+                    if let Some(i) = ts.iter().position(|x| x == target) {
+                        ts.remove(i);
+                    }
+                    if ts.is_empty() {
+                        set.holders.remove(pos);
+                    }
+                }
+                if set.holders.is_empty() {
+                    t.srv.remove(&**key);
+                } else {
+                    set.recompute();
+                    t.srv.insert(key.clone(), set);
+                }
             }
         }
     }
 }
 
 impl AddrSet {
-    fn recompute(&mut self) {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        let mut seen = HashSet::new();
+    /// What a name answers given its holders (addresses deduplicated in holder order, the
+    /// smallest TTL); None when nobody holds it any more.
+    fn union(holders: &AddrHolders) -> Option<AddrSet> {
+        let mut lists = AddrLists::default();
         let mut ttl = u32::MAX;
-        for (_, t, ips) in &self.holders {
+        let total: usize = holders.iter().map(|(_, _, ips)| ips.len()).sum();
+        // A linear scan for the usual handful; a set for `tasks.web` with many tasks.
+        let mut seen = (total > 16).then(HashSet::new);
+        for (_, t, ips) in holders {
             ttl = ttl.min(*t);
             for ip in ips {
-                if seen.insert(*ip) {
+                let new = match &mut seen {
+                    Some(seen) => seen.insert(*ip),
+                    None => match ip {
+                        IpAddr::V4(a) => !lists.v4.contains(a),
+                        IpAddr::V6(a) => !lists.v6.contains(a),
+                    },
+                };
+                if new {
                     match ip {
-                        IpAddr::V4(a) => v4.push(*a),
-                        IpAddr::V6(a) => v6.push(*a),
+                        IpAddr::V4(a) => lists.v4.push(*a),
+                        IpAddr::V6(a) => lists.v6.push(*a),
                     }
                 }
             }
         }
-        self.v4 = v4.into();
-        self.v6 = v6.into();
-        self.ttl = if ttl == u32::MAX { 0 } else { ttl };
+        let addrs = match (&lists.v4[..], &lists.v6[..]) {
+            ([], []) => return None,
+            ([one], []) => Addrs::One4(*one),
+            _ => Addrs::Lists(Arc::new(lists)),
+        };
+        Some(AddrSet { addrs, ttl })
     }
 }
 

@@ -523,3 +523,73 @@ fn forwarding_policy() {
         crate::table::Forwarding::Never
     ));
 }
+
+fn sandbox(n: u8, name: &str, net: &str, ip: &str, aliases: &[&str]) -> model::Sandbox {
+    serde_json::from_value(serde_json::json!({
+        "id": id(n), "name": name,
+        "endpoints": [{"network": net, "ipv4": ip, "aliases": aliases}]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn names_of_every_length_and_shared_records_follow_their_holders() {
+    let t = tables();
+    // Keys are stored inline up to 22 bytes and on the heap beyond: both sides of the edge
+    // answer, whole, in another case and as `name.network`.
+    let n22 = "n".repeat(22);
+    let n23 = "m".repeat(23);
+    t.apply([
+        Change::UpsertSandbox(sandbox(40, &n22, "n1", "10.1.0.40", &[])),
+        Change::UpsertSandbox(sandbox(41, &n23, "n1", "10.1.0.41", &["db"])),
+    ])
+    .unwrap();
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    assert_eq!(
+        answers(&ask(&t, 1, q(leak(n22.clone()), TYPE_A)).unwrap()),
+        ["10.1.0.40"]
+    );
+    assert_eq!(
+        answers(&ask(&t, 1, q(leak(n23.to_uppercase()), TYPE_A)).unwrap()),
+        ["10.1.0.41"]
+    );
+    assert_eq!(
+        answers(&ask(&t, 1, q(leak(format!("{n23}.net1")), TYPE_A)).unwrap()),
+        ["10.1.0.41"]
+    );
+    // Three holders of "db"; one leaves, the others stay.
+    assert_eq!(
+        sorted(answers(&ask(&t, 1, q("db", TYPE_A)).unwrap())),
+        ["10.1.0.2", "10.1.0.3", "10.1.0.41"]
+    );
+    t.apply([Change::RemoveSandbox(id(2))]).unwrap();
+    assert_eq!(
+        sorted(answers(&ask(&t, 1, q("db", TYPE_A)).unwrap())),
+        ["10.1.0.2", "10.1.0.41"]
+    );
+    t.apply([Change::RemoveSandbox(id(41))]).unwrap();
+    assert_eq!(answers(&ask(&t, 1, q("db", TYPE_A)).unwrap()), ["10.1.0.2"]);
+    // A name with many holders (a service with 40 tasks; the union deduplicates with a set
+    // past a handful of addresses): every address once, and a leaving task leaves it.
+    let mut tasks = Vec::new();
+    for k in 0..40u8 {
+        let mut sb = sandbox(
+            100 + k,
+            &format!("rr.{}.t{k}", k + 2),
+            "n1",
+            &format!("10.1.1.{k}"),
+            &[],
+        );
+        sb.task = Some(
+            serde_json::from_value(serde_json::json!({"service": "s2", "slot": k + 2})).unwrap(),
+        );
+        tasks.push(Change::UpsertSandbox(sb));
+    }
+    t.apply(tasks).unwrap();
+    let all = answers(&ask_rot(&t, 1, &q("tasks.rr", TYPE_A), 65535, 0).unwrap());
+    assert_eq!(all.len(), 41, "{all:?}");
+    t.apply([Change::RemoveSandbox(id(100))]).unwrap();
+    let all = answers(&ask_rot(&t, 1, &q("tasks.rr", TYPE_A), 65535, 0).unwrap());
+    assert_eq!(all.len(), 40);
+    assert!(!all.contains(&"10.1.1.0".to_string()));
+}
