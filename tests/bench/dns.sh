@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # DNS benchmark: `sdctl dns serve` against dnsmasq, unbound and aardvark-dns, all answering the
-# same names in a throw-away network namespace (loopback only), loaded with dnsperf.
-# See tests/bench/README.md. Run as root:
+# same names in a throw-away network namespace (loopback only), loaded with dnsperf. The floor-*
+# servers (resolver/examples/udp_floor.rs) echo every query with no work: their CPU per query is
+# what the kernel's UDP path alone costs. See tests/bench/README.md. Run as root:
 #
-#   tests/bench/dns.sh                          # full run (~15 min)
-#   DUR=3 REPS=1 SIZES=1000 tests/bench/dns.sh  # quick run (~2 min)
+#   tests/bench/dns.sh                          # full run (~22 min)
+#   DUR=3 REPS=1 SIZES=1000 tests/bench/dns.sh  # quick run (~3 min)
 #
 # Knobs (environment): DUR (s per run, 10), REPS (3 for A, 2 for the other mixes), SIZES
-# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache dnsmasq unbound aardvark"), OUT (results
-# dir, default a new /tmp/sdbench-out.*), SDCTL (binary; default: cargo build --release -p sdctl),
+# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso
+# floor-mmsg"; also floor-sendto), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
+# (binary; default: cargo build --release -p sdctl), FLOOR (udp_floor binary; default: cargo build
+# --release -p sdnet-resolver --example udp_floor),
 # AARDVARK_ALL=1 (aardvark at every size, not only ≤ 1000 names), CLIENTS (4), OUTSTANDING (100),
 # NX_NAMES (distinct unknown names in the 10 % mix, 1000), PRIO (autogroup nice, -20),
 # SDCTL_THREADS (1), SDCTL_REV (label for the binary's revision), KEEP=1 (keep the work dir).
@@ -22,7 +25,9 @@ REPORT_AWK=$HERE/lib/report.awk
 DUR=${DUR:-10}
 REPS=${REPS:-}
 SIZES=${SIZES:-1000 100000}
-ONLY=${ONLY:-sdctl sdctl-nocache dnsmasq unbound aardvark}
+ONLY=${ONLY:-sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg}
+FLOORS="floor-gso floor-mmsg floor-sendto" # zero-work echo servers: the kernel's floor
+FLOOR=${FLOOR:-}
 AARDVARK_ALL=${AARDVARK_ALL:-0}
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-100}
@@ -38,6 +43,7 @@ REPS_OTHER=${REPS:-2}
 say() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 has() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
+has_floor() { local f; for f in $FLOORS; do has "$f" && return 0; done; return 1; }
 
 # ---------------------------------------------------------------------------------------------
 # Stage 1 (caller's session): checks, install, build; then re-run in a session of our own so
@@ -49,7 +55,8 @@ if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   done
   for n in $SIZES; do [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 1000000 ] || die "bad size '$n'"; done
   for s in $ONLY; do
-    case $s in sdctl | sdctl-nocache | dnsmasq | unbound | aardvark) ;; *) die "unknown server '$s' in ONLY" ;; esac
+    case $s in sdctl | sdctl-nocache | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto) ;;
+      *) die "unknown server '$s' in ONLY" ;; esac
   done
   missing=0
   for t in dnsperf dnsmasq unbound dig taskset setsid timeout ip; do
@@ -67,7 +74,17 @@ if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   fi
   [ -x "$SDCTL" ] || die "no sdctl binary at $SDCTL"
   SDCTL=$(readlink -f "$SDCTL")
-  export SDCTL _SDBENCH_INNER=1
+  if has_floor; then
+    if [ -z "$FLOOR" ]; then
+      say "building udp_floor (cargo build --release -p sdnet-resolver --example udp_floor)"
+      (cd "$ROOT" && cargo build --release -p sdnet-resolver --example udp_floor)
+      FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/udp_floor
+      case $FLOOR in /*) ;; *) FLOOR=$ROOT/$FLOOR ;; esac
+    fi
+    [ -x "$FLOOR" ] || die "no udp_floor binary at $FLOOR"
+    FLOOR=$(readlink -f "$FLOOR")
+  fi
+  export SDCTL FLOOR _SDBENCH_INNER=1
   # Non-interactive bash keeps background jobs in its process group, so setsid(1) does not
   # fork and $! is the benchmark itself; signals to us are passed on so it can clean up.
   setsid -w "$BASH" "$0" "$@" &
@@ -90,7 +107,7 @@ OUT=$(readlink -f "$OUT")
 TSV=$OUT/results.tsv
 MD=$OUT/results.md
 
-SRV_PIDS=()   # every server process we started (sdctl, upstream unbound, anchors)
+SRV_PIDS=()   # every server process we started (sdctl, upstream unbound, floors, anchors)
 DP_PID=""     # running load generator
 UP_PID=""     # upstream unbound of sdctl
 declare -A S_ADDR S_PORT S_PID S_SRC
@@ -207,6 +224,19 @@ wait_ready() { # SERVER N: c1/cN A and PTR answer correctly (up to 120 s, for bi
   die "$s does not answer c1.test/c$n.test/PTR correctly; see $W"
 }
 
+wait_ready_floor() { # SERVER: an echo server's reply is NOERROR with no answers
+  local s=$1 i
+  for i in $(seq 20); do
+    kill -0 "${S_PID[$s]}" 2>/dev/null || die "$s (PID ${S_PID[$s]}) exited; see $W"
+    if dig_q "$s" c1.test A +noall +comments | grep -q 'status: NOERROR'; then
+      say "$s answers (NOERROR echo) after ~$((i / 2)) s"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "$s does not answer NOERROR; see $W"
+}
+
 check_nx_soa() { # SERVER: an unknown name gives NXDOMAIN with an SOA in authority
   local s=$1 out
   out=$(dig_q "$s" nx1.test A +noall +comments +authority)
@@ -260,6 +290,15 @@ start_sdctl() { # NAME ADDR PORT DIR [extra args]
   set_prio "$!"
 }
 
+start_floor() { # NAME ADDR PORT MODE: resolver/examples/udp_floor.rs
+  local name=$1 addr=$2 port=$3 mode=$4
+  ip netns exec "$NS" taskset -c 0 "$FLOOR" "$addr:$port" --mode "$mode" >"$W/$name.log" 2>&1 &
+  S_PID[$name]=$!
+  SRV_PIDS+=("$!")
+  S_ADDR[$name]=$addr S_PORT[$name]=$port S_SRC[$name]=""
+  set_prio "$!"
+}
+
 start_all() { # N DIR
   local n=$1 d=$2 name addr port pid src
   local aard=/usr/lib/podman/aardvark-dns
@@ -279,14 +318,17 @@ start_all() { # N DIR
     has sdctl && start_sdctl sdctl 127.0.0.10 5310 "$d"
     has sdctl-nocache && start_sdctl sdctl-nocache 127.0.0.12 5312 "$d" --cache-size 0
   fi
+  has floor-sendto && start_floor floor-sendto 127.0.0.20 5320 sendto
+  has floor-mmsg && start_floor floor-mmsg 127.0.0.21 5321 mmsg
+  has floor-gso && start_floor floor-gso 127.0.0.22 5322 gso
   local comm
-  for name in sdctl sdctl-nocache dnsmasq unbound aardvark; do
+  for name in sdctl sdctl-nocache dnsmasq unbound aardvark $FLOORS; do
     has "$name" || continue
     [ -n "${S_PID[$name]:-}" ] || { say "$name not started at $n names (see README)"; continue; }
-    wait_ready "$name" "$n"
+    case $name in floor-*) wait_ready_floor "$name" ;; *) wait_ready "$name" "$n" ;; esac
     # the PID we measure must be the server itself, not a wrapper
     comm=$(cat "/proc/${S_PID[$name]}/comm" 2>/dev/null || true)
-    case "$name:$comm" in sdctl*:sdctl | dnsmasq:dnsmasq | unbound:unbound | aardvark:aardvark-dns) ;;
+    case "$name:$comm" in sdctl*:sdctl | dnsmasq:dnsmasq | unbound:unbound | aardvark:aardvark-dns | floor-*:udp_floor) ;;
       *) die "PID ${S_PID[$name]} of $name is '$comm', not the server" ;; esac
   done
   for name in sdctl sdctl-nocache; do
@@ -348,11 +390,13 @@ run_one() {
     END {
       split(lat, L, " ")
       us = (done > 0 ? srv / h * 1e6 / done : 0)
-      # expected answers: NOERROR for A and PTR; about 10 % NXDOMAIN in the mix
+      # expected answers: NOERROR for A and PTR; about 10 % NXDOMAIN in the mix; the floor
+      # servers echo every query as NOERROR
       chk = "ok"; nxp = 0; nop = 0
       if (match(rc, /NXDOMAIN [0-9]+/)) nxp = substr(rc, RSTART + 9, RLENGTH - 9) / (done > 0 ? done : 1)
       if (match(rc, /NOERROR [0-9]+/)) nop = substr(rc, RSTART + 8, RLENGTH - 8) / (done > 0 ? done : 1)
       if (done == 0) chk = "no-answers"
+      else if (s ~ /^floor-/) chk = (nop < 0.999 ? "rcodes" : "ok")
       else if (mix == "nx" && (nxp < 0.08 || nxp > 0.12 || nop + nxp < 0.999)) chk = "rcodes"
       else if (mix != "nx" && nop < 0.999) chk = "rcodes"
       if (warn > 0 && chk == "ok") chk = "warnings"
@@ -388,6 +432,7 @@ HEADER=$(
   echo "dnsperf: $(dnsperf -h 2>&1 | awk '/^Version/{print $2; exit}'), -c $CLIENTS -q $OUTSTANDING -l $DUR; reps: A $REPS_A, others $REPS_OTHER"
   echo "dnsmasq: $(dnsmasq --version 2>/dev/null | awk 'NR==1{print $3}'); unbound: $(unbound -V 2>/dev/null | awk 'NR==1{print $2}')"
   echo "sizes: $SIZES; servers: $ONLY; unknown names in the NX mix: $NX_NAMES distinct"
+  [ -z "$FLOOR" ] || echo "udp_floor (floor-* servers): $FLOOR"
 )
 {
   sed 's/^/# /' <<<"$HEADER"
@@ -401,7 +446,7 @@ for N in $SIZES; do
   say "starting servers"
   start_all "$N" "$W/n$N"
   servers=()
-  for s in sdctl sdctl-nocache dnsmasq unbound aardvark; do
+  for s in sdctl sdctl-nocache dnsmasq unbound aardvark $FLOORS; do
     has "$s" && [ -n "${S_PID[$s]:-}" ] && servers+=("$s")
   done
   maxreps=$REPS_A; [ "$REPS_OTHER" -le "$maxreps" ] || maxreps=$REPS_OTHER
@@ -424,6 +469,9 @@ for N in $SIZES; do
       [ "$q" -ge 2 ] || { say "warning: $s $mix: no QPS measured, skipping ½ load"; continue; }
       run_one "$N" "$s" "$mix" half 1 $((q / 2))
     done
+  done
+  for s in $FLOORS; do # a floor that fell back from GSO or could not send measured something else
+    [ ! -f "$W/$s.log" ] || grep -E 'GSO refused|send failed' "$W/$s.log" | sed "s/^/warning: $s: /" >&2 || true
   done
   stop_servers
   section=$(awk -v mode=size -v N="$N" -f "$REPORT_AWK" "$TSV")
@@ -453,6 +501,10 @@ fi
   echo "CPU-s: busy time of both CPUs not used by the server, its upstream or dnsperf (max over runs;"
   echo "other jobs on the machine, or softirq work not charged to a process)."
   echo "Ratios are to the best of dnsmasq/unbound for the same mix (QPS: highest, CPU: lowest)."
+  echo "floor-gso/-mmsg/-sendto: udp_floor, which echoes each query as NOERROR with no work (UDP"
+  echo "GSO / recvmmsg+sendmmsg / recvfrom+sendto): the kernel's per-datagram cost, which no server"
+  echo "using the socket API goes below. They are not anchors; each size's table is followed by"
+  echo "a floor table (sdctl and best anchor ÷ floor-gso)."
   echo
   printf '%s' "$SECTIONS"
   echo "Raw rows: results.tsv; dnsperf outputs: raw/."

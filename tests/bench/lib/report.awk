@@ -38,7 +38,8 @@ function mixlabel(m) { return m == "a" ? "A" : (m == "nx" ? "10 % NX" : (m == "p
 
 BEGIN {
   FS = "\t"
-  nsrv = split("sdctl sdctl-nocache dnsmasq unbound aardvark", SRV, " ")
+  # floor-*: udp_floor (zero-work echo); listed, but never an anchor
+  nsrv = split("sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto", SRV, " ")
   nmix = split("a nx ptr", MIX, " ")
 }
 /^#/ || $1 == "size" { next }
@@ -90,11 +91,14 @@ END {
     if (SRV[s] ~ /^sdctl/ && MIX[m] == "nx")
       notes = notes sprintf("- %s, 10 %% NX: the upstream (unbound 127.0.0.11, also on CPU 0) used %.2f µs per query saturated, %.2f at ½ load (not included in sdctl's figure).\n",
         label(SRV[s]), median(up, k, ns[k]), hup[k])
-    if (bad[k] != "")
+    if (bad[k] != "" && SRV[s] ~ /^floor-/)
+      notes = notes sprintf("- **check** %s %s:%s (rcodes: not all NOERROR, which an echo always gives; warnings: dnsperf warnings; see raw/).\n", label(SRV[s]), mixlabel(MIX[m]), bad[k])
+    else if (bad[k] != "")
       notes = notes sprintf("- **check** %s %s:%s (rcodes: not the expected NOERROR / ~10 %% NXDOMAIN; warnings: dnsperf warnings such as unexpected IDs; see raw/).\n", label(SRV[s]), mixlabel(MIX[m]), bad[k])
   }
   print ""
   if (notes != "") { printf "%s\n", notes }
+  floors()
 
   # Targets (sdctl with its cache).
   printf "Targets for sdctl at %d names (informational):\n\n", N
@@ -123,6 +127,29 @@ END {
   }
   print ""
 }
+# The kernel's floor: µs CPU/query of the udp_floor servers and sdctl's distance above it.
+function floors(    s, m, any, g, mm, st, c, a) {
+  any = 0
+  for (m = 1; m <= nmix; m++)
+    for (s = 1; s <= nsrv; s++)
+      if (SRV[s] ~ /^floor-/ && ns[N SUBSEP SRV[s] SUBSEP MIX[m]]) any = 1
+  if (!any) return
+  printf "Kernel floor at %d names (udp_floor: every query echoed as NOERROR, no work), µs CPU/query, median of the saturating runs:\n\n", N
+  print "| mix | floor-gso | floor-mmsg | floor-sendto | sdctl | sdctl ÷ floor-gso | best anchor | best anchor ÷ floor-gso |"
+  print "|---|---|---|---|---|---|---|---|"
+  for (m = 1; m <= nmix; m++) {
+    g = med(N SUBSEP "floor-gso" SUBSEP MIX[m]); mm = med(N SUBSEP "floor-mmsg" SUBSEP MIX[m])
+    st = med(N SUBSEP "floor-sendto" SUBSEP MIX[m]); c = med(N SUBSEP "sdctl" SUBSEP MIX[m]); a = bc[MIX[m]]
+    if (g == "" && mm == "" && st == "") continue
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", mixlabel(MIX[m]), f(g, "%.2f"), f(mm, "%.2f"), f(st, "%.2f"),
+      f(c, "%.2f"), f(c != "" && g > 0 ? c / g : "", "%.2f"), f(a, "%.2f"), f(a != "" && g > 0 ? a / g : "", "%.2f")
+  }
+  print ""
+  g = med(N SUBSEP "floor-gso" SUBSEP "a")
+  if (g > 0 && bc["a"] > 0)
+    printf "- the CPU target for A (0.5× best anchor = %.2f µs) is %.2f× floor-gso (%.2f µs)\n\n", bc["a"] / 2, bc["a"] / 2 / g, g
+}
+function med(k) { return ns[k] ? median(us, k, ns[k]) : "" }
 function scale(    m, k1, k2, q1, q2, c1, c2) {
   printf "### sdctl: %d → %d names\n\n", small, big
   print "| mix | QPS | QPS change | µs CPU/query | CPU/query change | target (within 10 %) |"
