@@ -50,6 +50,13 @@ fn resolve_as(tables: &Tables, state: &State, who: &str) -> Result<u32> {
         .with_context(|| format!("--as {who}: sandbox has no view"))
 }
 
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn serve(args: DnsServeArgs) -> Result<()> {
     let state = load(&args.state)?;
     let defaults = if args.upstreams.is_empty() {
@@ -78,6 +85,10 @@ async fn serve(args: DnsServeArgs) -> Result<()> {
         Some(who) => ViewSelector::sandbox(resolve_as(&resolver.tables, &state, who)?),
         None => ViewSelector::BySource,
     };
+    // The tables hold what they need; the parsed file (a second copy of every sandbox) and
+    // the loading garbage go back to the system.
+    drop(state);
+    trim_heap();
 
     let udp = std::net::UdpSocket::bind(args.listen)
         .with_context(|| format!("binding UDP {}", args.listen))?;
@@ -106,7 +117,10 @@ async fn serve(args: DnsServeArgs) -> Result<()> {
                     }
                     Ok(())
                 }) {
-                    Ok(()) => info!(names = resolver.tables.snapshot().total_names(), "state reloaded"),
+                    Ok(()) => {
+                        trim_heap();
+                        info!(names = resolver.tables.snapshot().total_names(), "state reloaded")
+                    }
                     Err(e) => warn!("reload failed, keeping the previous state: {e:#}"),
                 }
             }
