@@ -344,7 +344,7 @@ mod tests {
             format!("{base}{}", change(Some(&a), None, false).unwrap()),
             format!(
                 "{}{}",
-                table(&[e.clone()]),
+                table(std::slice::from_ref(&e)),
                 change(Some(&e), Some(&a), false).unwrap()
             ),
             format!("{}{}", table(&[]), change(None, Some(&b), false).unwrap()),

@@ -439,26 +439,6 @@ impl Drop for TempDir {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_dig_and_kdig() {
-        let dig = ";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1\n\n;; OPT PSEUDOSECTION:\n; EDNS: version: 0\n;; ANSWER SECTION:\nb.\t\t0\tIN\tA\t10.1.0.3\n\n;; AUTHORITY SECTION:\nb.\t0\tIN\tSOA\tns.sdnet. hostmaster.sdnet. 1 3600 600 86400 0\n";
-        let d = Dig::parse(dig).unwrap();
-        assert_eq!(d.status, "NOERROR");
-        assert!(d.has_flag("aa") && d.opt);
-        assert_eq!(d.data("A"), ["10.1.0.3"]);
-        assert_eq!(d.authority[0].rtype, "SOA");
-        let kdig = ";; ->>HEADER<<- opcode: QUERY; status: NXDOMAIN; id: 5\n;; Flags: qr aa rd; QUERY: 1; ANSWER: 0\n\n;; QUESTION SECTION:\n;; x.\t\tIN\tA\n";
-        let k = Dig::parse(kdig).unwrap();
-        assert_eq!(k.status, "NXDOMAIN");
-        assert!(k.has_flag("aa") && !k.has_flag("ra"));
-        assert!(Dig::parse(";; connection timed out; no servers could be reached").is_none());
-    }
-}
-
 /// A `sdctl daemon` running inside its own namespace (its "host"), with private state, run,
 /// etc and socket paths. Dropping it stops the daemon, runs `daemon --cleanup` and checks
 /// nothing of ours is left in its namespace.
@@ -793,5 +773,25 @@ impl Daemon {
     pub fn tasks(&self, service: &str) -> Vec<serde_json::Value> {
         let out = self.ok(&["services", "ps", service, "--format", "json"]);
         serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("tasks JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dig_and_kdig() {
+        let dig = ";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1\n\n;; OPT PSEUDOSECTION:\n; EDNS: version: 0\n;; ANSWER SECTION:\nb.\t\t0\tIN\tA\t10.1.0.3\n\n;; AUTHORITY SECTION:\nb.\t0\tIN\tSOA\tns.sdnet. hostmaster.sdnet. 1 3600 600 86400 0\n";
+        let d = Dig::parse(dig).unwrap();
+        assert_eq!(d.status, "NOERROR");
+        assert!(d.has_flag("aa") && d.opt);
+        assert_eq!(d.data("A"), ["10.1.0.3"]);
+        assert_eq!(d.authority[0].rtype, "SOA");
+        let kdig = ";; ->>HEADER<<- opcode: QUERY; status: NXDOMAIN; id: 5\n;; Flags: qr aa rd; QUERY: 1; ANSWER: 0\n\n;; QUESTION SECTION:\n;; x.\t\tIN\tA\n";
+        let k = Dig::parse(kdig).unwrap();
+        assert_eq!(k.status, "NXDOMAIN");
+        assert!(k.has_flag("aa") && !k.has_flag("ra"));
+        assert!(Dig::parse(";; connection timed out; no servers could be reached").is_none());
     }
 }

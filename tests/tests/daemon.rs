@@ -2,6 +2,9 @@
 //! client; names checked from inside sandboxes with dig, getent (glibc) and busybox nslookup
 //! through 127.0.0.11; traffic checked with ping and socat.
 
+// `[ip.clone()]` reads better in an assertion than `slice::from_ref(&ip)`.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::time::Duration;
 
 use sdnet_tests::{Daemon, Dnsmasq, Remote, ask_tcp, serve_whoami, wait_for};
@@ -183,7 +186,7 @@ fn egress_internal_and_published_ports() {
     assert!(!routes.contains("default"), "{routes}");
 
     let srv_up = wait_for(Duration::from_secs(10), || {
-        (ask_tcp(&d.ns, &format!("{srv_ip}:80")) != "").then_some(())
+        (!ask_tcp(&d.ns, &format!("{srv_ip}:80")).is_empty()).then_some(())
     });
     assert!(srv_up.is_some(), "srv not listening");
     // From another host: the published port, the client address kept.

@@ -3,6 +3,9 @@
 //! published service ports, bad input and restart recovery — through the real daemon, with
 //! dig and real TCP connections from inside sandboxes.
 
+// `[ip.clone()]` reads better in an assertion than `slice::from_ref(&ip)`.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

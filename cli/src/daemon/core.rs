@@ -1641,10 +1641,10 @@ impl Daemon {
             let _ = self.host.delete_link(&e.host_if).await;
         }
         if rec.mode == NetMode::Own {
-            if rec.adopted {
-                if let Ok(ns) = Netns::open(&rec.netns) {
-                    let _ = plumb::apply_nft_in(&ns, &firewall::delete_dns_redirect());
-                }
+            if rec.adopted
+                && let Ok(ns) = Netns::open(&rec.netns)
+            {
+                let _ = plumb::apply_nft_in(&ns, &firewall::delete_dns_redirect());
             }
             // For an adopted namespace this only drops our bind mount; the namespace lives on
             // with its processes.

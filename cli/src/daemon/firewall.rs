@@ -66,7 +66,7 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
                 .iter()
                 .map(|n| format!("\"{}\" : jump {prefix}-{}", n.bridge, n.bridge))
                 .collect();
-            let _ = write!(s, "    elements = {{ {} }}\n", elems.join(", "));
+            let _ = writeln!(s, "    elements = {{ {} }}", elems.join(", "));
         }
         s.push_str("  }\n");
     };

@@ -240,7 +240,7 @@ pub fn adopt_netns(from: &Path, at: &Path) -> Result<Netns> {
     if sdnet_netstack::netns::is_netns(at) {
         return Ok(Netns::open(at)?);
     }
-    Ok(Netns::bind(from, at).with_context(|| format!("adopting namespace {}", from.display()))?)
+    Netns::bind(from, at).with_context(|| format!("adopting namespace {}", from.display()))
 }
 
 /// Sends unsolicited ARP from one background thread (bursts of sandbox creations must not

@@ -366,10 +366,10 @@ impl Daemon {
                 RestartPolicy::OnFailure => t.code != Some(0),
                 RestartPolicy::None => false,
             };
-            if replace || t.slot > svc.replicas {
-                if let Err(e) = self.remove_sandbox_in(inner, &t.id, true).await {
-                    warn!(service = %svc.name, "removing exited task: {e}");
-                }
+            if (replace || t.slot > svc.replicas)
+                && let Err(e) = self.remove_sandbox_in(inner, &t.id, true).await
+            {
+                warn!(service = %svc.name, "removing exited task: {e}");
             }
         }
         let all = tasks(inner);
@@ -520,10 +520,10 @@ impl Daemon {
         if req.networks.is_empty() {
             return bad("a service needs at least one --network");
         }
-        if let Some(h) = &req.health {
-            if h.cmd.trim().is_empty() || h.interval_ms == 0 {
-                return bad("--health-cmd needs a command and a non-zero --health-interval");
-            }
+        if let Some(h) = &req.health
+            && (h.cmd.trim().is_empty() || h.interval_ms == 0)
+        {
+            return bad("--health-cmd needs a command and a non-zero --health-interval");
         }
         for p in &req.ports {
             model::check_dns_name("port name", &p.name)

@@ -304,12 +304,11 @@ fn backends_of(listing: &str, vip: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
     let mut out = BTreeSet::new();
     for part in listing.split([',', '{', '\n']) {
         let part = part.trim();
-        if let Some(rest) = part.strip_prefix(&key) {
-            if let Some((_, b)) = rest.split_once(" : ") {
-                if let Ok(b) = b.trim().trim_end_matches('}').trim().parse() {
-                    out.insert(b);
-                }
-            }
+        if let Some(rest) = part.strip_prefix(&key)
+            && let Some((_, b)) = rest.split_once(" : ")
+            && let Ok(b) = b.trim().trim_end_matches('}').trim().parse()
+        {
+            out.insert(b);
         }
     }
     out
