@@ -3,12 +3,15 @@
 //! socket path alone costs, the floor under any real server; tests/bench/dns.sh measures it
 //! next to sdctl, dnsmasq and unbound.
 //!
-//!   udp_floor ADDR:PORT [--mode sendto|mmsg|gso]     (default: gso)
+//!   udp_floor ADDR:PORT [--mode sendto|mmsg|gso|uring]     (default: gso)
 //!
 //! - sendto: one recvfrom + one sendto per query, like unbound and dnsmasq;
 //! - mmsg: recvmmsg (up to 32) + one sendmmsg per batch;
 //! - gso: like mmsg, but replies of one size to one destination leave as one UDP GSO send,
-//!   like `sdctl dns serve`.
+//!   like `sdctl dns serve`;
+//! - uring: io_uring instead of system calls per batch: one multishot recvmsg into provided
+//!   buffers, one SENDMSG per reply, submitted together (single issuer, deferred task work).
+//!   It answers whether io_uring would lower the floor (on our VM it does not).
 //!
 //! Single-threaded, blocking socket; SIGTERM keeps its default action.
 
@@ -17,7 +20,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::exit;
 
-const USAGE: &str = "usage: udp_floor ADDR:PORT [--mode sendto|mmsg|gso]";
+const USAGE: &str = "usage: udp_floor ADDR:PORT [--mode sendto|mmsg|gso|uring]";
 const BATCH: usize = 32;
 /// Receive buffer per message in the batched modes; longer datagrams are dropped.
 const BUF: usize = 2048;
@@ -31,6 +34,7 @@ enum Mode {
     Sendto,
     Mmsg,
     Gso,
+    Uring,
 }
 
 fn main() {
@@ -53,6 +57,7 @@ fn main() {
         Mode::Sendto => serve_sendto(&sock),
         Mode::Mmsg => serve_batched(&sock, false),
         Mode::Gso => serve_batched(&sock, true),
+        Mode::Uring => serve_uring(&sock),
     };
     if let Err(e) = r {
         eprintln!("udp_floor: receive failed: {e}");
@@ -69,6 +74,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(SocketAddr, Mod
             ("--mode", Some("sendto")) => mode = Mode::Sendto,
             ("--mode", Some("mmsg")) => mode = Mode::Mmsg,
             ("--mode", Some("gso")) => mode = Mode::Gso,
+            ("--mode", Some("uring")) => mode = Mode::Uring,
             ("--mode", m) => return Err(format!("bad mode '{}'", m.unwrap_or(""))),
             _ => return Err(format!("unknown argument '{a}'")),
         }
@@ -310,4 +316,130 @@ fn same_source(a: &libc::mmsghdr, b: &libc::mmsghdr) -> bool {
             std::slice::from_raw_parts(a.msg_hdr.msg_name.cast::<u8>(), len)
                 == std::slice::from_raw_parts(b.msg_hdr.msg_name.cast::<u8>(), len)
         }
+}
+
+/// io_uring: buffers the kernel picks from (group `BGID`), a multishot receive that stays
+/// armed, and a ring of send slots (more than the replies that can be in flight here).
+fn serve_uring(sock: &UdpSocket) -> io::Result<()> {
+    use io_uring::{IoUring, cqueue, opcode, squeue, types};
+    const NBUF: u16 = 1024;
+    const NSEND: usize = 1024;
+    const BGID: u16 = 1;
+    const RECV: u64 = 1;
+    const OTHER: u64 = 2;
+
+    let fd = types::Fd(sock.as_raw_fd());
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(8192)
+        .build(2048)?;
+    let mut bufs = vec![0u8; NBUF as usize * BUF];
+    let mut rx_msg: libc::msghdr = zeroed();
+    rx_msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let mut tx_buf = vec![[0u8; BUF]; NSEND];
+    let mut tx_name: Vec<libc::sockaddr_storage> = vec![zeroed(); NSEND];
+    let mut tx_iov: Vec<libc::iovec> = vec![zeroed(); NSEND];
+    let mut tx_msg: Vec<libc::msghdr> = vec![zeroed(); NSEND];
+    let mut next_tx = 0usize;
+    let mut shown = false;
+
+    // SAFETY (every push below): the buffers and headers an entry points at are owned by this
+    // function and outlive the ring; send slot k is reused only NSEND replies later.
+    let provide_all = opcode::ProvideBuffers::new(bufs.as_mut_ptr(), BUF as i32, NBUF, BGID, 0)
+        .build()
+        .user_data(OTHER);
+    let arm = |msg: *const libc::msghdr| {
+        opcode::RecvMsgMulti::new(fd, msg, BGID)
+            .build()
+            .user_data(RECV)
+    };
+    unsafe {
+        ring.submission()
+            .push(&provide_all)
+            .map_err(|_| io::Error::other("submission queue full"))?;
+        ring.submission()
+            .push(&arm(&rx_msg))
+            .map_err(|_| io::Error::other("submission queue full"))?;
+    }
+    let mut pending: Vec<squeue::Entry> = Vec::new();
+    let mut done: Vec<(u64, i32, u32)> = Vec::new();
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        done.clear();
+        done.extend(
+            ring.completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(data, res, flags) in &done {
+            if data != RECV {
+                if res < 0 && data == OTHER {
+                    send_failed(io::Error::from_raw_os_error(-res), &mut shown);
+                }
+                continue;
+            }
+            if !cqueue::more(flags) {
+                pending.push(arm(&rx_msg));
+            }
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                if res < 0 && res != -libc::ENOBUFS {
+                    return Err(io::Error::from_raw_os_error(-res));
+                }
+                continue;
+            };
+            let start = bid as usize * BUF;
+            let got = &bufs[start..start + res.max(0) as usize];
+            if let Ok(out) = types::RecvMsgOut::parse(got, &rx_msg) {
+                let payload = out.payload_data();
+                let name = out.name_data();
+                if !out.is_payload_truncated() && payload.len() <= BUF && !name.is_empty() {
+                    let k = next_tx % NSEND;
+                    next_tx += 1;
+                    tx_buf[k][..payload.len()].copy_from_slice(payload);
+                    if answer(&mut tx_buf[k][..payload.len()]) {
+                        let n = name.len().min(size_of::<libc::sockaddr_storage>());
+                        // SAFETY: copies n bytes into a sockaddr_storage, which has room.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                name.as_ptr(),
+                                (&mut tx_name[k] as *mut libc::sockaddr_storage).cast::<u8>(),
+                                n,
+                            );
+                        }
+                        tx_iov[k] = libc::iovec {
+                            iov_base: tx_buf[k].as_mut_ptr().cast(),
+                            iov_len: payload.len(),
+                        };
+                        let mut m: libc::msghdr = zeroed();
+                        m.msg_name = (&mut tx_name[k] as *mut libc::sockaddr_storage).cast();
+                        m.msg_namelen = n as libc::socklen_t;
+                        m.msg_iov = &mut tx_iov[k];
+                        m.msg_iovlen = 1;
+                        tx_msg[k] = m;
+                        pending.push(
+                            opcode::SendMsg::new(fd, &tx_msg[k])
+                                .build()
+                                .user_data(OTHER),
+                        );
+                    }
+                }
+            }
+            // The buffer goes back to the kernel at once: the reply was copied out.
+            pending.push(
+                opcode::ProvideBuffers::new(bufs[start..].as_mut_ptr(), BUF as i32, 1, BGID, bid)
+                    .build()
+                    .user_data(OTHER + 1),
+            );
+        }
+        for e in pending.drain(..) {
+            // SAFETY: see above.
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit()?;
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@
 #
 # Knobs (environment): DUR (s per run, 10), REPS (3 for A, 2 for the other mixes), SIZES
 # ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso
-# floor-mmsg"; also floor-sendto), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
+# floor-mmsg"; also floor-sendto, floor-uring), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
 # (binary; default: cargo build --release -p sdctl), FLOOR (udp_floor binary; default: cargo build
 # --release -p sdnet-resolver --example udp_floor),
 # AARDVARK_ALL=1 (aardvark at every size, not only ≤ 1000 names), CLIENTS (4), OUTSTANDING (100),
@@ -26,7 +26,7 @@ DUR=${DUR:-10}
 REPS=${REPS:-}
 SIZES=${SIZES:-1000 100000}
 ONLY=${ONLY:-sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg}
-FLOORS="floor-gso floor-mmsg floor-sendto" # zero-work echo servers: the kernel's floor
+FLOORS="floor-gso floor-mmsg floor-sendto floor-uring" # zero-work echo servers: the kernel's floor
 FLOOR=${FLOOR:-}
 AARDVARK_ALL=${AARDVARK_ALL:-0}
 CLIENTS=${CLIENTS:-4}
@@ -55,7 +55,7 @@ if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   done
   for n in $SIZES; do [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 1000000 ] || die "bad size '$n'"; done
   for s in $ONLY; do
-    case $s in sdctl | sdctl-nocache | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto) ;;
+    case $s in sdctl | sdctl-nocache | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto | floor-uring) ;;
       *) die "unknown server '$s' in ONLY" ;; esac
   done
   missing=0
@@ -319,6 +319,7 @@ start_all() { # N DIR
     has sdctl-nocache && start_sdctl sdctl-nocache 127.0.0.12 5312 "$d" --cache-size 0
   fi
   has floor-sendto && start_floor floor-sendto 127.0.0.20 5320 sendto
+  has floor-uring && start_floor floor-uring 127.0.0.23 5323 uring
   has floor-mmsg && start_floor floor-mmsg 127.0.0.21 5321 mmsg
   has floor-gso && start_floor floor-gso 127.0.0.22 5322 gso
   local comm

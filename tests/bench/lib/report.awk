@@ -39,7 +39,7 @@ function mixlabel(m) { return m == "a" ? "A" : (m == "nx" ? "10 % NX" : (m == "p
 BEGIN {
   FS = "\t"
   # floor-*: udp_floor (zero-work echo); listed, but never an anchor
-  nsrv = split("sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto", SRV, " ")
+  nsrv = split("sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto floor-uring", SRV, " ")
   nmix = split("a nx ptr", MIX, " ")
 }
 /^#/ || $1 == "size" { next }
