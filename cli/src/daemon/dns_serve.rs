@@ -14,6 +14,7 @@ use sdnet_resolver::{
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
+use super::trim_heap;
 use crate::cli::DnsServeArgs;
 
 pub fn run(args: DnsServeArgs) -> Result<()> {
@@ -48,13 +49,6 @@ fn resolve_as(tables: &Tables, state: &State, who: &str) -> Result<u32> {
     tables
         .view_of(&sb.id)
         .with_context(|| format!("--as {who}: sandbox has no view"))
-}
-
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn serve(args: DnsServeArgs) -> Result<()> {

@@ -25,6 +25,14 @@ use tracing::{info, warn};
 use crate::cli::DaemonArgs;
 use core::{Config, Daemon};
 
+/// Hands freed heap that glibc keeps back to the system.
+pub(crate) fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn run(args: DaemonArgs) -> Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -130,8 +138,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
                 d.tick().await;
                 // Bursts (many sandboxes created or removed at once) leave freed heap that
                 // glibc keeps; hand it back so an idle daemon's RSS is what it holds.
-                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                let _ = tokio::task::spawn_blocking(trim_heap).await;
             }
         });
     }
