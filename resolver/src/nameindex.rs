@@ -16,44 +16,64 @@ use std::sync::Arc;
 
 use crate::table::Map;
 
-/// A name as a key: up to 22 bytes inline (sandbox names, short IDs, hostnames), so comparing
-/// it reads the slot the lookup is already on instead of another heap object; longer names on
-/// the heap. 24 bytes either way.
-#[derive(Clone)]
-pub(crate) enum NameKey {
-    Inline {
-        len: u8,
-        bytes: [u8; NAME_KEY_INLINE],
-    },
-    Heap(Box<str>),
+/// Bytes kept inline up to 22 (sandbox names, short IDs, hostnames, `c1.net` in wire format),
+/// so reading them touches the slot a lookup is already on instead of another heap object;
+/// longer ones shared on the heap. 24 bytes either way.
+#[derive(Clone, Debug)]
+pub(crate) enum SmallBytes {
+    Inline { len: u8, bytes: [u8; SMALL_INLINE] },
+    Shared(Arc<[u8]>),
 }
 
-const NAME_KEY_INLINE: usize = 22;
+const SMALL_INLINE: usize = 22;
+const _: () = assert!(size_of::<SmallBytes>() == 24);
 
-impl NameKey {
-    pub(crate) fn new(s: &str) -> Self {
-        if s.len() <= NAME_KEY_INLINE {
-            let mut bytes = [0; NAME_KEY_INLINE];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            NameKey::Inline {
-                len: s.len() as u8,
+impl SmallBytes {
+    pub(crate) fn new(b: &[u8]) -> Self {
+        if b.len() <= SMALL_INLINE {
+            let mut bytes = [0; SMALL_INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            SmallBytes::Inline {
+                len: b.len() as u8,
                 bytes,
             }
         } else {
-            NameKey::Heap(s.into())
+            SmallBytes::Shared(b.into())
+        }
+    }
+
+    /// Like `new`, but shares `b` instead of copying it when it does not fit inline.
+    pub(crate) fn from_shared(b: &Arc<[u8]>) -> Self {
+        if b.len() <= SMALL_INLINE {
+            Self::new(b)
+        } else {
+            SmallBytes::Shared(b.clone())
         }
     }
 
     #[inline]
-    pub(crate) fn as_str(&self) -> &str {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
-            NameKey::Inline { len, bytes } => {
-                // SAFETY: only ever filled from a whole &str in `new` (valid UTF-8 up to `len`);
-                // this runs on every key comparison of a lookup, so it is not re-validated.
-                unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) }
-            }
-            NameKey::Heap(b) => b,
+            SmallBytes::Inline { len, bytes } => &bytes[..*len as usize],
+            SmallBytes::Shared(b) => b,
         }
+    }
+}
+
+/// A name as a map key (`SmallBytes` holding a str).
+#[derive(Clone)]
+pub(crate) struct NameKey(SmallBytes);
+
+impl NameKey {
+    pub(crate) fn new(s: &str) -> Self {
+        NameKey(SmallBytes::new(s.as_bytes()))
+    }
+
+    #[inline]
+    pub(crate) fn as_str(&self) -> &str {
+        // SAFETY: only ever made from a whole &str in `new`; this runs on every key comparison
+        // of a lookup, so it is not re-validated.
+        unsafe { std::str::from_utf8_unchecked(self.0.as_bytes()) }
     }
 }
 

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use crate::model::{
     self, DEFAULT_TTL, DEFAULT_VIP_TTL, EndpointMode, ModelError, Network, Sandbox, Service, State,
 };
-use crate::nameindex::{FlatIndex, NameIndex, NameKey};
+use crate::nameindex::{FlatIndex, NameIndex, NameKey, SmallBytes};
 use crate::wire::encode_name;
 
 pub(crate) type Map<K, V> =
@@ -86,49 +86,21 @@ pub struct SrvSet {
 /// The name an address points back to, and its TTL (the first holder's, see `Holders`).
 #[derive(Clone, Debug)]
 pub struct PtrEntry {
-    target: WireName,
+    /// Inline when short, so answering copies from the slot the lookup just read.
+    target: SmallBytes,
     ttl: u32,
 }
 
 impl PtrEntry {
     fn new(target: &Arc<[u8]>, ttl: u32) -> Self {
         PtrEntry {
-            target: WireName::new(target),
+            target: SmallBytes::from_shared(target),
             ttl,
         }
     }
     /// The target (wire format) and TTL.
     pub fn target(&self) -> Option<(&[u8], u32)> {
         Some((self.target.as_bytes(), self.ttl))
-    }
-}
-
-/// A wire-format name kept inline when short (`c1.net` is 8 bytes), so answering a PTR query
-/// copies from the slot the lookup just read instead of chasing another allocation.
-#[derive(Clone, Debug)]
-enum WireName {
-    Inline { len: u8, bytes: [u8; 22] },
-    Shared(Arc<[u8]>),
-}
-
-impl WireName {
-    fn new(name: &Arc<[u8]>) -> Self {
-        if name.len() <= 22 {
-            let mut bytes = [0; 22];
-            bytes[..name.len()].copy_from_slice(name);
-            WireName::Inline {
-                len: name.len() as u8,
-                bytes,
-            }
-        } else {
-            WireName::Shared(name.clone())
-        }
-    }
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            WireName::Inline { len, bytes } => &bytes[..*len as usize],
-            WireName::Shared(b) => b,
-        }
     }
 }
 
