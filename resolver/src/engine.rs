@@ -59,7 +59,7 @@ pub fn lookup_ptr<'a>(snap: &'a Snapshot, view: &View, ip: &IpAddr) -> Option<(&
     view.nets
         .iter()
         .filter_map(|&n| snap.net(n))
-        .find_map(|t| t.ptr(ip).and_then(|e| e.target()))
+        .find_map(|t| t.ptr(ip).map(|e| e.target()))
 }
 
 /// Answers `q` for `view`. `limit` is the largest response allowed (UDP size or 65535 for

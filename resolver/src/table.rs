@@ -99,8 +99,8 @@ impl PtrEntry {
         }
     }
     /// The target (wire format) and TTL.
-    pub fn target(&self) -> Option<(&[u8], u32)> {
-        Some((self.target.as_bytes(), self.ttl))
+    pub fn target(&self) -> (&[u8], u32) {
+        (self.target.as_bytes(), self.ttl)
     }
 }
 
