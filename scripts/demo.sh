@@ -19,7 +19,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo build --release -q -p sdctl
+echo "== building sdctl (release; the first build takes a few minutes on 2 cores)"
+# cargo prints its own progress: a bar on a terminal, one line per crate otherwise.
+cargo build --release --locked -p sdctl
 SDCTL=$PWD/target/release/sdctl
 sock=${SDNET_SOCKET:-/run/sdnet/sdnet.sock}
 export SDNET_SOCKET=$sock

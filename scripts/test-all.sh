@@ -27,5 +27,19 @@ command -v cargo >/dev/null || { echo "test-all: needs a Rust toolchain (cargo)"
 
 cargo build --workspace --all-targets --locked
 # End-to-end tests mostly wait on the kernel and on timeouts: run more of them than cores.
-cargo test --workspace --locked -- --test-threads="${SDNET_TEST_THREADS:-4}"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+log=$(mktemp /tmp/sdnet-test-all.XXXXXX)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${SDNET_TEST_THREADS:-4}" \
+  2>&1 | tee "$log" || status=$?
+# One line of totals over every test binary ("test result: ok. 12 passed; 0 failed; ...").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { n = $i + 0
+       if ($(i+1) ~ /^passed/) p += n; if ($(i+1) ~ /^failed/) f += n; if ($(i+1) ~ /^ignored/) g += n }
+       b++ }
+     END { printf "test-all: %d passed, %d failed, %d ignored in %d test binaries and doc-test runs\n", p, f, g, b }' "$log"
+if [ "$status" != 0 ]; then
+  echo "test-all: FAILED (the failures are listed above, under 'failures:')" >&2
+  exit "$status"
+fi
 echo "test-all: all tests passed"

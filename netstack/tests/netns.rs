@@ -130,11 +130,14 @@ fn sysctl_set_get_inside_only() {
     let root_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let root_lo = std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/route_localnet").unwrap();
 
-    assert_eq!(sysctl::get(&ns, "net.ipv4.ip_forward").unwrap(), "0");
+    // A new namespace may inherit ip_forward from the initial one (a daemon on this host may
+    // have turned it on): set the opposite of the root's value, so both the change inside and
+    // the unchanged root are visible whatever the host's state.
+    let want = if root_fwd.trim() == "1" { "0" } else { "1" };
     for _ in 0..2 {
-        sysctl::set(&ns, "net.ipv4.ip_forward", "1").unwrap();
+        sysctl::set(&ns, "net.ipv4.ip_forward", want).unwrap();
     }
-    assert_eq!(sysctl::get(&ns, "net.ipv4.ip_forward").unwrap(), "1");
+    assert_eq!(sysctl::get(&ns, "net.ipv4.ip_forward").unwrap(), want);
     sysctl::set(&ns, "net/ipv4/conf/lo/route_localnet", "1").unwrap();
     assert_eq!(
         sysctl::get(&ns, "net.ipv4.conf.lo.route_localnet").unwrap(),
