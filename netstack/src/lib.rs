@@ -81,8 +81,10 @@ impl Error {
         move |source| Error::Io { what, source }
     }
 
-    pub(crate) fn last_os(what: impl Into<String>) -> Error {
-        Error::io(what)(std::io::Error::last_os_error())
+    /// For a failed `nix` call: its errno becomes the [`Error::Io`] source.
+    pub(crate) fn sys(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error {
+        let io = Error::io(what);
+        move |errno| io(std::io::Error::from(errno))
     }
 }
 

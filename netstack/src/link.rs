@@ -4,10 +4,13 @@
 //! end state is the one asked for, so reconciliation can run them on whatever it finds.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::ifaddrs::getifaddrs;
+use nix::sys::socket::{AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
@@ -75,10 +78,10 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
 }
 
 /// Ok if the error only says the wanted state already holds.
-fn tolerate(r: Result<(), rtnetlink::Error>, ok: &[i32], what: String) -> Result<()> {
+fn tolerate(r: Result<(), rtnetlink::Error>, ok: &[Errno], what: String) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
-        Err(e) if errno(&e).is_some_and(|c| ok.contains(&c)) => Ok(()),
+        Err(e) if errno(&e).is_some_and(|c| ok.contains(&Errno::from_raw(c))) => Ok(()),
         Err(e) => Err(nl(what)(e)),
     }
 }
@@ -115,7 +118,7 @@ impl Netlink {
             .execute();
         match s.try_next().await {
             Ok(m) => Ok(m),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) if errno(&e) == Some(Errno::ENODEV as i32) => Ok(None),
             Err(e) => Err(nl(format!("looking up link {name}"))(e)),
         }
     }
@@ -162,7 +165,7 @@ impl Netlink {
             return Ok(i);
         }
         let r = self.handle.link().add(msg).execute().await;
-        tolerate(r, &[libc::EEXIST], format!("creating {kind} {name}"))?;
+        tolerate(r, &[Errno::EEXIST], format!("creating {kind} {name}"))?;
         debug!(name, kind, "created link");
         self.existing(name, kind)
             .await?
@@ -323,7 +326,7 @@ impl Netlink {
             return Ok(());
         };
         let r = self.handle.link().del(idx).execute().await;
-        tolerate(r, &[libc::ENODEV], format!("deleting link {name}"))
+        tolerate(r, &[Errno::ENODEV], format!("deleting link {name}"))
     }
 
     /// Adds an address (with its prefix); already present is fine.
@@ -334,7 +337,7 @@ impl Netlink {
             .add(idx, addr.addr(), addr.prefix_len())
             .execute()
             .await;
-        tolerate(r, &[libc::EEXIST], format!("adding {addr} to link {idx}"))
+        tolerate(r, &[Errno::EEXIST], format!("adding {addr} to link {idx}"))
     }
 
     /// Removes an address; already absent is fine.
@@ -345,7 +348,7 @@ impl Netlink {
                 let r = self.handle.address().del(m).execute().await;
                 tolerate(
                     r,
-                    &[libc::EADDRNOTAVAIL, libc::ENOENT],
+                    &[Errno::EADDRNOTAVAIL, Errno::ENOENT],
                     format!("removing {addr} from link {idx}"),
                 )?;
             }
@@ -404,7 +407,7 @@ impl Netlink {
         let r = self.handle.route().del(msg).execute().await;
         tolerate(
             r,
-            &[libc::ESRCH, libc::ENOENT],
+            &[Errno::ESRCH, Errno::ENOENT],
             format!("deleting route {dest}"),
         )
     }
@@ -644,84 +647,56 @@ fn arp_packet(op: u16, mac: &[u8; 6], ip: Ipv4Addr) -> [u8; 28] {
     p
 }
 
+/// EtherType of ARP.
+const ETH_P_ARP: u16 = 0x0806;
+
+/// An Ethernet broadcast frame carrying [`arp_packet`].
+fn arp_frame(op: u16, mac: &[u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(mac);
+    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    f[14..].copy_from_slice(&arp_packet(op, mac, ip));
+    f
+}
+
 fn arp(ifname: &str, ip: Ipv4Addr) -> Result<()> {
-    let bad = || Error::Invalid(format!("invalid interface name {ifname:?}"));
-    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ {
-        return Err(bad());
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
+        return Err(Error::Invalid(format!("invalid interface name {ifname:?}")));
     }
-    let cname = std::ffi::CString::new(ifname).map_err(|_| bad())?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if idx == 0 {
-        return Err(Error::last_os(format!("looking up interface {ifname}")));
-    }
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    // SAFETY: a packet socket, owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    if fd < 0 {
-        return Err(Error::last_os("opening a packet socket"));
-    }
-    // SAFETY: fd was just created and is owned by no one else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let r = send_arp(&sock, ifname, &cname, idx, proto, ip);
+    // The interface's link-layer address (index and MAC) is its AF_PACKET entry; getifaddrs
+    // asks over a netlink socket made on this thread, so in this namespace.
+    let link = getifaddrs()
+        .map_err(Error::sys(format!("looking up interface {ifname}")))?
+        .filter(|a| a.interface_name == ifname)
+        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()))
+        .ok_or_else(|| Error::sys(format!("looking up interface {ifname}"))(Errno::ENODEV))?;
+    // A raw packet socket (we write the Ethernet header) with protocol 0: it only sends, so
+    // it receives nothing while open.
+    let sock = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(Error::sys("opening a packet socket"))?;
+    let r = send_arp(&sock, ifname, &link, ip);
     // Closing a packet socket waits for the kernel to synchronize (~10 ms).
     crate::reap::close_later(sock);
     r
 }
 
-fn send_arp(
-    sock: &OwnedFd,
-    ifname: &str,
-    cname: &std::ffi::CStr,
-    idx: u32,
-    proto: u16,
-    ip: Ipv4Addr,
-) -> Result<()> {
-    // SAFETY: all-zero is a valid ifreq; the ioctl fills in the hardware address.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(cname.to_bytes()) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR on an ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
-        return Err(Error::last_os(format!("reading the MAC of {ifname}")));
-    }
-    let mut mac = [0u8; 6];
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
-    let sa = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    for (m, s) in mac.iter_mut().zip(sa.iter()) {
-        *m = *s as u8;
-    }
-
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_protocol = proto;
-    to.sll_ifindex = idx as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+fn send_arp(sock: &OwnedFd, ifname: &str, link: &LinkAddr, ip: Ipv4Addr) -> Result<()> {
+    let mac = link.addr().unwrap_or_default();
     for op in [ARP_REQUEST, ARP_REPLY] {
-        let pkt = arp_packet(op, &mac, ip);
-        // SAFETY: sendto with a buffer and address we own, lengths matching.
-        let r = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(Error::last_os(format!("sending ARP on {ifname}")));
-        }
+        // The address names the interface; the frame carries its own destination.
+        sendto(
+            sock.as_raw_fd(),
+            &arp_frame(op, &mac, ip),
+            link,
+            MsgFlags::empty(),
+        )
+        .map_err(Error::sys(format!("sending ARP on {ifname}")))?;
     }
     debug!(ifname, %ip, "sent gratuitous ARP");
     Ok(())
@@ -745,6 +720,17 @@ mod tests {
         assert_eq!(&rep[6..8], &[0, 2]);
         assert_eq!(&rep[18..24], &mac);
         assert_eq!(fmt_mac(&mac), "02:42:0a:00:00:02");
+    }
+
+    #[test]
+    fn arp_frame_layout() {
+        let mac = [2, 0x42, 10, 0, 0, 2];
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let frame = arp_frame(ARP_REPLY, &mac, ip);
+        assert_eq!(&frame[..6], &[0xff; 6]);
+        assert_eq!(&frame[6..12], &mac);
+        assert_eq!(&frame[12..14], &[8, 6]);
+        assert_eq!(&frame[14..], &arp_packet(ARP_REPLY, &mac, ip));
     }
 
     #[test]

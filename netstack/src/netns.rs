@@ -7,18 +7,35 @@
 //! calling thread, and a thread left in another namespace must never go back to a pool.
 //! Because such threads die, they never need to return "home".
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, socket,
+};
+use nix::sys::stat::Mode;
+use nix::sys::statfs::{NSFS_MAGIC, statfs};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use tracing::debug;
 
 use crate::{Error, Result};
 
-const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
-/// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+/// nsfs ioctls, declared with nix's ioctl macro (in a private module: the macro makes the
+/// functions `pub`).
+mod nsfs {
+    // `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
+    nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+}
 /// How many stacked mounts `delete` removes at most (two racing `create`s can stack two).
 const MAX_UMOUNTS: usize = 8;
 
@@ -40,31 +57,26 @@ pub fn is_netns(path: &Path) -> bool {
         return false;
     };
     // statfs first: opening an arbitrary file (a FIFO, say) could block.
-    // SAFETY: all-zero is a valid statfs; statfs writes into it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a struct we own.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as libc::c_long != NSFS_MAGIC
-    {
+    if !statfs(c.as_c_str()).is_ok_and(|st| st.filesystem_type() == NSFS_MAGIC) {
         return false;
     }
-    open_ns_fd(&c).is_ok_and(|fd| is_net_fd(fd.as_raw_fd()))
+    open_ns_fd(&c).is_ok_and(|fd| is_net_fd(fd.as_fd()))
 }
 
-fn open_ns_fd(c: &CString) -> io::Result<OwnedFd> {
-    // SAFETY: open with a NUL-terminated path; the descriptor is owned by the result.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by open and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn open_ns_fd(c: &CStr) -> io::Result<OwnedFd> {
+    Ok(nix::fcntl::open(
+        c,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Whether a namespace descriptor is a *network* namespace (nsfs also holds mount, pid… ones).
-fn is_net_fd(fd: RawFd) -> bool {
-    // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value.
-    let t = unsafe { libc::ioctl(fd, NS_GET_NSTYPE as _) };
-    t == libc::CLONE_NEWNET
+fn is_net_fd(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value; `fd` is open for the
+    // call (borrowed). nix has no safe wrapper for nsfs ioctls.
+    let t = unsafe { nsfs::ns_get_nstype(fd.as_raw_fd()) };
+    t == Ok(CloneFlags::CLONE_NEWNET.bits())
 }
 
 /// Network namespace files in `dir` (sorted), for garbage collection. A missing directory is
@@ -86,49 +98,61 @@ pub fn list_netns(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Brings `lo` up in the calling thread's namespace. A fresh namespace has it down, and a
 /// socket bound to 127.0.0.11 before lo is up sends its UDP replies from 127.0.0.1.
+///
+/// One `RTM_SETLINK` (IFF_UP in flags and change mask, the link named by `IFLA_IFNAME`) on a
+/// netlink socket made on this thread, so in its namespace; the kernel's ACK says how it went.
+/// (This runs on a plain thread: the async [`crate::link::Netlink`] needs a runtime.)
 fn lo_up() -> io::Result<()> {
-    // SAFETY: a plain datagram socket, owned right away, used for two ioctls on an ifreq we
-    // own (all-zero is a valid ifreq).
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = OwnedFd::from_raw_fd(fd);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )?;
+    let mut link = LinkMessage::default();
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    link.attributes.push(LinkAttribute::IfName("lo".into()));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, RouteNetlinkMessage::SetLink(link).into());
+    req.finalize();
+    let mut buf = [0u8; 4096];
+    let len = req.buffer_len();
+    req.serialize(&mut buf[..len]);
+    nix::sys::socket::sendto(
+        sock.as_raw_fd(),
+        &buf[..len],
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    let reply =
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..n]).map_err(io::Error::other)?;
+    match reply.payload {
+        NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
+        NetlinkPayload::Error(e) => Err(e.to_io()),
+        other => Err(io::Error::other(format!(
+            "unexpected netlink reply {other:?}"
+        ))),
     }
-    Ok(())
 }
 
 fn bind_mount(src: &Path, dst: &Path) -> Result<()> {
     let (s, d) = (cpath(src)?, cpath(dst)?);
-    // SAFETY: mount with NUL-terminated strings we own.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            d.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(Error::last_os(format!(
-            "bind-mounting {} on {}",
-            src.display(),
-            dst.display()
-        )));
-    }
-    Ok(())
+    nix::mount::mount(
+        Some(s.as_c_str()),
+        d.as_c_str(),
+        None::<&CStr>,
+        MsFlags::MS_BIND,
+        None::<&CStr>,
+    )
+    .map_err(Error::sys(format!(
+        "bind-mounting {} on {}",
+        src.display(),
+        dst.display()
+    )))
 }
 
 /// Creates the parent directory and an empty file to mount on (kept if it exists).
@@ -169,10 +193,9 @@ impl Netns {
         }
         touch(path)?;
         let made = on_thread(path, || {
-            // SAFETY: unshare on this dedicated thread only; the thread exits right after.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(Error::last_os("unshare(CLONE_NEWNET)"));
-            }
+            // Only this dedicated thread moves; it exits right after.
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(Error::sys("unshare(CLONE_NEWNET)"))?;
             lo_up().map_err(Error::io("bringing lo up"))?;
             // thread-self, not self: only this thread is in the new namespace.
             bind_mount(Path::new("/proc/thread-self/ns/net"), path)
@@ -206,7 +229,7 @@ impl Netns {
         let c = cpath(path)?;
         let fd =
             open_ns_fd(&c).map_err(Error::io(format!("opening namespace {}", path.display())))?;
-        if !is_net_fd(fd.as_raw_fd()) {
+        if !is_net_fd(fd.as_fd()) {
             return Err(Error::Invalid(format!(
                 "{} is not a network namespace",
                 path.display()
@@ -233,21 +256,17 @@ impl Netns {
         // A libnftables context kept for this namespace would keep it alive.
         if is_netns(path)
             && let Ok(fd) = open_ns_fd(&c)
-            && let Some(key) = crate::nft::ns_key(fd.as_raw_fd())
+            && let Some(key) = crate::nft::ns_key(&fd)
         {
             crate::nft::forget_key(key);
         }
         for _ in 0..MAX_UMOUNTS {
-            // SAFETY: umount2 with a NUL-terminated path we own.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-                continue;
+            match nix::mount::umount2(c.as_c_str(), MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                // EINVAL: no (more) mount there. ENOENT: nothing there at all.
+                Err(Errno::EINVAL | Errno::ENOENT) => break,
+                Err(e) => return Err(Error::sys(format!("unmounting {}", path.display()))(e)),
             }
-            let e = io::Error::last_os_error();
-            // EINVAL: no (more) mount there. ENOENT: nothing there at all.
-            if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-                break;
-            }
-            return Err(Error::io(format!("unmounting {}", path.display()))(e));
         }
         match std::fs::remove_file(path) {
             Ok(()) => {
@@ -280,16 +299,11 @@ impl Netns {
     /// this namespace. The thread exits when `f` returns (it never rejoins a pool). Blocks the
     /// caller for the thread's lifetime.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let fd = self.fd.as_raw_fd();
         on_thread(&self.path, move || {
-            // SAFETY: setns on this dedicated, short-lived thread only; fd is a network
-            // namespace descriptor kept open by `self` for the scope of the thread.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                return Err(Error::last_os(format!(
-                    "entering namespace {}",
-                    self.path.display()
-                )));
-            }
+            // Only this dedicated, short-lived thread changes namespace.
+            nix::sched::setns(&self.fd, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                Error::sys(format!("entering namespace {}", self.path.display()))(e)
+            })?;
             Ok(f())
         })
     }

@@ -29,11 +29,13 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::FcntlArg;
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, getsockopt, socket};
 use tracing::{debug, warn};
 
 use crate::netns::Netns;
@@ -160,28 +162,38 @@ fn load() -> Option<Lib> {
     }
 }
 
-fn getsockopt_int(fd: RawFd, name: c_int) -> Option<c_int> {
-    let mut v: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into an int we own.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&mut v as *mut c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(v)
+/// Socket options nix does not define, declared with its own (safe) getsockopt machinery (in
+/// a private module: the macro makes the types `pub`).
+mod opt {
+    use nix::{getsockopt_impl, sockopt_impl};
+    use std::ffi::c_int;
+
+    sockopt_impl!(
+        /// `SO_DOMAIN`: the socket's address family.
+        SoDomain,
+        GetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_DOMAIN,
+        c_int
+    );
+    sockopt_impl!(
+        /// `SO_PROTOCOL`: the socket's protocol.
+        SoProtocol,
+        GetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_PROTOCOL,
+        c_int
+    );
 }
+use opt::{SoDomain, SoProtocol};
 
 /// The context's netlink socket, if it can be found: the first member of libnftables'
 /// `struct nft_ctx` is its `struct mnl_socket *` (1.0.x). What we find is checked by asking
 /// the kernel that the descriptor is a netfilter netlink socket.
 ///
-/// SAFETY: `ctx` must be a live context created with flags 0 (so it has a socket).
-unsafe fn ctx_socket(l: &Lib, ctx: *mut c_void) -> Option<RawFd> {
+/// SAFETY: `ctx` must be a live context created with flags 0 (so it has a socket), and stay
+/// live while the result is used.
+unsafe fn ctx_socket<'a>(l: &Lib, ctx: *mut c_void) -> Option<BorrowedFd<'a>> {
     let get = l.sock_fd?;
     // SAFETY: ctx points to a live nft_ctx whose first field is a pointer.
     let nl = unsafe { *(ctx as *const *const c_void) };
@@ -193,24 +205,27 @@ unsafe fn ctx_socket(l: &Lib, ctx: *mut c_void) -> Option<RawFd> {
     if fd < 0 {
         return None;
     }
-    let ok = getsockopt_int(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
-        && getsockopt_int(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER);
-    ok.then_some(fd)
+    // SAFETY: the context owns this descriptor and keeps it open while it is live, which the
+    // caller guarantees for as long as the result is used.
+    let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+    let ok = getsockopt(&sock, SoDomain) == Ok(AddressFamily::Netlink as c_int)
+        && getsockopt(&sock, SoProtocol) == Ok(SockProtocol::NetlinkNetFilter as c_int);
+    ok.then_some(sock)
 }
 
 /// A duplicate of `fd` numbered `min` or above.
-fn dup_fd(fd: RawFd, min: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor owned by the result.
-    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
-    // SAFETY: d is a fresh descriptor nobody else owns.
-    (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
+fn dup_fd(fd: BorrowedFd<'_>, min: RawFd) -> Option<OwnedFd> {
+    let d = nix::fcntl::fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min)).ok()?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor and nothing else owns it (nix
+    // hands it back as a plain number).
+    Some(unsafe { OwnedFd::from_raw_fd(d) })
 }
 
 /// Moves a descriptor to a number at or above 1024, keeping the low range free for code that
 /// uses `select()` (libnftables). Returns the original on failure (e.g. when the
 /// `RLIMIT_NOFILE` soft limit is 1024: raise it to use this).
 pub fn move_fd_high(fd: OwnedFd) -> OwnedFd {
-    match dup_fd(fd.as_raw_fd(), FD_SETSIZE) {
+    match dup_fd(fd.as_fd(), FD_SETSIZE) {
         Some(high) => high,
         None => fd,
     }
@@ -223,19 +238,14 @@ pub fn move_fd_high(fd: OwnedFd) -> OwnedFd {
 fn low_fds_available() -> bool {
     let mut probes = Vec::with_capacity(2);
     for _ in 0..2 {
-        // SAFETY: a netlink socket, owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
+        let Ok(fd) = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        ) else {
             return false;
-        }
-        // SAFETY: fd was just created and is owned by no one else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        };
         let low = fd.as_raw_fd() < FD_SETSIZE - 8;
         probes.push(fd);
         if !low {
@@ -259,7 +269,7 @@ fn copy_cstr(p: *const c_char) -> String {
 ///
 /// SAFETY: under the STATE lock; `ctx` is live and not used again.
 unsafe fn release(l: &Lib, ctx: Ctx) {
-    // SAFETY: per this function's contract.
+    // SAFETY: per this function's contract; `sock` is used before the context is freed.
     let sock = unsafe { ctx_socket(l, ctx.0) };
     // Prefer a high number: the low range is what libnftables needs.
     let keep = sock.and_then(|fd| dup_fd(fd, FD_SETSIZE).or_else(|| dup_fd(fd, 0)));
@@ -338,7 +348,7 @@ fn run_library(l: &'static Lib, key: NsKey, text: &CStr) -> Option<Result<String
             }
             // SAFETY: ctx is live and was created with flags 0.
             let sock = unsafe { ctx_socket(l, ctx.0) };
-            if sock.is_some_and(|fd| fd >= FD_SETSIZE) {
+            if sock.is_some_and(|fd| fd.as_raw_fd() >= FD_SETSIZE) {
                 // Another thread took the low descriptors between our probe and now.
                 // SAFETY: under the lock, freed once, never used again.
                 unsafe { release(l, ctx) };
@@ -422,11 +432,9 @@ fn run_binary(text: &str) -> Result<String> {
 }
 
 /// The namespace identity of a namespace handle.
-pub(crate) fn ns_key(fd: RawFd) -> Option<NsKey> {
-    // SAFETY: all-zero is a valid stat; fstat writes into it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on a descriptor the caller keeps open.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+pub(crate) fn ns_key(fd: impl AsFd) -> Option<NsKey> {
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    Some((st.st_dev, st.st_ino))
 }
 
 fn run_here(text: &str, key: Option<NsKey>, backend: Backend) -> Result<String> {
@@ -485,7 +493,7 @@ impl Nft {
     /// [`Nft::apply`] with a chosen backend (the binary is always available as a choice; the
     /// library falls back to it when unusable).
     pub fn apply_with(ns: &Netns, ruleset: &str, backend: Backend) -> Result<()> {
-        let key = ns_key(ns.as_raw_fd());
+        let key = ns_key(ns);
         ns.run(|| run_here(ruleset, key, backend))?.map(|_| ())
     }
 
@@ -493,14 +501,14 @@ impl Nft {
     /// their namespace, which keeps it alive: [`Netns::delete`] calls this; call it when a
     /// namespace is given up another way. (Idle contexts are freed within seconds anyway.)
     pub fn forget(ns: &Netns) {
-        if let Some(key) = ns_key(ns.as_raw_fd()) {
+        if let Some(key) = ns_key(ns) {
             forget_key(key);
         }
     }
 
     /// Runs nft commands in `ns` and returns what nft printed (e.g. for `list` commands).
     pub fn run(ns: &Netns, commands: &str) -> Result<String> {
-        let key = ns_key(ns.as_raw_fd());
+        let key = ns_key(ns);
         ns.run(|| run_here(commands, key, Nft::backend()))?
     }
 
@@ -562,6 +570,23 @@ mod tests {
         assert!(check_table_ref("ip", "a; flush ruleset").is_err());
         assert!(check_table_ref("ip", "").is_err());
         assert!(check_table_ref("ip", "-a").is_err());
+    }
+
+    /// What `ctx_socket` checks to recognize a context's socket.
+    #[test]
+    fn netfilter_socket_options() {
+        let nf = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .unwrap();
+        assert_eq!(getsockopt(&nf, SoDomain), Ok(libc::AF_NETLINK));
+        assert_eq!(getsockopt(&nf, SoProtocol), Ok(libc::NETLINK_NETFILTER));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(getsockopt(&udp, SoDomain), Ok(libc::AF_INET));
+        assert_eq!(getsockopt(&udp, SoProtocol), Ok(libc::IPPROTO_UDP));
     }
 
     #[test]

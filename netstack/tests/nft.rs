@@ -251,9 +251,10 @@ async fn kept_contexts_do_not_pin_deleted_namespaces() {
         hnl.create_veth("pb", "eth0", Some(&sb)).await.unwrap();
         Nft::apply(&sb, "add table ip t").unwrap();
     }
-    let c = std::ffi::CString::new(b.to_string_lossy().as_bytes()).unwrap();
-    // SAFETY: umount2 on our own test mount.
-    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    assert_eq!(
+        nix::mount::umount2(&b, nix::mount::MntFlags::MNT_DETACH),
+        Ok(())
+    );
     assert!(
         wait_for(Duration::from_secs(10), gone("pb")),
         "namespace pinned by an idle context"

@@ -23,8 +23,7 @@ pub fn uniq() -> String {
 
 /// Tests need root (namespaces, mounts). Without it they are skipped, loudly.
 pub fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let ok = unsafe { libc::geteuid() } == 0;
+    let ok = nix::unistd::geteuid().is_root();
     if !ok {
         eprintln!("skipping: needs root");
     }
@@ -128,9 +127,5 @@ pub fn mounted(path: &Path) -> bool {
 
 /// The namespace inode of a handle, to tell namespaces apart.
 pub fn ns_ino(ns: &Netns) -> u64 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fstat into a struct we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstat(ns.as_raw_fd(), &mut st) }, 0);
-    st.st_ino
+    nix::sys::stat::fstat(ns).expect("fstat").st_ino
 }
