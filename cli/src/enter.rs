@@ -4,11 +4,16 @@
 //! supervised processes (in the forked child) and by `sdctl exec` (in the client, which must
 //! be single-threaded by then: unshare(CLONE_NEWNS) refuses shared filesystem state).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::unistd::sethostname;
 
 /// Everything prepared before fork: no allocation happens in `apply`.
 pub struct Enter {
@@ -54,54 +59,39 @@ impl Enter {
         })
     }
 
-    /// Performs the switch in the calling process. Async-signal-safe: only system calls.
+    /// Performs the switch in the calling process. Async-signal-safe: only system calls (nix's
+    /// wrappers, given prepared C strings and descriptors, neither allocate nor lock).
     pub fn apply(&self) -> io::Result<()> {
-        fn check(rc: libc::c_int) -> io::Result<()> {
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+        const NONE: Option<&CStr> = None;
+        if let Some(fd) = &self.netns {
+            setns(fd, CloneFlags::CLONE_NEWNET)?;
+        }
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+        // Our mounts must not propagate back to the host.
+        mount(NONE, c"/", NONE, MsFlags::MS_REC | MsFlags::MS_SLAVE, NONE)?;
+        for (src, dst) in &self.binds {
+            mount(
+                Some(src.as_c_str()),
+                dst.as_c_str(),
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            )?;
+        }
+        if self.sysfs {
+            // /sys shows the namespace that mounted it: remount it for the sandbox's
+            // (as ip netns exec does). Not fatal: some tools simply see less.
+            if umount2(c"/sys", MntFlags::MNT_DETACH).is_ok() {
+                let _ = mount(
+                    Some(c"sysfs"),
+                    c"/sys",
+                    Some(c"sysfs"),
+                    MsFlags::empty(),
+                    NONE,
+                );
             }
         }
-        // SAFETY: plain system calls on descriptors and C strings owned by self.
-        unsafe {
-            if let Some(fd) = &self.netns {
-                check(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET))?;
-            }
-            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
-            // Our mounts must not propagate back to the host.
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            ))?;
-            for (src, dst) in &self.binds {
-                check(libc::mount(
-                    src.as_ptr(),
-                    dst.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
-            }
-            if self.sysfs {
-                // /sys shows the namespace that mounted it: remount it for the sandbox's
-                // (as ip netns exec does). Not fatal: some tools simply see less.
-                if libc::umount2(c"/sys".as_ptr(), libc::MNT_DETACH) == 0 {
-                    libc::mount(
-                        c"sysfs".as_ptr(),
-                        c"/sys".as_ptr(),
-                        c"sysfs".as_ptr(),
-                        0,
-                        std::ptr::null(),
-                    );
-                }
-            }
-            let h = self.hostname.as_bytes();
-            check(libc::sethostname(h.as_ptr().cast(), h.len()))?;
-        }
+        sethostname(OsStr::from_bytes(self.hostname.as_bytes()))?;
         Ok(())
     }
 }
