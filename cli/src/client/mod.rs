@@ -12,28 +12,30 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::api::*;
-use crate::cli::{ClientOpts, Command, DnsCommand, NetworkCommand, NetworkCreateArgs, RunArgs};
+use crate::cli::{
+    ClientOpts, Command, DnsCommand, GlobalOpts, NetworkCommand, NetworkCreateArgs, RunArgs,
+};
 use crate::daemon::api::LogChunk;
 use crate::enter::Enter;
 use http::{Client, seg};
 
 /// Runs a client command; returns the process exit code.
-pub fn run(cmd: Command) -> Result<i32> {
-    // Exec must leave the runtime behind before it changes namespaces (single thread).
-    if let Command::Exec {
-        client,
-        name,
-        command,
-    } = cmd
-    {
-        let info: ExecInfo = block(async {
-            Client::new(&client.socket)
-                .get(&format!("/sandboxes/{}/exec", seg(&name)))
-                .await
-        })?;
-        return exec(&info, &command);
+pub fn run(global: &GlobalOpts, cmd: Command) -> Result<i32> {
+    let client = ClientOpts {
+        socket: global.client_socket(),
+    };
+    match cmd {
+        // Exec must leave the runtime behind before it changes namespaces (single thread).
+        Command::Exec { name, command } => {
+            let info: ExecInfo = block(async {
+                Client::new(&client.socket)
+                    .get(&format!("/sandboxes/{}/exec", seg(&name)))
+                    .await
+            })?;
+            exec(&info, &command)
+        }
+        cmd => block(run_async(&client, cmd)),
     }
-    block(run_async(cmd))
 }
 
 fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -44,12 +46,12 @@ fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
-async fn run_async(cmd: Command) -> Result<i32> {
+async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
     match cmd {
-        Command::Network { client, command } => network(&client, command).await,
-        Command::Services { client, command } => services::run(&client, command).await,
-        Command::Run(args) => run_sandbox(args).await,
-        Command::Ps { client, all, out } => {
+        Command::Network { command } => network(client, command).await,
+        Command::Services { command } => services::run(client, command).await,
+        Command::Run(args) => run_sandbox(client, args).await,
+        Command::Ps { all, out } => {
             let list: Vec<SandboxInfo> = Client::new(&client.socket)
                 .get(if all {
                     "/sandboxes?all=true"
@@ -60,7 +62,7 @@ async fn run_async(cmd: Command) -> Result<i32> {
             output::sandboxes(&list, &out);
             Ok(0)
         }
-        Command::Inspect { client, names } => {
+        Command::Inspect { names } => {
             let c = Client::new(&client.socket);
             let mut all = Vec::new();
             let mut failed = false;
@@ -79,11 +81,7 @@ async fn run_async(cmd: Command) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(i32::from(failed))
         }
-        Command::Rm {
-            client,
-            force,
-            names,
-        } => {
+        Command::Rm { force, names } => {
             let c = Client::new(&client.socket);
             let mut failed = false;
             for n in &names {
@@ -102,18 +100,13 @@ async fn run_async(cmd: Command) -> Result<i32> {
             }
             Ok(i32::from(failed))
         }
-        Command::Logs {
-            client,
-            follow,
-            name,
-        } => {
+        Command::Logs { follow, name } => {
             follow_logs(&Client::new(&client.socket), &name, follow).await?;
             Ok(0)
         }
         Command::Dns {
             command:
                 DnsCommand::Query {
-                    client,
                     from,
                     tcp,
                     name,
@@ -304,8 +297,8 @@ async fn network(opts: &ClientOpts, cmd: NetworkCommand) -> Result<i32> {
     Ok(0)
 }
 
-async fn run_sandbox(a: RunArgs) -> Result<i32> {
-    let c = Client::new(&a.client.socket);
+async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
+    let c = Client::new(&client.socket);
     let mut networks: Vec<NetworkAttach> = a
         .networks
         .iter()

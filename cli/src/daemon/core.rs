@@ -489,7 +489,8 @@ impl Inner {
                 })
                 .collect(),
             internal: n.rec.internal,
-            attachable: n.rec.attachable,
+            // One node: sandboxes can join any bridge network at any time.
+            attachable: n.rec.attachable || n.rec.driver == Driver::Bridge,
             dns: n.dns_on(),
             mtu: n.rec.mtu.unwrap_or(1500),
             dns_servers: n.rec.dns_servers.clone(),
@@ -1606,6 +1607,8 @@ impl Daemon {
             }
         }
         let _ = self.store.commit(&[Op::DelSandbox(id)]);
+        // A command that failed to start leaves no empty log behind.
+        let _ = std::fs::remove_file(self.cfg.log_path(id));
     }
 
     fn start_process(self: &Arc<Self>, inner: &mut Inner, id: &str) -> Result<()> {
