@@ -212,6 +212,19 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// Show the client's version and the daemon's, if one answers.
+    Version,
+    /// Print a shell completion script (e.g. `sdctl completion bash > /etc/bash_completion.d/sdctl`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        /// Write sdctl.1, sdctl-network.1, sdctl-network-create.1 … into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -268,9 +281,9 @@ pub enum NetworkCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove all networks no sandbox uses.
+    /// Remove all networks no sandbox uses (asks first; -f does not).
     Prune {
-        /// Do not ask (there is nothing to ask: kept for Docker compatibility).
+        /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
     },

@@ -439,7 +439,10 @@ fn processes_exec_logs_and_exit_codes() {
     // rm of a running process needs -f.
     assert!(d.fails(&["rm", "svc"]).contains("-f"));
     let ps = d.ok(&["ps"]);
-    assert!(ps.contains("svc") && ps.contains("Running"), "{ps}");
+    assert!(
+        ps.lines().any(|l| l.contains("svc") && l.contains(" Up ")),
+        "{ps}"
+    );
     // Foreground run: output, exit code, --rm removes it.
     let out = d.sdctl(&[
         "run",
@@ -697,6 +700,22 @@ fn ipv6_only_on_networks_that_have_it() {
     assert!(pinged.is_some(), "no IPv6 ping from a to b ({b6})");
 }
 
+/// A time `inspect` printed: RFC 3339 in UTC, within a few minutes of now.
+fn assert_recent_rfc3339(v: &serde_json::Value, what: &str) -> std::time::SystemTime {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string: {v}"));
+    assert!(
+        s.ends_with('Z') && s.as_bytes().get(10) == Some(&b'T'),
+        "{what}: {s}"
+    );
+    let t = humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("{what}: {s}: {e}"));
+    let now = std::time::SystemTime::now();
+    let off = now.duration_since(t).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(300), "{what}: {s} is not now");
+    t
+}
+
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -897,4 +916,104 @@ fn global_flags_unknown_flags_and_one_line_errors() {
         )
     );
     d.ok(&["rm", "-f", "a1"]);
+}
+
+#[test]
+fn docker_habits_version_prune_ps_status_and_times() {
+    let d = Daemon::start("dhab");
+    d.ok(&["network", "create", "--subnet", "10.83.0.0/24", "net1"]);
+    d.ok(&["run", "-d", "--name", "a1", "--network", "net1"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["network", "inspect", "net1"])).unwrap();
+    assert_recent_rfc3339(&v[0]["created"], "network created");
+
+    // version: the client's and the daemon's.
+    let v = d.ok(&["version"]);
+    assert!(
+        v.starts_with("Client:\n Version:") && v.contains("\nServer:\n Version:"),
+        "{v}"
+    );
+    assert!(v.contains(&format!(" PID:          {}", d.pid)), "{v}");
+    let out = d.sdctl_bare(&["version", "--socket", "/nonexistent/sdnet.sock"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Client:"));
+    assert!(
+        stderr_of(&out).contains("sdctl daemon"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // network prune asks; with nobody to ask (stdin is not a terminal) it refuses.
+    d.ok(&["network", "create", "--subnet", "10.82.0.0/24", "spare"]);
+    let err = d.fails(&["network", "prune"]);
+    assert!(err.contains("-f") && err.lines().count() == 1, "{err}");
+    assert!(d.ok(&["network", "ls"]).contains("spare"));
+    let pruned = d.ok(&["network", "prune", "-f"]);
+    assert!(
+        pruned.contains("spare") && !pruned.contains("net1"),
+        "{pruned}"
+    );
+
+    // ps: Docker's STATUS and CREATED; inspect: RFC 3339 times of the process.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "up1",
+        "--network",
+        "net1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ex3",
+        "--network",
+        "net1",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let ps = wait_for(Duration::from_secs(10), || {
+        let ps = d.ok(&["ps", "-a"]);
+        ps.lines()
+            .any(|l| l.contains("ex3") && l.contains("Exited (3) ") && l.contains(" ago   net1"))
+            .then_some(ps)
+    })
+    .unwrap_or_else(|| panic!("{}", d.ok(&["ps", "-a"])));
+    for name in ["a1", "up1"] {
+        let line = ps.lines().find(|l| l.contains(name)).unwrap();
+        assert!(line.contains(" ago ") && line.contains(" Up "), "{ps}");
+    }
+    let up = d.inspect("up1");
+    let created = assert_recent_rfc3339(&up["created"], "created");
+    let started = assert_recent_rfc3339(&up["started_at"], "started_at");
+    assert!(started >= created, "{up}");
+    assert!(up["finished_at"].is_null(), "{up}");
+    let ex = d.inspect("ex3");
+    let started = assert_recent_rfc3339(&ex["started_at"], "started_at");
+    let finished = assert_recent_rfc3339(&ex["finished_at"], "finished_at");
+    assert!(finished >= started, "{ex}");
+    assert!(d.inspect("a1")["started_at"].is_null());
+    d.ok(&[
+        "services",
+        "create",
+        "-d",
+        "--name",
+        "s",
+        "--network",
+        "net1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["services", "inspect", "s"])).unwrap();
+    assert_recent_rfc3339(&v[0]["created"], "service created");
+
+    d.ok(&["services", "rm", "s"]);
+    d.ok(&["rm", "-f", "a1", "up1", "ex3"]);
 }
