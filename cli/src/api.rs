@@ -11,6 +11,18 @@ use serde::{Deserialize, Serialize};
 
 pub const API_PREFIX: &str = "/v1";
 
+/// A time in the API: RFC 3339 in UTC with whole seconds (`2026-12-03T17:09:09Z`), from the
+/// unix seconds the daemon records. Fixed width, so such strings also sort by time.
+pub fn rfc3339(unix_secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Reads an API time back (any RFC 3339 precision, UTC).
+pub fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(s).ok()
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
@@ -98,7 +110,8 @@ pub struct NetworkInfo {
     pub name: String,
     pub driver: Driver,
     pub scope: String,
-    pub created: u64,
+    /// RFC 3339, UTC.
+    pub created: String,
     pub subnets: Vec<SubnetInfo>,
     pub internal: bool,
     pub attachable: bool,
@@ -244,7 +257,14 @@ pub struct SandboxInfo {
     pub id: String,
     pub name: String,
     pub hostname: String,
-    pub created: u64,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// When its process last started (RFC 3339, UTC); none without a process.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// When its process last exited (RFC 3339, UTC); none while it runs.
+    #[serde(default)]
+    pub finished_at: Option<String>,
     pub status: SandboxStatus,
     pub netns: PathBuf,
     pub adopted: bool,
@@ -330,6 +350,21 @@ pub struct Removed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_317_749), "2026-12-03T17:09:09Z");
+        let t = parse_rfc3339("2026-12-03T17:09:09Z").unwrap();
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs, 1_796_317_749);
+        assert!(parse_rfc3339("2026-12-03T17:09:09.5Z").is_some());
+        assert!(parse_rfc3339("1796404149").is_none());
+        assert!(
+            rfc3339(1_000) < rfc3339(999_999_999),
+            "fixed width sorts by time"
+        );
+    }
 
     #[test]
     fn port_specs() {
@@ -503,7 +538,8 @@ pub struct TaskView {
 pub struct ServiceInfo {
     pub id: String,
     pub name: String,
-    pub created: u64,
+    /// RFC 3339, UTC.
+    pub created: String,
     pub mode: sdnet_resolver::model::EndpointMode,
     pub replicas: u32,
     pub running: u32,

@@ -1,7 +1,7 @@
 //! Command-line grammar (clap). Docker's verbs and flags where Docker has them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -10,7 +10,10 @@ use sdnet_resolver::model::Upstream;
 use crate::api::{DeclaredPort, Driver, PortSpec, RestartPolicy, ServiceNetworkReq};
 use sdnet_resolver::model::EndpointMode;
 
+/// Where clients look for the daemon when neither `--socket` nor `SDNET_SOCKET` says.
 pub const DEFAULT_SOCKET: &str = "/run/sdnet/sdnet.sock";
+/// The environment variable clients take the socket from (the daemon ignores it).
+pub const SOCKET_ENV: &str = "SDNET_SOCKET";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,15 +23,119 @@ pub const DEFAULT_SOCKET: &str = "/run/sdnet/sdnet.sock";
     after_help = "Start the daemon with `sdctl daemon` (as root), then use the other commands."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
+/// Flags every command takes, before or after the subcommand (`sdctl --socket S ps` and
+/// `sdctl ps --socket S` alike, as `docker -H … ps`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct GlobalOpts {
+    /// The daemon's API socket (PATH or unix://PATH). Clients: default $SDNET_SOCKET, else
+    /// /run/sdnet/sdnet.sock. `sdctl daemon`: default <run-dir>/sdnet.sock.
+    #[arg(
+        long,
+        short = 'H',
+        visible_alias = "host",
+        global = true,
+        value_name = "PATH",
+        value_parser = parse_socket
+    )]
+    pub socket: Option<PathBuf>,
+    /// Log level of sdnet's own messages (default: RUST_LOG, else info).
+    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+}
+
+impl GlobalOpts {
+    /// The socket a client talks to: `--socket`, else `SDNET_SOCKET`, else the default.
+    pub fn client_socket(&self) -> PathBuf {
+        client_socket(self.socket.as_deref(), std::env::var_os(SOCKET_ENV))
+    }
+}
+
+fn client_socket(flag: Option<&Path>, env: Option<std::ffi::OsString>) -> PathBuf {
+    match (flag, env) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(e)) if !e.is_empty() => {
+            parse_socket(&e.to_string_lossy()).unwrap_or_else(|_| PathBuf::from(e))
+        }
+        _ => PathBuf::from(DEFAULT_SOCKET),
+    }
+}
+
+/// A unix socket path, also written as Docker's `unix:///path`.
+fn parse_socket(s: &str) -> Result<PathBuf, String> {
+    let path = match s.split_once("://") {
+        Some(("unix", p)) => p,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{scheme}:// is not supported: the API is a unix socket (PATH or unix://PATH)"
+            ));
+        }
+        None => s,
+    };
+    if path.is_empty() {
+        return Err("empty socket path".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The tracing filter: this level for sdnet's crates, at most warn for the rest.
+    pub fn filter(self) -> String {
+        let ours = match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        };
+        let rest = if self == LogLevel::Error {
+            "error"
+        } else {
+            "warn"
+        };
+        format!(
+            "{rest},sdctl={ours},sdnet={ours},sdnet_resolver={ours},sdnet_netstack={ours},sdnet_lb={ours}"
+        )
+    }
+}
+
+/// What the client half needs from the global flags.
+#[derive(Debug, Clone)]
 pub struct ClientOpts {
-    /// The daemon's API socket.
-    #[arg(long, global = true, env = "SDNET_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+}
+
+/// `--subnet`/`--ip-range`: a CIDR, with errors that say what is wrong (ipnet only says
+/// "invalid IP address syntax" for a prefix that is too long).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| "expected CIDR notation ADDRESS/PREFIX, e.g. 10.1.0.0/24".to_string())?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("prefix length {len:?} is not a number"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("prefix length {len} is longer than {max}"));
+    }
+    ipnet::IpNet::new(ip, len).map_err(|e| e.to_string())
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,8 +161,6 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Manage networks.
     Network {
-        #[command(flatten)]
-        client: ClientOpts,
         #[command(subcommand)]
         command: NetworkCommand,
     },
@@ -63,8 +168,6 @@ pub enum Command {
     Run(RunArgs),
     /// List sandboxes.
     Ps {
-        #[command(flatten)]
-        client: ClientOpts,
         /// Also sandboxes whose process exited.
         #[arg(short, long)]
         all: bool,
@@ -73,23 +176,18 @@ pub enum Command {
     },
     /// Show sandboxes as JSON.
     Inspect {
-        #[command(flatten)]
-        client: ClientOpts,
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Run a command inside a sandbox (its network, hostname, resolv.conf and hosts).
     Exec {
-        #[command(flatten)]
-        client: ClientOpts,
         name: String,
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        /// The command; starts at `--` or at the first word that is not a flag.
+        #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// Remove sandboxes.
     Rm {
-        #[command(flatten)]
-        client: ClientOpts,
         /// Kill a running process first.
         #[arg(short, long)]
         force: bool,
@@ -98,8 +196,6 @@ pub enum Command {
     },
     /// Print a sandbox's process output.
     Logs {
-        #[command(flatten)]
-        client: ClientOpts,
         /// Keep following the output until the process exits.
         #[arg(short, long)]
         follow: bool,
@@ -108,8 +204,6 @@ pub enum Command {
     /// Swarm-style services: replicated tasks behind a VIP (or DNS round robin).
     #[command(alias = "service")]
     Services {
-        #[command(flatten)]
-        client: ClientOpts,
         #[command(subcommand)]
         command: ServicesCommand,
     },
@@ -117,6 +211,19 @@ pub enum Command {
     Dns {
         #[command(subcommand)]
         command: DnsCommand,
+    },
+    /// Show the client's version and the daemon's, if one answers.
+    Version,
+    /// Print a shell completion script (e.g. `sdctl completion bash > /etc/bash_completion.d/sdctl`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        /// Write sdctl.1, sdctl-network.1, sdctl-network-create.1 … into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -128,8 +235,9 @@ pub struct DaemonArgs {
     /// Runtime files: namespace mounts, lock.
     #[arg(long, default_value = "/run/sdnet")]
     pub run_dir: PathBuf,
-    /// API socket (mode 0600).
-    #[arg(long, env = "SDNET_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// API socket (mode 0600): the global `--socket`, else `<run-dir>/sdnet.sock` (set by
+    /// `resolve_socket`; `SDNET_SOCKET` is the clients' and never moves the daemon's socket).
+    #[arg(skip)]
     pub socket: PathBuf,
     /// Per-sandbox resolv.conf and hosts go to DIR/<sandbox>/ (`ip netns exec` reads them there).
     #[arg(long, default_value = "/etc/netns")]
@@ -147,7 +255,7 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub log_queries: bool,
     /// Subnet of the default `bridge` network (default: first free of Docker's pools).
-    #[arg(long)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub default_bridge_subnet: Option<ipnet::IpNet>,
     /// Remove every kernel object of ours (namespaces, links, nft tables, files) and exit.
     #[arg(long)]
@@ -173,9 +281,9 @@ pub enum NetworkCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove all networks no sandbox uses.
+    /// Remove all networks no sandbox uses (asks first; -f does not).
     Prune {
-        /// Do not ask (there is nothing to ask: kept for Docker compatibility).
+        /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
     },
@@ -204,10 +312,10 @@ pub struct NetworkCreateArgs {
     #[arg(short, long, default_value = "bridge")]
     pub driver: Driver,
     /// Subnet in CIDR form (repeat for several, IPv4 and IPv6).
-    #[arg(long)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub subnet: Vec<ipnet::IpNet>,
     /// Allocate sandbox addresses from this sub-range (matched to --subnet in order).
-    #[arg(long)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub ip_range: Vec<ipnet::IpNet>,
     /// Gateway (matched to --subnet in order).
     #[arg(long)]
@@ -218,7 +326,8 @@ pub struct NetworkCreateArgs {
     /// No egress and no access from outside the network.
     #[arg(long)]
     pub internal: bool,
-    /// Accepted for Docker compatibility (every local network is attachable).
+    /// Accepted for Docker compatibility: sandboxes can join every bridge network at any
+    /// time (`network connect`), so inspect shows them all as attachable.
     #[arg(long)]
     pub attachable: bool,
     /// Also an IPv6 subnet (a ULA /64 unless --subnet gives one).
@@ -245,8 +354,6 @@ pub struct NetworkCreateArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub client: ClientOpts,
     /// Return at once instead of waiting for the command to exit.
     #[arg(short, long)]
     pub detach: bool,
@@ -281,8 +388,9 @@ pub struct RunArgs {
     /// Environment for the command: KEY=VALUE.
     #[arg(short, long)]
     pub env: Vec<String>,
-    /// Command to run and supervise inside the sandbox.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Command to run and supervise inside the sandbox; starts at `--` or at the first word
+    /// that is not a flag (an unknown flag before it is an error, not the command).
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -292,8 +400,6 @@ pub enum DnsCommand {
     Serve(DnsServeArgs),
     /// Ask the daemon's resolver what it answers for a sandbox (dig-like output).
     Query {
-        #[command(flatten)]
-        client: ClientOpts,
         /// The sandbox asking (default: no sandbox, only forwarding).
         #[arg(long)]
         from: Option<String>,
@@ -430,7 +536,8 @@ pub struct ServiceCreateArgs {
     /// Return at once instead of waiting for the tasks.
     #[arg(short, long)]
     pub detach: bool,
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    /// The tasks' command; starts at `--` or at the first word that is not a flag.
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -450,8 +557,8 @@ pub struct ServiceUpdateArgs {
     pub env: Vec<String>,
     #[arg(short, long)]
     pub detach: bool,
-    /// New command (rolls tasks over).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// New command (rolls tasks over); starts at `--` or at the first word that is not a flag.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -467,5 +574,371 @@ impl From<ModeArg> for EndpointMode {
             ModeArg::Vip => EndpointMode::Vip,
             ModeArg::Dnsrr => EndpointMode::Dnsrr,
         }
+    }
+}
+
+impl DaemonArgs {
+    /// The daemon's socket follows its run dir unless `--socket` names one.
+    pub fn resolve_socket(&mut self, global: Option<&Path>) {
+        self.socket = match global {
+            Some(p) => p.to_path_buf(),
+            None => self.run_dir.join("sdnet.sock"),
+        };
+    }
+}
+
+/// How parsing the command line ended when it did not yield a command.
+pub enum ParseExit {
+    /// Help or version text (already complete), with clap's exit code.
+    Print(clap::Error),
+    /// A usage error: one line, exit code 2.
+    Usage(String),
+}
+
+/// Parses the command line; usage errors become one line naming the command's help.
+pub fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, ParseExit> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Err(ParseExit::Print(e)),
+            _ => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                cmd.build();
+                Err(ParseExit::Usage(one_line(&e, &command_path(&cmd, &args))))
+            }
+        },
+    }
+}
+
+/// clap's "error: …\n\nUsage: …\n\nFor more information…" as one line.
+fn one_line(e: &clap::Error, path: &[String]) -> String {
+    let text = e.render().to_string();
+    let mut parts: Vec<String> = Vec::new();
+    for block in text.split("\n\n") {
+        let b = block.trim();
+        if b.is_empty()
+            || b.starts_with("Usage:")
+            || b.starts_with("For more information")
+            // "to pass '--x' as a value, use '-- --x'" would make it the command.
+            || b.starts_with("tip: to pass")
+        {
+            continue;
+        }
+        let b = b.strip_prefix("error:").unwrap_or(b);
+        let line: Vec<&str> = b.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        parts.push(line.join(" "));
+    }
+    format!(
+        "sdctl: {} (see '{} --help')",
+        parts.join("; "),
+        path.join(" ")
+    )
+}
+
+/// The subcommands named on the command line (`["sdctl", "network", "create"]`), skipping
+/// flags and their values.
+fn command_path(root: &clap::Command, args: &[std::ffi::OsString]) -> Vec<String> {
+    let mut path = vec![root.get_name().to_string()];
+    let mut cur = root;
+    let takes_value = |a: &clap::Arg| a.get_action().takes_values();
+    let mut it = args.iter().skip(1);
+    while let Some(arg) = it.next() {
+        let Some(s) = arg.to_str() else { break };
+        if s == "--" {
+            break;
+        }
+        if let Some(long) = s.strip_prefix("--") {
+            if !long.contains('=')
+                && cur
+                    .get_arguments()
+                    .find(|a| {
+                        a.get_long() == Some(long)
+                            || a.get_all_aliases().is_some_and(|v| v.contains(&long))
+                    })
+                    .is_some_and(takes_value)
+            {
+                it.next();
+            }
+            continue;
+        }
+        if let Some(shorts) = s.strip_prefix('-').filter(|x| !x.is_empty()) {
+            // -abc: a short flag that takes a value ends the group; it is the next word when
+            // nothing follows it.
+            let chars: Vec<char> = shorts.chars().collect();
+            for (i, c) in chars.iter().enumerate() {
+                if cur
+                    .get_arguments()
+                    .find(|a| a.get_short() == Some(*c))
+                    .is_some_and(takes_value)
+                {
+                    if i + 1 == chars.len() {
+                        it.next();
+                    }
+                    break;
+                }
+            }
+            continue;
+        }
+        match cur.find_subcommand(s) {
+            Some(sc) => {
+                path.push(sc.get_name().to_string());
+                cur = sc;
+            }
+            None => break,
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(args: &[&str]) -> Cli {
+        let argv = std::iter::once("sdctl").chain(args.iter().copied());
+        match parse(argv.map(Into::into).collect()) {
+            Ok(c) => c,
+            Err(ParseExit::Usage(m)) => panic!("{args:?}: {m}"),
+            Err(ParseExit::Print(e)) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let argv = std::iter::once("sdctl").chain(args.iter().copied());
+        match parse(argv.map(Into::into).collect()) {
+            Ok(c) => panic!("{args:?} parsed: {c:?}"),
+            Err(ParseExit::Usage(m)) => m,
+            Err(ParseExit::Print(e)) => panic!("{args:?}: printed {e}"),
+        }
+    }
+
+    #[test]
+    fn grammar_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_before_or_after_the_subcommand() {
+        for args in [
+            &["--socket", "/s", "ps"][..],
+            &["ps", "--socket", "/s"],
+            &["-H", "/s", "ps"],
+            &["-H", "unix:///s", "ps"],
+            &["--host=unix:///s", "ps"],
+            &["network", "--socket", "/s", "ls"],
+            &["--socket=/s", "network", "ls"],
+            &["network", "ls", "--socket", "/s"],
+            &["services", "ls", "-H", "/s"],
+            &["--socket", "/s", "run", "-d", "--", "sleep", "1"],
+            &["--socket", "/s", "exec", "a", "--", "true"],
+            &["--socket", "/s", "dns", "query", "x"],
+        ] {
+            let cli = parse_ok(args);
+            assert_eq!(
+                cli.global.socket.as_deref(),
+                Some(Path::new("/s")),
+                "{args:?}"
+            );
+        }
+        assert!(usage_error(&["-H", "tcp://1.2.3.4:2375", "ps"]).contains("unix socket"));
+        let cli = parse_ok(&["--log-level", "debug", "ps"]);
+        assert_eq!(cli.global.log_level, Some(LogLevel::Debug));
+        let cli = parse_ok(&["ps", "--log-level", "error"]);
+        assert_eq!(cli.global.log_level, Some(LogLevel::Error));
+        assert!(LogLevel::Debug.filter().contains("sdctl=debug"));
+    }
+
+    #[test]
+    fn client_socket_flag_then_env_then_default() {
+        let p = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            client_socket(Some(Path::new("/f")), p("/e")),
+            Path::new("/f")
+        );
+        assert_eq!(client_socket(None, p("/e")), Path::new("/e"));
+        assert_eq!(client_socket(None, p("unix:///e")), Path::new("/e"));
+        assert_eq!(client_socket(None, p("")), Path::new(DEFAULT_SOCKET));
+        assert_eq!(client_socket(None, None), Path::new(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn daemon_socket_follows_the_run_dir() {
+        let daemon = |cli: Cli| match cli.command {
+            Command::Daemon(mut a) => {
+                a.resolve_socket(cli.global.socket.as_deref());
+                a.socket
+            }
+            _ => panic!("not daemon"),
+        };
+        assert_eq!(
+            daemon(parse_ok(&["daemon", "--cleanup", "--run-dir", "/x"])),
+            Path::new("/x/sdnet.sock")
+        );
+        assert_eq!(
+            daemon(parse_ok(&["daemon"])),
+            Path::new(DEFAULT_SOCKET),
+            "the defaults still meet"
+        );
+        assert_eq!(
+            daemon(parse_ok(&["--socket", "/y", "daemon", "--run-dir", "/x"])),
+            Path::new("/y")
+        );
+        assert_eq!(
+            daemon(parse_ok(&["daemon", "--run-dir", "/x", "--socket", "/y"])),
+            Path::new("/y")
+        );
+    }
+
+    #[test]
+    fn unknown_flags_are_errors_not_commands() {
+        let e = usage_error(&[
+            "run",
+            "-d",
+            "--name",
+            "b2",
+            "--link",
+            "a1",
+            "--network",
+            "net1",
+        ]);
+        assert_eq!(
+            e,
+            "sdctl: unexpected argument '--link' found (see 'sdctl run --help')"
+        );
+        let e = usage_error(&[
+            "services",
+            "create",
+            "--name",
+            "w",
+            "--network",
+            "n",
+            "--bogus",
+            "x",
+        ]);
+        assert!(
+            e.contains("'--bogus'") && e.ends_with("(see 'sdctl services create --help')"),
+            "{e}"
+        );
+        let e = usage_error(&["services", "update", "w", "--bogus", "x"]);
+        assert!(
+            e.contains("'--bogus'") && e.ends_with("(see 'sdctl services update --help')"),
+            "{e}"
+        );
+        let e = usage_error(&["exec", "a", "-z", "true"]);
+        assert!(e.contains("'-z'"), "{e}");
+
+        // The command starts at `--` or at the first word that is not a flag.
+        let run = |args: &[&str]| match parse_ok(args).command {
+            Command::Run(r) => r,
+            c => panic!("{c:?}"),
+        };
+        let r = run(&["run", "-d", "--name", "b", "--", "--link", "x"]);
+        assert_eq!(r.command, ["--link", "x"]);
+        let r = run(&["run", "-d", "--name", "b", "sh", "-c", "echo --x"]);
+        assert_eq!(
+            (r.name.as_deref(), &r.command[..]),
+            (Some("b"), &["sh", "-c", "echo --x"].map(String::from)[..])
+        );
+        let r = run(&["run", "-d", "sleep", "--network", "n"]);
+        assert!(r.networks.is_empty());
+        assert_eq!(r.command, ["sleep", "--network", "n"]);
+        match parse_ok(&["exec", "a", "ping", "-c", "1", "b"]).command {
+            Command::Exec { name, command } => {
+                assert_eq!(name, "a");
+                assert_eq!(command, ["ping", "-c", "1", "b"]);
+            }
+            c => panic!("{c:?}"),
+        }
+        match parse_ok(&[
+            "services",
+            "create",
+            "--name",
+            "w",
+            "--network",
+            "n",
+            "socat",
+            "-d",
+            "x",
+        ])
+        .command
+        {
+            Command::Services {
+                command: ServicesCommand::Create(a),
+            } => {
+                assert_eq!(a.command, ["socat", "-d", "x"]);
+                assert!(!a.detach);
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for (args, want) in [
+            (&["run", "--link", "a"][..], "(see 'sdctl run --help')"),
+            (
+                &["--socket", "/s", "network", "create"],
+                "(see 'sdctl network create --help')",
+            ),
+            (
+                &["network", "-H", "/s", "create", "--nope", "x"],
+                "(see 'sdctl network create --help')",
+            ),
+            (&["nosuch"], "(see 'sdctl --help')"),
+            (
+                &["service", "ls", "--bad"],
+                "(see 'sdctl services ls --help')",
+            ),
+            (&["ps", "-x"], "(see 'sdctl ps --help')"),
+        ] {
+            let e = usage_error(args);
+            assert!(!e.contains('\n'), "{args:?}: {e}");
+            assert!(
+                e.starts_with("sdctl: ") && e.ends_with(want),
+                "{args:?}: {e}"
+            );
+        }
+        let e = usage_error(&["network", "create"]);
+        assert!(e.contains("<NAME>"), "{e}");
+    }
+
+    #[test]
+    fn subnets_say_what_is_wrong() {
+        let e = usage_error(&["network", "create", "--subnet", "10.20.0.0/33", "x"]);
+        assert!(e.contains("prefix length 33 is longer than 32"), "{e}");
+        assert!(!e.contains("invalid IP address syntax"), "{e}");
+        assert_eq!(
+            parse_cidr("fd00::/129").unwrap_err(),
+            "prefix length 129 is longer than 128"
+        );
+        assert!(parse_cidr("10.0.0.0").unwrap_err().contains("CIDR"));
+        assert!(
+            parse_cidr("10.0.0/8")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(
+            parse_cidr("10.0.0.0/x")
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert_eq!(
+            parse_cidr("10.20.0.0/16").unwrap().to_string(),
+            "10.20.0.0/16"
+        );
+        assert_eq!(
+            parse_cidr("fd00:1::/64").unwrap().to_string(),
+            "fd00:1::/64"
+        );
+        // Host bits are the daemon's to refuse ("host bits set"), as before.
+        assert_eq!(
+            parse_cidr("10.20.0.1/16").unwrap().to_string(),
+            "10.20.0.1/16"
+        );
+        let e = usage_error(&["network", "create", "--ip-range", "10.20.0.0/40", "x"]);
+        assert!(e.contains("prefix length 40"), "{e}");
     }
 }

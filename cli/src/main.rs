@@ -7,19 +7,30 @@ mod daemon;
 mod duration;
 mod enter;
 
-use clap::Parser;
-
-use cli::{Cli, Command, DnsCommand};
+use cli::{Command, DnsCommand, LogLevel, ParseExit};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
+    let cli = match cli::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(ParseExit::Print(e)) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+        Err(ParseExit::Usage(line)) => {
+            eprintln!("{line}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(cli.global.log_level);
     let result = match cli.command {
-        Command::Daemon(args) => daemon::run(args).map(|()| 0),
+        Command::Daemon(mut args) => {
+            args.resolve_socket(cli.global.socket.as_deref());
+            daemon::run(args).map(|()| 0)
+        }
         Command::Dns {
             command: DnsCommand::Serve(args),
         } => daemon::dns_serve::run(args).map(|()| 0),
-        other => client::run(other),
+        other => client::run(&cli.global, other),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
@@ -30,11 +41,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by RUST_LOG (default: info for us, warn for the rest).
-fn init_tracing() {
+/// Logs go to stderr, filtered by `--log-level`, else RUST_LOG, else info for us and warn for
+/// the rest.
+fn init_tracing(level: Option<LogLevel>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,sdctl=info,sdnet=info,sdnet_resolver=info"));
+    let filter = match level {
+        Some(l) => EnvFilter::new(l.filter()),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(LogLevel::Info.filter())),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -546,6 +546,19 @@ impl Daemon {
             .expect("run sdctl")
     }
 
+    /// Runs `sdctl ARGS` with no `SDNET_SOCKET` in its environment (the test names the socket,
+    /// or means not to) and stdin from /dev/null.
+    pub fn sdctl_bare(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .arg("60")
+            .arg(sdctl())
+            .args(args)
+            .env_remove("SDNET_SOCKET")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sdctl")
+    }
+
     /// sdctl that must succeed; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.sdctl(args);

@@ -31,17 +31,9 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
-            anyhow!(
-                "cannot reach the sdnet daemon at {} ({e}); start it with `sdctl daemon` (as root){}",
-                self.socket.display(),
-                if self.socket.as_os_str() == crate::cli::DEFAULT_SOCKET {
-                    ""
-                } else {
-                    " and the same --socket"
-                }
-            )
-        })?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| connect_error(&self.socket, &e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("talking to the daemon")?;
@@ -94,6 +86,25 @@ impl Client {
     }
 }
 
+/// Why the socket could not be reached, and what to do about it.
+fn connect_error(socket: &Path, e: &std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        return anyhow!(
+            "permission denied on {}: the sdnet API needs root (run sdctl as root or with sudo)",
+            socket.display()
+        );
+    }
+    anyhow!(
+        "cannot reach the sdnet daemon at {} ({e}); start it with `sdctl daemon` (as root){}",
+        socket.display(),
+        if socket.as_os_str() == crate::cli::DEFAULT_SOCKET {
+            ""
+        } else {
+            " and the same --socket"
+        }
+    )
+}
+
 /// Percent-encodes a name for use in a URL path segment.
 pub fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -105,4 +116,24 @@ pub fn seg(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_says_root_is_needed() {
+        let s = Path::new("/run/sdnet/sdnet.sock");
+        for errno in [libc::EACCES, libc::EPERM] {
+            let e = connect_error(s, &std::io::Error::from_raw_os_error(errno)).to_string();
+            assert_eq!(
+                e,
+                "permission denied on /run/sdnet/sdnet.sock: the sdnet API needs root \
+                 (run sdctl as root or with sudo)"
+            );
+        }
+        let e = connect_error(s, &std::io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(e.contains("start it with `sdctl daemon`"), "{e}");
+    }
 }

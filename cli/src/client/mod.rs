@@ -1,5 +1,6 @@
 //! The client half of `sdctl`: Docker-style commands that talk to the daemon's API.
 
+mod docs;
 pub mod http;
 mod output;
 mod services;
@@ -12,28 +13,45 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::api::*;
-use crate::cli::{ClientOpts, Command, DnsCommand, NetworkCommand, NetworkCreateArgs, RunArgs};
+use crate::cli::{
+    ClientOpts, Command, DnsCommand, GlobalOpts, NetworkCommand, NetworkCreateArgs, RunArgs,
+};
 use crate::daemon::api::LogChunk;
 use crate::enter::Enter;
 use http::{Client, seg};
 
 /// Runs a client command; returns the process exit code.
-pub fn run(cmd: Command) -> Result<i32> {
-    // Exec must leave the runtime behind before it changes namespaces (single thread).
-    if let Command::Exec {
-        client,
-        name,
-        command,
-    } = cmd
-    {
-        let info: ExecInfo = block(async {
-            Client::new(&client.socket)
-                .get(&format!("/sandboxes/{}/exec", seg(&name)))
-                .await
-        })?;
-        return exec(&info, &command);
+pub fn run(global: &GlobalOpts, cmd: Command) -> Result<i32> {
+    let client = ClientOpts {
+        socket: global.client_socket(),
+    };
+    match cmd {
+        // Exec must leave the runtime behind before it changes namespaces (single thread).
+        Command::Exec { name, command } => {
+            let info: ExecInfo = block(async {
+                Client::new(&client.socket)
+                    .get(&format!("/sandboxes/{}/exec", seg(&name)))
+                    .await
+            })?;
+            exec(&info, &command)
+        }
+        Command::Completion { shell } => {
+            docs::completion(shell, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            match dir {
+                Some(d) => {
+                    for p in docs::man_pages(&d)? {
+                        println!("{}", p.display());
+                    }
+                }
+                None => docs::man(&mut std::io::stdout().lock())?,
+            }
+            Ok(0)
+        }
+        cmd => block(run_async(&client, cmd)),
     }
-    block(run_async(cmd))
 }
 
 fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -44,12 +62,13 @@ fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
-async fn run_async(cmd: Command) -> Result<i32> {
+async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
     match cmd {
-        Command::Network { client, command } => network(&client, command).await,
-        Command::Services { client, command } => services::run(&client, command).await,
-        Command::Run(args) => run_sandbox(args).await,
-        Command::Ps { client, all, out } => {
+        Command::Network { command } => network(client, command).await,
+        Command::Services { command } => services::run(client, command).await,
+        Command::Run(args) => run_sandbox(client, args).await,
+        Command::Version => version(client).await,
+        Command::Ps { all, out } => {
             let list: Vec<SandboxInfo> = Client::new(&client.socket)
                 .get(if all {
                     "/sandboxes?all=true"
@@ -60,7 +79,7 @@ async fn run_async(cmd: Command) -> Result<i32> {
             output::sandboxes(&list, &out);
             Ok(0)
         }
-        Command::Inspect { client, names } => {
+        Command::Inspect { names } => {
             let c = Client::new(&client.socket);
             let mut all = Vec::new();
             let mut failed = false;
@@ -79,11 +98,7 @@ async fn run_async(cmd: Command) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(i32::from(failed))
         }
-        Command::Rm {
-            client,
-            force,
-            names,
-        } => {
+        Command::Rm { force, names } => {
             let c = Client::new(&client.socket);
             let mut failed = false;
             for n in &names {
@@ -102,18 +117,13 @@ async fn run_async(cmd: Command) -> Result<i32> {
             }
             Ok(i32::from(failed))
         }
-        Command::Logs {
-            client,
-            follow,
-            name,
-        } => {
+        Command::Logs { follow, name } => {
             follow_logs(&Client::new(&client.socket), &name, follow).await?;
             Ok(0)
         }
         Command::Dns {
             command:
                 DnsCommand::Query {
-                    client,
                     from,
                     tcp,
                     name,
@@ -135,6 +145,8 @@ async fn run_async(cmd: Command) -> Result<i32> {
             Ok(0)
         }
         Command::Exec { .. }
+        | Command::Completion { .. }
+        | Command::Man { .. }
         | Command::Daemon(_)
         | Command::Dns {
             command: DnsCommand::Serve(_),
@@ -260,7 +272,19 @@ async fn network(opts: &ClientOpts, cmd: NetworkCommand) -> Result<i32> {
             }
             return Ok(i32::from(failed));
         }
-        NetworkCommand::Prune { .. } => {
+        NetworkCommand::Prune { force } => {
+            if !force {
+                let stdin = std::io::stdin();
+                let tty = std::io::IsTerminal::is_terminal(&stdin);
+                if !confirm(
+                    PRUNE_WARNING,
+                    tty,
+                    &mut stdin.lock(),
+                    &mut std::io::stdout(),
+                )? {
+                    return Ok(0);
+                }
+            }
             let r: Removed = c.post("/networks/prune", &serde_json::json!({})).await?;
             if !r.removed.is_empty() {
                 println!("Deleted Networks:");
@@ -304,8 +328,66 @@ async fn network(opts: &ClientOpts, cmd: NetworkCommand) -> Result<i32> {
     Ok(0)
 }
 
-async fn run_sandbox(a: RunArgs) -> Result<i32> {
-    let c = Client::new(&a.client.socket);
+const PRUNE_WARNING: &str = "WARNING! This will remove all custom networks not used by at least one sandbox.\nAre you sure you want to continue? [y/N] ";
+
+/// Docker's confirmation prompt: true only for "y" or "yes". Without a terminal on stdin
+/// there is nobody to ask: refuse (with a way out) rather than guess.
+fn confirm(
+    prompt: &str,
+    tty: bool,
+    input: &mut impl std::io::BufRead,
+    out: &mut impl std::io::Write,
+) -> Result<bool> {
+    if !tty {
+        bail!(
+            "not pruning without confirmation: stdin is not a terminal (use -f to skip the prompt)"
+        );
+    }
+    write!(out, "{prompt}")?;
+    out.flush()?;
+    let mut answer = String::new();
+    input.read_line(&mut answer).context("reading the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// `sdctl version`: the client's version, then the daemon's (an error when none answers).
+async fn version(client: &ClientOpts) -> Result<i32> {
+    let mut out = String::new();
+    version_text(&mut out, None);
+    print!("{out}");
+    let info: DaemonInfo = Client::new(&client.socket).get("/info").await?;
+    let mut out = String::new();
+    version_text(&mut out, Some((&info, &client.socket)));
+    print!("{out}");
+    Ok(0)
+}
+
+fn version_text(out: &mut String, server: Option<(&DaemonInfo, &Path)>) {
+    use std::fmt::Write;
+    match server {
+        None => {
+            let _ = writeln!(out, "Client:");
+            let _ = writeln!(out, " Version:      {}", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(out, " API version:  {}", API_PREFIX.trim_start_matches('/'));
+        }
+        Some((i, socket)) => {
+            let _ = writeln!(out, "\nServer:");
+            let _ = writeln!(out, " Version:      {}", i.version);
+            let _ = writeln!(out, " PID:          {}", i.pid);
+            let _ = writeln!(out, " Socket:       {}", socket.display());
+            let _ = writeln!(out, " State dir:    {}", i.state_dir.display());
+            let _ = writeln!(out, " Run dir:      {}", i.run_dir.display());
+            let _ = writeln!(out, " Networks:     {}", i.networks);
+            let _ = writeln!(out, " Sandboxes:    {}", i.sandboxes);
+        }
+    }
+}
+
+async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
+    let c = Client::new(&client.socket);
     let mut networks: Vec<NetworkAttach> = a
         .networks
         .iter()
@@ -433,4 +515,63 @@ fn exec(info: &ExecInfo, command: &[String]) -> Result<i32> {
     } else {
         126
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(tty: bool, answer: &str) -> (Result<bool>, String) {
+        let mut out = Vec::new();
+        let r = confirm(PRUNE_WARNING, tty, &mut answer.as_bytes(), &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn prune_asks_like_docker() {
+        for (answer, yes) in [
+            ("y\n", true),
+            ("Y\n", true),
+            ("yes\n", true),
+            ("\n", false),
+            ("n\n", false),
+            ("", false),
+            ("yep\n", false),
+        ] {
+            let (r, shown) = ask(true, answer);
+            assert_eq!(r.unwrap(), yes, "{answer:?}");
+            assert_eq!(
+                shown,
+                "WARNING! This will remove all custom networks not used by at least one \
+                 sandbox.\nAre you sure you want to continue? [y/N] "
+            );
+        }
+        // Nobody to ask: refuse, and say how to go on.
+        let (r, shown) = ask(false, "y\n");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("-f") && e.contains("not a terminal"), "{e}");
+        assert!(shown.is_empty());
+    }
+
+    #[test]
+    fn version_text_has_client_and_server() {
+        let mut out = String::new();
+        version_text(&mut out, None);
+        assert!(out.starts_with("Client:\n Version:"), "{out}");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")));
+        let info = DaemonInfo {
+            version: "9.9.9".into(),
+            pid: 42,
+            state_dir: "/var/lib/sdnet".into(),
+            run_dir: "/run/sdnet".into(),
+            networks: 3,
+            sandboxes: 1,
+        };
+        let mut out = String::new();
+        version_text(&mut out, Some((&info, Path::new("/run/sdnet/sdnet.sock"))));
+        assert!(
+            out.contains("Server:\n Version:      9.9.9\n PID:          42\n"),
+            "{out}"
+        );
+    }
 }

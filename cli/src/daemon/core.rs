@@ -476,7 +476,7 @@ impl Inner {
             name: n.rec.name.clone(),
             driver: n.rec.driver,
             scope: "local".into(),
-            created: n.rec.created,
+            created: crate::api::rfc3339(n.rec.created),
             subnets: n
                 .rec
                 .subnets
@@ -489,7 +489,8 @@ impl Inner {
                 })
                 .collect(),
             internal: n.rec.internal,
-            attachable: n.rec.attachable,
+            // One node: sandboxes can join any bridge network at any time.
+            attachable: n.rec.attachable || n.rec.driver == Driver::Bridge,
             dns: n.dns_on(),
             mtu: n.rec.mtu.unwrap_or(1500),
             dns_servers: n.rec.dns_servers.clone(),
@@ -1021,6 +1022,7 @@ impl Daemon {
             }
             sb.rec.exited = true;
             sb.rec.exit_code = exit.code;
+            sb.rec.finished_at = Some(now());
             sb.watcher = None;
             info!(sandbox = %sb.rec.name, code = ?exit.code, "process exited");
             if let Err(e) = self.store.commit(&[Op::PutSandbox(&sb.rec)]) {
@@ -1534,6 +1536,8 @@ impl Daemon {
             process: None,
             exited: false,
             exit_code: None,
+            started_at: None,
+            finished_at: None,
             task,
         };
         if let Err(e) = self.store.commit(&[Op::PutSandbox(&rec)]) {
@@ -1606,6 +1610,8 @@ impl Daemon {
             }
         }
         let _ = self.store.commit(&[Op::DelSandbox(id)]);
+        // A command that failed to start leaves no empty log behind.
+        let _ = std::fs::remove_file(self.cfg.log_path(id));
     }
 
     fn start_process(self: &Arc<Self>, inner: &mut Inner, id: &str) -> Result<()> {
@@ -1629,6 +1635,8 @@ impl Daemon {
         sb.rec.process = Some(p);
         sb.rec.exited = false;
         sb.rec.exit_code = None;
+        sb.rec.started_at = Some(now());
+        sb.rec.finished_at = None;
         sb.watcher = Some(watcher);
         self.store.commit(&[Op::PutSandbox(&sb.rec)])?;
         Ok(())
@@ -1778,7 +1786,9 @@ impl Daemon {
             id: rec.id.clone(),
             name: rec.name.clone(),
             hostname: rec.hostname.clone(),
-            created: rec.created,
+            created: crate::api::rfc3339(rec.created),
+            started_at: rec.started_at.map(crate::api::rfc3339),
+            finished_at: rec.finished_at.map(crate::api::rfc3339),
             status: if rec.exited {
                 SandboxStatus::Exited
             } else {

@@ -107,7 +107,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             }
         }
         Daemon::cleanup_everything(&cfg).await?;
-        let _ = std::fs::remove_file(&args.socket);
+        // Only a leftover: never a socket another daemon (other run dir, same --socket)
+        // answers on.
+        if tokio::net::UnixStream::connect(&args.socket).await.is_err() {
+            let _ = std::fs::remove_file(&args.socket);
+        }
         println!(
             "sdnet: removed every namespace, link, nft table and file of ours (the store is kept)"
         );

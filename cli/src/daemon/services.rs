@@ -851,7 +851,7 @@ impl Daemon {
         ServiceInfo {
             id: r.id.clone(),
             name: r.name.clone(),
-            created: r.created,
+            created: crate::api::rfc3339(r.created),
             mode: r.mode,
             replicas: r.replicas,
             running: tasks.iter().filter(|t| t.state == "running").count() as u32,

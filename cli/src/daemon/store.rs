@@ -143,6 +143,11 @@ pub struct SandboxRec {
     pub process: Option<ProcRec>,
     pub exited: bool,
     pub exit_code: Option<i32>,
+    /// When its process last started and exited (unix seconds; the API shows RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
     /// Set when this sandbox is a task of a service.
     #[serde(default)]
     pub task: Option<TaskRec>,
