@@ -337,6 +337,14 @@ pub struct DaemonInfo {
     pub sandboxes: usize,
 }
 
+/// Process output from an offset on (`GET /v1/sandboxes/NAME/logs?offset=N`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct LogChunk {
+    pub data: String,
+    pub offset: u64,
+    pub running: bool,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ErrorBody {
     pub error: String,

@@ -257,6 +257,10 @@ pub struct DaemonArgs {
     /// Subnet of the default `bridge` network (default: first free of Docker's pools).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub default_bridge_subnet: Option<ipnet::IpNet>,
+    /// How often the reconciler checks the kernel against the desired state and repairs
+    /// drift (a deleted veth, bridge or nft table of ours comes back).
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    pub resync_interval: Duration,
     /// Remove every kernel object of ours (namespaces, links, nft tables, files) and exit.
     #[arg(long)]
     pub cleanup: bool,

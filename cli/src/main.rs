@@ -10,7 +10,20 @@ mod enter;
 use cli::{Command, DnsCommand, LogLevel, ParseExit};
 
 fn main() -> std::process::ExitCode {
-    let cli = match cli::parse(std::env::args_os().collect()) {
+    // Internal entry points the daemon starts itself (not part of the command line users see):
+    // the keeper of namespaces and sockets, and the start gate of supervised processes.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("__keeper") => {
+            return match argv.get(2) {
+                Some(dir) => daemon::keeper::main(std::path::Path::new(dir)),
+                None => std::process::ExitCode::from(2),
+            };
+        }
+        Some("__gate") => return daemon::supervisor::gate_main(&argv[2..]),
+        _ => {}
+    }
+    let cli = match cli::parse(argv) {
         Ok(cli) => cli,
         Err(ParseExit::Print(e)) => {
             let _ = e.print();

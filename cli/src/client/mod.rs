@@ -16,7 +16,6 @@ use crate::api::*;
 use crate::cli::{
     ClientOpts, Command, DnsCommand, GlobalOpts, NetworkCommand, NetworkCreateArgs, RunArgs,
 };
-use crate::daemon::api::LogChunk;
 use crate::enter::Enter;
 use http::{Client, seg};
 

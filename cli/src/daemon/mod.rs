@@ -1,29 +1,89 @@
-//! The daemon half of `sdctl`: `sdctl daemon` (API server, store, reconciler, supervisor) and
-//! `sdctl dns serve` (the resolver alone).
+//! The daemon half of `sdctl`: `sdctl daemon` and `sdctl dns serve` (the resolver alone).
+//!
+//! ```text
+//! API (api/) ──txn──▶ store (store/: trait, redb) ──watch──▶ state cache (state.rs)
+//!                                                               │ changes
+//!            scheduler (services.rs) ◀── cache revisions ───────┤
+//!            writes tasks like an API client                    ▼
+//!                                 reconciler (reconcile/) ──▶ drivers/ (bridge…), name tables,
+//!                                                              nft (firewall, LB), supervisor/
+//!            supervisor observations ──▶ status writer ──txn──▶ store
+//! ```
+//! The keeper (keeper.rs) holds namespaces and resolver sockets across daemon restarts.
 
 pub mod api;
-pub mod core;
+pub mod config;
 pub mod dns_serve;
-pub mod firewall;
+pub mod drivers;
+pub mod ipam;
+pub mod keeper;
 pub mod names;
-pub mod plumb;
-pub mod process;
+pub mod reconcile;
 pub mod services;
+pub mod state;
 pub mod store;
+pub mod supervisor;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use sdnet_resolver::resolvconf::HostResolvConf;
+use sdnet_resolver::resolvconf::{HostResolvConf, ResolvConf};
 use sdnet_resolver::{DefaultUpstreams, Resolver, ResolverConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::cli::DaemonArgs;
-use core::{Config, Daemon};
+use config::Config;
+use drivers::{Drivers, Host, NullDriver, bridge::BridgeDriver};
+use keeper::Keeper;
+use reconcile::{Live, Progress, Reconciler};
+use services::{SchedProgress, Scheduler};
+use state::StateCache;
+use store::Store;
+use store::redb::RedbStore;
+use supervisor::Supervisor;
+
+/// Everything of this node the API, the reconciler and the scheduler share.
+pub struct Node {
+    /// This node's name (the host name by default).
+    pub name: String,
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<StateCache>,
+    pub resolver: Arc<Resolver>,
+    pub host: Arc<Host>,
+    pub drivers: Drivers,
+    pub supervisor: Supervisor,
+    pub keeper: Arc<Keeper>,
+    pub progress: Progress,
+    pub sched: SchedProgress,
+    pub live: Live,
+    pub ipam: ipam::Ipam,
+}
+
+impl Node {
+    /// The host's resolv.conf as last read (search domains and options for sandboxes).
+    pub fn host_conf(&self) -> Arc<ResolvConf> {
+        match self.resolver.forwarder.defaults() {
+            DefaultUpstreams::Host(h) => h.conf(),
+            DefaultUpstreams::Fixed(_) => Arc::new(ResolvConf::default()),
+        }
+    }
+
+    /// Waits until the scheduler has acted on revision `rev` (and its writes are applied).
+    pub async fn scheduler_pass(&self, rev: store::Rev) -> api::ApiResult<()> {
+        if self.sched.wait(rev, Duration::from_secs(120)).await {
+            Ok(())
+        } else {
+            Err(api::ApiError::Internal(anyhow::anyhow!(
+                "the scheduler did not act on the change within 120 s; it will"
+            )))
+        }
+    }
+}
 
 /// Hands freed heap that glibc keeps back to the system.
 pub(crate) fn trim_heap() {
@@ -42,7 +102,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
 }
 
 /// Holds an exclusive lock on the run directory for the daemon's lifetime.
-struct RunLock(#[allow(dead_code)] std::fs::File);
+struct RunLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 fn lock_run_dir(run_dir: &Path) -> Result<RunLock> {
     let path = run_dir.join("sdnet.lock");
@@ -52,31 +112,31 @@ fn lock_run_dir(run_dir: &Path) -> Result<RunLock> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(RunLock(l)),
+        Err(_) => bail!(
             "another sdnet daemon is running with run dir {} (lock {} is held)",
             run_dir.display(),
             path.display()
-        );
+        ),
     }
-    Ok(RunLock(f))
 }
 
 /// Two sockets per sandbox: lift the soft descriptor limit to the hard one.
 fn raise_nofile() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 async fn serve(args: DaemonArgs) -> Result<()> {
@@ -87,6 +147,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         etc_netns_dir: args.etc_netns_dir.clone(),
         netns_link_dir: (!args.no_netns_links).then(|| args.netns_link_dir.clone()),
         default_bridge_subnet: args.default_bridge_subnet,
+        resync: args.resync_interval,
     };
     for d in [&cfg.state_dir, &cfg.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -94,73 +155,99 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))?;
     let _lock = lock_run_dir(&cfg.run_dir)?;
     let store_path = cfg.state_dir.join("state.redb");
+    let socket = args.socket.clone();
 
     if args.cleanup {
-        // Processes first (they hold namespaces alive), then every kernel object of ours.
-        if store_path.exists() {
-            let store = store::Store::open(&store_path)?;
-            let (_, sbs) = store.load()?;
-            for s in sbs {
-                if let Some(p) = s.process {
-                    process::signal(&p, libc::SIGKILL);
-                }
-            }
-        }
-        Daemon::cleanup_everything(&cfg).await?;
-        // Only a leftover: never a socket another daemon (other run dir, same --socket)
-        // answers on.
-        if tokio::net::UnixStream::connect(&args.socket).await.is_err() {
-            let _ = std::fs::remove_file(&args.socket);
-        }
-        println!(
-            "sdnet: removed every namespace, link, nft table and file of ours (the store is kept)"
-        );
-        return Ok(());
+        return cleanup(&cfg, &store_path, &socket).await;
     }
 
-    let store = store::Store::open(&store_path)
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&store_path)
+            .with_context(|| format!("opening the store {}", store_path.display()))?,
+    );
+    for d in [cfg.netns_dir(), cfg.logs_dir(), cfg.etc_netns_dir.clone()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // The keeper hands back what it held for us: namespaces and sockets of our sandboxes.
+    let run_dir = cfg.run_dir.clone();
+    let (keeper, kept) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let k = Keeper::connect_or_start(&run_dir)?;
+        let kept = k.list("sb/")?.into_iter().collect();
+        Ok((k, kept))
+    })
+    .await??;
+    let host = Arc::new(Host::open().await?);
     let resolver = Resolver::new(
         ResolverConfig::default(),
         DefaultUpstreams::Host(HostResolvConf::new(&args.resolv_conf)),
     );
     resolver.set_log_queries(args.log_queries);
-    let (daemon, mut events) = Daemon::start(cfg, store, resolver).await?;
-    {
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                d.on_event(e).await;
-            }
-        });
-        // A safety net for services: converge every few seconds (cheap when nothing to do).
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(3));
-            loop {
-                t.tick().await;
-                d.tick().await;
-                // Bursts (many sandboxes created or removed at once) leave freed heap that
-                // glibc keeps; hand it back so an idle daemon's RSS is what it holds.
-                let _ = tokio::task::spawn_blocking(trim_heap).await;
-            }
-        });
-    }
+    let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(supervisor::status::run(store.clone(), obs_rx));
+    let node = Arc::new(Node {
+        name: node_name(),
+        cfg: cfg.clone(),
+        store: store.clone(),
+        cache: StateCache::new(),
+        resolver,
+        host: host.clone(),
+        drivers: Drivers {
+            bridge: BridgeDriver { host },
+            null: NullDriver,
+        },
+        supervisor: Supervisor::new(obs_tx),
+        keeper: Arc::new(keeper),
+        progress: Progress::default(),
+        sched: SchedProgress::default(),
+        live: Live::default(),
+        ipam: ipam::Ipam::default(),
+    });
 
-    if let Some(dir) = args.socket.parent() {
+    // Desired state in, reconciler running; restored before the API answers.
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    node.cache
+        .start_feed(store.clone(), vec![tx])
+        .await
+        .context("loading the store")?;
+    tokio::spawn(Reconciler::new(node.clone(), kept).run(rx));
+    api::applied(&node, node.cache.rev())
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
+    api::networks::ensure_defaults(&node).await?;
+    {
+        let d = node.cache.read();
+        info!(
+            networks = d.networks.len(),
+            sandboxes = d.sandboxes.len(),
+            services = d.services.len(),
+            "state restored"
+        );
+    }
+    tokio::spawn(Scheduler::new(node.clone()).run());
+    tokio::spawn(async {
+        // Bursts (many sandboxes created or removed at once) leave freed heap that glibc
+        // keeps; hand it back so an idle daemon's RSS is what it holds.
+        let mut t = tokio::time::interval(Duration::from_secs(3));
+        loop {
+            t.tick().await;
+            let _ = tokio::task::spawn_blocking(trim_heap).await;
+        }
+    });
+
+    if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if args.socket.exists() {
+    if socket.exists() {
         // A socket nobody answers on is a leftover of a killed daemon.
-        if tokio::net::UnixStream::connect(&args.socket).await.is_ok() {
-            bail!("{} is in use by another daemon", args.socket.display());
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            bail!("{} is in use by another daemon", socket.display());
         }
-        std::fs::remove_file(&args.socket)?;
+        std::fs::remove_file(&socket)?;
     }
-    let listener = tokio::net::UnixListener::bind(&args.socket)
-        .with_context(|| format!("binding {}", args.socket.display()))?;
-    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o600))?;
-    info!(socket = %args.socket.display(), "API listening");
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %socket.display(), "API listening");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -170,14 +257,55 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             _ = int.recv() => {}
         }
     };
-    let app = api::router(Arc::clone(&daemon));
+    let app = api::routes::router(node.clone());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
     {
         warn!("API server: {e}");
     }
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(&socket);
     info!("stopped (sandboxes and networks stay)");
+    Ok(())
+}
+
+/// `--cleanup`: processes first (they hold namespaces alive), the keeper, then every kernel
+/// object and file of ours. The store stays, so the next start rebuilds everything.
+async fn cleanup(cfg: &Config, store_path: &Path, socket: &Path) -> Result<()> {
+    if store_path.exists() {
+        let store = RedbStore::open(store_path)?;
+        let (items, _) = store
+            .snapshot(&format!("{}status/", store::schema::ROOT))
+            .await?;
+        for kv in items {
+            if let Ok(st) = store::schema::decode::<store::schema::StatusRec>(&kv.key, &kv.value)
+                && let Some(pid) = st.pid
+                && !st.exited
+            {
+                supervisor::signal(
+                    &supervisor::Proc {
+                        pid,
+                        start_ticks: st.start_ticks,
+                    },
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let run_dir = cfg.run_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Some(k) = Keeper::connect_existing(&run_dir) {
+            let _ = k.quit();
+        }
+    })
+    .await?;
+    reconcile::gc::cleanup_everything(cfg).await?;
+    // Never remove a socket a live daemon answers on.
+    if socket.exists() && tokio::net::UnixStream::connect(socket).await.is_err() {
+        let _ = std::fs::remove_file(socket);
+    }
+    println!(
+        "sdnet: removed every namespace, link, nft table and file of ours (the store is kept)"
+    );
     Ok(())
 }

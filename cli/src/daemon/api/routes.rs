@@ -1,5 +1,5 @@
-//! The HTTP/JSON API on the daemon's unix socket. Handlers only translate between HTTP and the
-//! daemon's operations; errors become `{"error": "..."}` with a fitting status code.
+//! The HTTP/JSON API on the daemon's unix socket: routes translate between HTTP and the
+//! handlers; errors become `{"error": "..."}` with a fitting status code.
 
 use std::sync::Arc;
 
@@ -10,10 +10,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQ};
 use hickory_proto::rr::{Name, RecordType};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::api::*;
-use crate::daemon::core::{ApiError, Daemon};
+use crate::daemon::Node;
+use crate::daemon::api::{ApiError, networks, sandboxes, services};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -21,6 +22,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -33,22 +35,22 @@ impl IntoResponse for ApiError {
     }
 }
 
-type D = State<Arc<Daemon>>;
+type D = State<Arc<Node>>;
 type R<T> = Result<Json<T>, ApiError>;
 
-pub fn router(d: Arc<Daemon>) -> Router {
+pub fn router(d: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
-        .route("/v1/networks", get(networks).post(create_network))
+        .route("/v1/networks", get(list_networks).post(create_network))
         .route("/v1/networks/prune", post(prune_networks))
         .route("/v1/networks/{name}", get(network).delete(remove_network))
         .route("/v1/networks/{name}/connect", post(connect))
         .route("/v1/networks/{name}/disconnect", post(disconnect))
-        .route("/v1/sandboxes", get(sandboxes).post(create_sandbox))
+        .route("/v1/sandboxes", get(list_sandboxes).post(create_sandbox))
         .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
         .route("/v1/sandboxes/{name}/exec", get(exec_info))
         .route("/v1/sandboxes/{name}/logs", get(logs))
-        .route("/v1/services", get(services).post(create_service))
+        .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/update", post(update_service))
         .route("/v1/dns/query", post(dns_query))
@@ -56,30 +58,38 @@ pub fn router(d: Arc<Daemon>) -> Router {
 }
 
 async fn info(State(d): D) -> R<DaemonInfo> {
-    Ok(Json(d.info().await))
+    let c = d.cache.read();
+    Ok(Json(DaemonInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        state_dir: d.cfg.state_dir.clone(),
+        run_dir: d.cfg.run_dir.clone(),
+        networks: c.networks.len(),
+        sandboxes: c.sandboxes.len(),
+    }))
 }
 
-async fn networks(State(d): D) -> R<Vec<NetworkInfo>> {
-    Ok(Json(d.list_networks().await))
+async fn list_networks(State(d): D) -> R<Vec<NetworkInfo>> {
+    Ok(Json(networks::list(&d)))
 }
 
 async fn create_network(State(d): D, Json(req): Json<NetworkCreate>) -> R<NetworkInfo> {
-    Ok(Json(d.create_network(req).await?))
+    Ok(Json(networks::create(&d, req).await?))
 }
 
 async fn network(State(d): D, Path(name): Path<String>) -> R<NetworkInfo> {
-    Ok(Json(d.network(&name).await?))
+    Ok(Json(networks::inspect(&d, &name)?))
 }
 
 async fn remove_network(State(d): D, Path(name): Path<String>) -> R<Removed> {
     Ok(Json(Removed {
-        removed: vec![d.remove_network(&name).await?],
+        removed: vec![networks::remove(&d, &name).await?],
     }))
 }
 
 async fn prune_networks(State(d): D) -> R<Removed> {
     Ok(Json(Removed {
-        removed: d.prune_networks().await?,
+        removed: networks::prune(&d).await?,
     }))
 }
 
@@ -88,7 +98,7 @@ async fn connect(
     Path(name): Path<String>,
     Json(req): Json<ConnectRequest>,
 ) -> R<SandboxInfo> {
-    Ok(Json(d.connect(&name, req).await?))
+    Ok(Json(networks::connect(&d, &name, req).await?))
 }
 
 async fn disconnect(
@@ -96,7 +106,7 @@ async fn disconnect(
     Path(name): Path<String>,
     Json(req): Json<DisconnectRequest>,
 ) -> R<SandboxInfo> {
-    Ok(Json(d.disconnect(&name, req).await?))
+    Ok(Json(networks::disconnect(&d, &name, req).await?))
 }
 
 #[derive(Deserialize)]
@@ -105,16 +115,17 @@ struct AllQuery {
     all: bool,
 }
 
-async fn sandboxes(State(d): D, Query(q): Query<AllQuery>) -> R<Vec<SandboxInfo>> {
-    Ok(Json(d.sandboxes(q.all).await))
+async fn list_sandboxes(State(d): D, Query(q): Query<AllQuery>) -> R<Vec<SandboxInfo>> {
+    Ok(Json(sandboxes::list(&d, q.all)))
 }
 
 async fn create_sandbox(State(d): D, Json(req): Json<SandboxCreate>) -> R<SandboxInfo> {
-    Ok(Json(d.create_sandbox(req).await?))
+    let id = sandboxes::create(&d, req, None).await?;
+    Ok(Json(sandboxes::inspect(&d, &id)?))
 }
 
 async fn sandbox(State(d): D, Path(name): Path<String>) -> R<SandboxInfo> {
-    Ok(Json(d.sandbox(&name).await?))
+    Ok(Json(sandboxes::inspect(&d, &name)?))
 }
 
 #[derive(Deserialize)]
@@ -129,25 +140,25 @@ async fn remove_sandbox(
     Query(q): Query<ForceQuery>,
 ) -> R<Removed> {
     Ok(Json(Removed {
-        removed: vec![d.remove_sandbox(&name, q.force).await?],
+        removed: vec![sandboxes::remove(&d, &name, q.force).await?],
     }))
 }
 
-async fn services(State(d): D) -> R<Vec<ServiceInfo>> {
-    Ok(Json(d.services().await))
+async fn list_services(State(d): D) -> R<Vec<ServiceInfo>> {
+    Ok(Json(services::list(&d)))
 }
 
 async fn create_service(State(d): D, Json(req): Json<ServiceCreate>) -> R<ServiceInfo> {
-    Ok(Json(d.create_service(req).await?))
+    Ok(Json(services::create(&d, req).await?))
 }
 
 async fn service(State(d): D, Path(name): Path<String>) -> R<ServiceInfo> {
-    Ok(Json(d.service(&name).await?))
+    Ok(Json(services::inspect(&d, &name)?))
 }
 
 async fn remove_service(State(d): D, Path(name): Path<String>) -> R<Removed> {
     Ok(Json(Removed {
-        removed: vec![d.remove_service(&name).await?],
+        removed: vec![services::remove(&d, &name).await?],
     }))
 }
 
@@ -156,11 +167,11 @@ async fn update_service(
     Path(name): Path<String>,
     Json(u): Json<ServiceUpdate>,
 ) -> R<ServiceInfo> {
-    Ok(Json(d.update_service(&name, u).await?))
+    Ok(Json(services::update(&d, &name, u).await?))
 }
 
 async fn exec_info(State(d): D, Path(name): Path<String>) -> R<ExecInfo> {
-    Ok(Json(d.exec_info(&name).await?))
+    Ok(Json(sandboxes::exec_info(&d, &name)?))
 }
 
 #[derive(Deserialize)]
@@ -169,16 +180,9 @@ struct LogQuery {
     offset: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct LogChunk {
-    pub data: String,
-    pub offset: u64,
-    pub running: bool,
-}
-
 /// Output from `offset` on (at most 1 MiB per call); the client polls to follow.
 async fn logs(State(d): D, Path(name): Path<String>, Query(q): Query<LogQuery>) -> R<LogChunk> {
-    let (path, running) = d.log_file(&name).await?;
+    let (path, running) = sandboxes::log_file(&d, &name)?;
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -213,7 +217,7 @@ async fn dns_query(State(d): D, Json(q): Json<DnsQuery>) -> R<DnsAnswer> {
     let bytes = msg
         .to_vec()
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding: {e}")))?;
-    let view = d.view_for(q.from.as_deref()).await?;
+    let view = view_for(&d, q.from.as_deref())?;
     let resp = d
         .resolver
         .resolve_packet(view.as_ref(), &bytes, !q.tcp)
@@ -226,6 +230,25 @@ async fn dns_query(State(d): D, Json(q): Json<DnsQuery>) -> R<DnsAnswer> {
         rcode: rcode_name(u16::from(m.metadata.response_code)),
         wire_hex: resp.iter().map(|b| format!("{b:02x}")).collect(),
     }))
+}
+
+/// The view a `dns query --from` asks with.
+fn view_for(
+    d: &Node,
+    from: Option<&str>,
+) -> Result<Option<Arc<sdnet_resolver::table::View>>, ApiError> {
+    let snap = d.resolver.tables.snapshot();
+    match from {
+        None => Ok(Some(snap.anonymous().clone())),
+        Some(r) => {
+            let c = d.cache.read();
+            let id = c
+                .sandbox_id(r)
+                .map_err(|e| crate::daemon::api::lookup_err("sandbox", r, e))?;
+            let idx = d.resolver.tables.view_of(id);
+            Ok(idx.and_then(|i| snap.view(i).cloned()))
+        }
+    }
 }
 
 fn dig_text(m: &Message, from: Option<&str>) -> String {

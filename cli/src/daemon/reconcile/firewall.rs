@@ -12,6 +12,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sdnet_resolver::model::Protocol;
 
+use crate::daemon::config::bridge_name;
+use crate::daemon::state::Desired;
+use crate::daemon::store::schema::{DriverKind, NetworkRec};
+
 pub const TABLE: &str = "sdnet";
 
 /// A bridge network as the firewall sees it.
@@ -233,6 +237,91 @@ pub fn dns_redirect(udp: u16, tcp: u16) -> String {
 
 pub fn delete_dns_redirect() -> String {
     "table ip sdnet-dns {}\ndelete table ip sdnet-dns\n".to_string()
+}
+
+/// The whole table for a desired state: every bridge network, every published port of a
+/// sandbox (its first non-internal bridge endpoint of the host IP's family) and of a service
+/// (spread over its visible tasks on its first non-internal network).
+pub fn for_desired(d: &Desired) -> String {
+    let bridges: Vec<(String, &NetworkRec)> = d
+        .networks
+        .values()
+        .filter(|n| n.rec.driver == DriverKind::Bridge && !n.rec.subnets.is_empty())
+        .map(|n| (bridge_name(&n.rec.id), n.rec.as_ref()))
+        .collect();
+    let nets: Vec<FwNetwork<'_>> = bridges
+        .iter()
+        .map(|(b, n)| FwNetwork {
+            bridge: b,
+            subnets: n.subnets.iter().map(|s| s.subnet.trunc()).collect(),
+            internal: n.internal,
+        })
+        .collect();
+    let bridge_of = |net: &str| {
+        bridges
+            .iter()
+            .find(|(_, n)| n.id == net)
+            .map(|(b, n)| (b.as_str(), *n))
+    };
+    let mut ports = Vec::new();
+    for sb in d.sandboxes.values() {
+        for p in &sb.rec.ports {
+            let want_v6 = matches!(p.host_ip, Some(IpAddr::V6(_)));
+            let target = d.endpoints_of(&sb.rec.id).into_iter().find_map(|e| {
+                let (b, n) = bridge_of(&e.rec.network)?;
+                if n.internal {
+                    return None;
+                }
+                let ip = if want_v6 {
+                    e.rec.ipv6.map(IpAddr::V6)
+                } else {
+                    e.rec.ipv4.map(IpAddr::V4)
+                }?;
+                Some((b, ip))
+            });
+            if let Some((bridge, ip)) = target {
+                ports.push(FwPort {
+                    bridge,
+                    host_ip: p.host_ip,
+                    host_port: p.host_port,
+                    targets: vec![ip],
+                    container_port: p.container_port,
+                    protocol: p.protocol,
+                });
+            }
+        }
+    }
+    for svc in d.services.values() {
+        if svc.rec.publish.is_empty() {
+            continue;
+        }
+        let Some((bridge, net)) = svc
+            .rec
+            .networks
+            .iter()
+            .filter_map(|n| bridge_of(&n.network))
+            .find(|(_, n)| !n.internal)
+        else {
+            continue;
+        };
+        let targets: Vec<IpAddr> = d
+            .tasks_of(&svc.rec.id)
+            .filter(|t| d.visible(t))
+            .filter_map(|t| d.endpoints.get(t.as_str())?.get(net.id.as_str()))
+            .filter_map(|e| e.rec.ipv4.map(IpAddr::V4))
+            .collect();
+        for p in &svc.rec.publish {
+            ports.push(FwPort {
+                bridge,
+                host_ip: p.host_ip,
+                host_port: p.host_port,
+                targets: targets.clone(),
+                container_port: p.container_port,
+                protocol: p.protocol,
+            });
+        }
+    }
+    ruleset(&nets, &ports)
 }
 
 #[cfg(test)]

@@ -1,0 +1,148 @@
+//! The API: validate a request against the desired state, allocate what it needs, write the
+//! store in one compare-and-swap transaction, then wait until the reconciler has applied that
+//! revision — so a name answers before the call returns. Handlers never touch the kernel or
+//! the name tables. A transaction that loses a race (a name or address taken meanwhile, a
+//! network changed) is validated and tried again against the newer state; a change the
+//! reconciler could not apply is written back out of the store and reported.
+//!
+//! Reads (`ps`, `inspect`, `ls`) answer from the state cache's current snapshot: they never
+//! wait for a write or for kernel work.
+
+pub mod networks;
+pub mod routes;
+pub mod sandboxes;
+pub mod services;
+pub mod views;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::daemon::Node;
+use crate::daemon::reconcile::Failure;
+use crate::daemon::state::{Dirty, Lookup};
+use crate::daemon::store::{Rev, StoreError, Txn, TxnResult};
+
+/// How often a transaction that lost a race is validated and tried again.
+const ATTEMPTS: usize = 16;
+/// How long a handler waits for the reconciler.
+const APPLY_LIMIT: Duration = Duration::from_secs(120);
+
+/// A client-facing error with an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot be reached: nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                ApiError::Unavailable(format!("the store is unavailable ({m}): nothing changed"))
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::BadRequest(m) => ApiError::BadRequest(m),
+            Failure::Conflict(m) => ApiError::Conflict(m),
+            Failure::Internal(m) => ApiError::Internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
+pub fn bad<T>(msg: impl Into<String>) -> ApiResult<T> {
+    Err(ApiError::BadRequest(msg.into()))
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 64 random hex digits.
+pub fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    if b == [0u8; 32] {
+        // No urandom: time and PID (IDs only need to be unique here).
+        let seed = format!("{:?}{}", SystemTime::now(), std::process::id());
+        let h = crate::daemon::store::schema::stable_hash(&[&seed]);
+        b[..8].copy_from_slice(&h.to_be_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn lookup_err(kind: &str, r: &str, e: Lookup) -> ApiError {
+    match e {
+        Lookup::NotFound => ApiError::NotFound(format!("{kind} {r} not found")),
+        Lookup::Ambiguous => ApiError::BadRequest(format!("{kind} ID prefix {r} is ambiguous")),
+    }
+}
+
+/// Commits `build()`'s transaction, rebuilding it against the newer desired state each time
+/// it loses a race. `build` validates and may fail with a client error at any attempt.
+pub async fn write(
+    node: &Node,
+    mut build: impl FnMut(&crate::daemon::state::Desired) -> ApiResult<Txn>,
+) -> ApiResult<Rev> {
+    for _ in 0..ATTEMPTS {
+        let d = node.cache.read();
+        let txn = build(&d)?;
+        match node.store.txn(txn).await? {
+            TxnResult::Committed(rev) => return Ok(rev),
+            TxnResult::Failed(current) => {
+                // Validate again against the state that beat us.
+                node.cache.wait_for(current).await;
+            }
+        }
+    }
+    Err(ApiError::Conflict(
+        "too many concurrent changes to the same objects: try again".into(),
+    ))
+}
+
+/// Waits until the reconciler applied `rev`; the failure it recorded for `obj`, if any.
+pub async fn settle(node: &Node, rev: Rev, obj: &Dirty) -> ApiResult<()> {
+    if !node.progress.wait(rev, APPLY_LIMIT).await {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "the change was stored (revision {rev}) but not applied within {}s; it will be",
+            APPLY_LIMIT.as_secs()
+        )));
+    }
+    match node.progress.error(obj, rev) {
+        Some(f) => Err(f.into()),
+        None => Ok(()),
+    }
+}
+
+/// Waits until the reconciler applied `rev` (no per-object result).
+pub async fn applied(node: &Node, rev: Rev) -> ApiResult<()> {
+    if node.progress.wait(rev, APPLY_LIMIT).await {
+        Ok(())
+    } else {
+        Err(ApiError::Internal(anyhow::anyhow!(
+            "the change was stored (revision {rev}) but not applied within {}s; it will be",
+            APPLY_LIMIT.as_secs()
+        )))
+    }
+}

@@ -1,0 +1,468 @@
+//! Networks: create, remove, prune, connect and disconnect sandboxes.
+//!
+//! Network creation and removal also bump `meta/networks`, which every network transaction
+//! compares: the subnet-overlap check of one create can never race with another's.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sdnet_resolver::model;
+use tracing::info;
+
+use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
+use crate::api::*;
+use crate::daemon::Node;
+use crate::daemon::config::v6_mac;
+use crate::daemon::ipam::{SubnetReq, plan_subnets};
+use crate::daemon::state::{Desired, Dirty};
+use crate::daemon::store::schema::{self, DriverKind, EndpointRec, NetworkRec, Scope};
+use crate::daemon::store::{Compare, Txn};
+
+fn guard(d: &Desired, txn: Txn, id: &str) -> Txn {
+    txn.when(Compare::ModRev(
+        schema::NETWORKS_GUARD.into(),
+        d.networks_guard,
+    ))
+    .put(schema::NETWORKS_GUARD, id.as_bytes().to_vec())
+}
+
+/// Host prefixes IPAM must not hand out: routes and nameservers of the daemon's namespace.
+async fn reserved(node: &Node) -> Vec<IpNet> {
+    let mut r = node.host.routes().await;
+    r.extend(
+        node.host_conf()
+            .nameservers
+            .iter()
+            .filter_map(|ip| IpNet::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).ok()),
+    );
+    r
+}
+
+fn put_network(txn: Txn, rec: &NetworkRec) -> Txn {
+    let mut txn = txn
+        .when(Compare::Absent(schema::network_name(&rec.name)))
+        .put(schema::network(&rec.id), schema::encode(rec))
+        .put(schema::network_name(&rec.name), rec.id.as_bytes().to_vec());
+    for s in &rec.subnets {
+        txn = txn
+            .when(Compare::Absent(schema::subnet(&s.subnet)))
+            .put(schema::subnet(&s.subnet), rec.id.as_bytes().to_vec());
+    }
+    txn
+}
+
+fn delete_network(txn: Txn, rec: &NetworkRec) -> Txn {
+    let mut txn = txn
+        .delete(schema::network(&rec.id))
+        .delete(schema::network_name(&rec.name))
+        .delete_prefix(schema::ipam_of(&rec.id));
+    for s in &rec.subnets {
+        txn = txn.delete(schema::subnet(&s.subnet));
+    }
+    txn
+}
+
+pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
+    model::check_object_name("network", &req.name)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if req.driver != Driver::Bridge {
+        return bad(format!(
+            "only one {} network may exist, and it already does",
+            req.driver
+        ));
+    }
+    if let Some(m) = req.mtu
+        && !(68..=65535).contains(&m)
+    {
+        return bad(format!("invalid MTU {m}: must be 68-65535"));
+    }
+    let reqs: Vec<SubnetReq> = if req.ipam.is_empty() {
+        vec![SubnetReq {
+            subnet: None,
+            ip_range: None,
+            gateway: None,
+            aux: BTreeMap::new(),
+        }]
+    } else {
+        req.ipam
+            .iter()
+            .map(|r| SubnetReq {
+                subnet: r.subnet,
+                ip_range: r.ip_range,
+                gateway: r.gateway,
+                aux: r.aux.clone(),
+            })
+            .collect()
+    };
+    if reqs.iter().filter(|r| r.subnet.is_none()).count() > 1 {
+        return bad("--ip-range, --gateway and --aux-address need a --subnet each");
+    }
+    let reserved = reserved(node).await;
+    let id = random_id();
+    let rev = write(node, |d| {
+        if d.network_by_name(&req.name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
+        }
+        let rec = NetworkRec {
+            id: id.clone(),
+            name: req.name.clone(),
+            driver: DriverKind::Bridge,
+            scope: Scope::Local,
+            created: now(),
+            subnets: plan_subnets(d, &reqs, req.ipv6, &reserved)?,
+            internal: req.internal,
+            // On one node every local network is attachable (by `run` and `connect`).
+            attachable: true,
+            dns: req.dns.unwrap_or(true),
+            mtu: req.mtu,
+            dns_servers: req.dns_servers.iter().map(|u| u.0).collect(),
+            ttl: req.ttl,
+            labels: req.labels.clone(),
+            options: BTreeMap::new(),
+            predefined: false,
+        };
+        Ok(guard(d, put_network(Txn::new(), &rec), &id))
+    })
+    .await?;
+    if let Err(e) = settle(node, rev, &Dirty::Network(id.clone())).await {
+        // The kernel refused: the network must not exist at all.
+        let d = node.cache.read();
+        if let Some(n) = d.networks.get(id.as_str()) {
+            let txn = guard(&d, delete_network(Txn::new(), &n.rec), &id);
+            if let Ok(crate::daemon::store::TxnResult::Committed(r)) = node.store.txn(txn).await {
+                let _ = super::applied(node, r).await;
+            }
+        }
+        return Err(match e {
+            ApiError::Internal(e) => {
+                ApiError::Internal(e.context(format!("creating network {}", req.name)))
+            }
+            other => other,
+        });
+    }
+    info!(network = %req.name, "network created");
+    views::network(&node.cache.read(), &id)
+        .ok_or_else(|| ApiError::Conflict(format!("network {} was removed meanwhile", req.name)))
+}
+
+/// The pre-defined networks (`bridge`, `host`, `none`), created on first start.
+pub async fn ensure_defaults(node: &Node) -> anyhow::Result<()> {
+    for (name, driver) in [
+        ("bridge", DriverKind::Bridge),
+        ("host", DriverKind::Host),
+        ("none", DriverKind::None),
+    ] {
+        if node.cache.read().network_by_name(name).is_some() {
+            continue;
+        }
+        let reserved = if driver == DriverKind::Bridge {
+            reserved(node).await
+        } else {
+            Vec::new()
+        };
+        let id = random_id();
+        let r = write(node, |d| {
+            if d.network_by_name(name).is_some() {
+                return Ok(Txn::new());
+            }
+            let subnets = if driver == DriverKind::Bridge {
+                let req = SubnetReq {
+                    subnet: node.cfg.default_bridge_subnet,
+                    ip_range: None,
+                    gateway: None,
+                    aux: BTreeMap::new(),
+                };
+                plan_subnets(d, &[req], false, &reserved)?
+            } else {
+                Vec::new()
+            };
+            let rec = NetworkRec {
+                id: id.clone(),
+                name: name.into(),
+                driver,
+                scope: Scope::Local,
+                created: now(),
+                subnets,
+                internal: false,
+                attachable: false,
+                dns: false,
+                mtu: None,
+                dns_servers: Vec::new(),
+                ttl: None,
+                labels: BTreeMap::new(),
+                options: BTreeMap::new(),
+                predefined: true,
+            };
+            Ok(guard(d, put_network(Txn::new(), &rec), &id))
+        })
+        .await;
+        r.map_err(|e| anyhow::anyhow!("creating the {name} network: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn list(node: &Node) -> Vec<NetworkInfo> {
+    let d = node.cache.read();
+    let mut v: Vec<NetworkInfo> = d
+        .networks
+        .keys()
+        .filter_map(|id| views::network(&d, id))
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+pub fn inspect(node: &Node, r: &str) -> ApiResult<NetworkInfo> {
+    let d = node.cache.read();
+    let id = d.network_id(r).map_err(|e| lookup_err("network", r, e))?;
+    views::network(&d, id).ok_or_else(|| ApiError::NotFound(format!("network {r} not found")))
+}
+
+pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {
+    let mut name = String::new();
+    let rev = write(node, |d| {
+        let id = d.network_id(r).map_err(|e| lookup_err("network", r, e))?;
+        let n = &d.networks[id];
+        name = n.rec.name.clone();
+        if n.rec.predefined {
+            return Err(ApiError::Conflict(format!(
+                "{} is a pre-defined network and cannot be removed",
+                n.rec.name
+            )));
+        }
+        let users: Vec<&str> = d
+            .members(id)
+            .filter_map(|s| d.sandboxes.get(s.as_str()).map(|x| x.rec.name.as_str()))
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} is in use by sandbox(es): {}",
+                n.rec.name,
+                users.join(", ")
+            )));
+        }
+        let svcs: Vec<&str> = d
+            .services
+            .values()
+            .filter(|s| s.rec.networks.iter().any(|x| &x.network == id))
+            .map(|s| s.rec.name.as_str())
+            .collect();
+        if !svcs.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} is in use by service(s): {}",
+                n.rec.name,
+                svcs.join(", ")
+            )));
+        }
+        let txn = Txn::new()
+            .when(Compare::ModRev(schema::network(id), n.rev))
+            .when(Compare::PrefixEmpty(schema::endpoints_of(id)))
+            .when(Compare::PrefixEmpty(schema::service_nets_of(id)));
+        Ok(guard(d, delete_network(txn, &n.rec), id))
+    })
+    .await?;
+    // The reconciler removes the bridge after the links of removed sandboxes: a barrier.
+    super::applied(node, rev).await?;
+    info!(network = %name, "network removed");
+    Ok(name)
+}
+
+pub async fn prune(node: &Node) -> ApiResult<Vec<String>> {
+    let candidates: Vec<String> = {
+        let d = node.cache.read();
+        d.networks
+            .values()
+            .filter(|n| !n.rec.predefined && d.members(&n.rec.id).next().is_none())
+            .map(|n| n.rec.id.clone())
+            .collect()
+    };
+    let mut removed = Vec::new();
+    for id in candidates {
+        if let Ok(name) = remove(node, &id).await {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// An endpoint record for `sandbox` on `net`, with addresses picked (and claimed).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_endpoint(
+    node: &Node,
+    d: &Desired,
+    sandbox: &str,
+    net: &NetworkRec,
+    index: u32,
+    order: u64,
+    a: &NetworkAttach,
+    claim: &mut crate::daemon::ipam::Claim<'_>,
+) -> ApiResult<EndpointRec> {
+    for al in &a.aliases {
+        model::check_dns_name("alias", al).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let (ipv4, ipv6) = node.ipam.endpoint(d, net, a.ipv4, a.ipv6, claim)?;
+    let mac = match ipv4 {
+        Some(v4) => sdnet_netstack::ipam::mac_from_ipv4(v4),
+        None => v6_mac(sandbox, &net.id),
+    };
+    Ok(EndpointRec {
+        network: net.id.clone(),
+        sandbox: sandbox.to_string(),
+        index,
+        order,
+        ipv4,
+        ipv6,
+        mac,
+        aliases: a.aliases.clone(),
+    })
+}
+
+/// Puts an endpoint and takes its addresses (only if nobody has them).
+pub fn put_endpoint(mut txn: Txn, ep: &EndpointRec) -> Txn {
+    let key = schema::endpoint(&ep.network, &ep.sandbox);
+    txn = txn
+        .when(Compare::Absent(key.clone()))
+        .put(key, schema::encode(ep));
+    for ip in [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        let k = schema::ipam(&ep.network, ip);
+        txn = txn
+            .when(Compare::Absent(k.clone()))
+            .put(k, format!("sandbox:{}", ep.sandbox).into_bytes());
+    }
+    txn
+}
+
+pub fn delete_endpoint(mut txn: Txn, ep: &EndpointRec) -> Txn {
+    txn = txn.delete(schema::endpoint(&ep.network, &ep.sandbox));
+    for ip in [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        txn = txn.delete(schema::ipam(&ep.network, ip));
+    }
+    txn
+}
+
+pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResult<SandboxInfo> {
+    let mut ids = (String::new(), String::new(), String::new());
+    let rev = write(node, |d| {
+        let net_id = d
+            .network_id(net_ref)
+            .map_err(|e| lookup_err("network", net_ref, e))?;
+        let net = &d.networks[net_id];
+        if net.rec.driver != DriverKind::Bridge {
+            return bad(format!(
+                "cannot connect to network {} (driver {})",
+                net.rec.name,
+                Driver::from(net.rec.driver)
+            ));
+        }
+        let sb_id = d
+            .sandbox_id(&req.sandbox)
+            .map_err(|e| lookup_err("sandbox", &req.sandbox, e))?;
+        let sb = &d.sandboxes[sb_id];
+        if sb.rec.mode == schema::NetMode::Host {
+            return bad(format!(
+                "sandbox {} uses the host network and cannot be connected",
+                sb.rec.name
+            ));
+        }
+        let eps = d.endpoints_of(sb_id);
+        if eps.iter().any(|e| &e.rec.network == net_id) {
+            return Err(ApiError::Conflict(format!(
+                "sandbox {} is already connected to network {}",
+                sb.rec.name, net.rec.name
+            )));
+        }
+        let index = (0u32..)
+            .find(|i| !eps.iter().any(|e| e.rec.index == *i))
+            .unwrap_or(0);
+        let order = eps.iter().map(|e| e.rec.order + 1).max().unwrap_or(0);
+        let attach = NetworkAttach {
+            network: net_id.clone(),
+            aliases: req.aliases.clone(),
+            ipv4: req.ipv4,
+            ipv6: req.ipv6,
+        };
+        let mut claim = node.ipam.claim();
+        let ep = plan_endpoint(node, d, sb_id, &net.rec, index, order, &attach, &mut claim)?;
+        ids = (sb_id.clone(), sb.rec.name.clone(), net.rec.name.clone());
+        let txn = Txn::new()
+            .when(Compare::ModRev(schema::sandbox(sb_id), sb.rev))
+            .when(Compare::ModRev(schema::network(net_id), net.rev));
+        Ok(put_endpoint(txn, &ep))
+    })
+    .await?;
+    let (sb_id, sb_name, net_name) = ids;
+    if let Err(e) = settle(node, rev, &Dirty::Sandbox(sb_id.clone())).await {
+        // Undo: the endpoint must not stay in the store if the kernel refused it.
+        let d = node.cache.read();
+        let ep = d
+            .networks
+            .values()
+            .find(|n| n.rec.name == net_name)
+            .and_then(|n| {
+                d.endpoints
+                    .get(sb_id.as_str())?
+                    .get(n.rec.id.as_str())
+                    .cloned()
+            });
+        if let Some(ep) = ep
+            && let Ok(crate::daemon::store::TxnResult::Committed(r)) =
+                node.store.txn(delete_endpoint(Txn::new(), &ep.rec)).await
+        {
+            let _ = super::applied(node, r).await;
+        }
+        return Err(match e {
+            ApiError::Internal(e) => {
+                ApiError::Internal(e.context(format!("connecting to {net_name}")))
+            }
+            other => other,
+        });
+    }
+    info!(sandbox = %sb_name, network = %net_name, "connected");
+    views::sandbox(node, &node.cache.read(), &sb_id)
+        .ok_or_else(|| ApiError::NotFound(format!("sandbox {sb_name} was removed meanwhile")))
+}
+
+pub async fn disconnect(
+    node: &Node,
+    net_ref: &str,
+    req: DisconnectRequest,
+) -> ApiResult<SandboxInfo> {
+    let mut sb_id = String::new();
+    let rev = write(node, |d| {
+        let net_id = d
+            .network_id(net_ref)
+            .map_err(|e| lookup_err("network", net_ref, e))?;
+        let net = &d.networks[net_id];
+        let id = d
+            .sandbox_id(&req.sandbox)
+            .map_err(|e| lookup_err("sandbox", &req.sandbox, e))?;
+        let sb = &d.sandboxes[id];
+        let Some(ep) = d
+            .endpoints
+            .get(id.as_str())
+            .and_then(|m| m.get(net_id.as_str()))
+        else {
+            return Err(ApiError::NotFound(format!(
+                "sandbox {} is not connected to network {}",
+                sb.rec.name, net.rec.name
+            )));
+        };
+        sb_id = id.clone();
+        let txn = Txn::new().when(Compare::ModRev(schema::endpoint(net_id, id), ep.rev));
+        Ok(delete_endpoint(txn, &ep.rec))
+    })
+    .await?;
+    settle(node, rev, &Dirty::Sandbox(sb_id.clone())).await?;
+    views::sandbox(node, &node.cache.read(), &sb_id)
+        .ok_or_else(|| ApiError::NotFound(format!("sandbox {} not found", req.sandbox)))
+}

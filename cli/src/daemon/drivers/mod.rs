@@ -1,0 +1,139 @@
+//! Network drivers: how a network and a sandbox's endpoint on it become kernel objects. The
+//! reconciler calls a driver with desired state; a driver never reads or writes the store and
+//! knows nothing about DNS. Every call is idempotent: it completes what exists, creates what is
+//! missing and tolerates what is already there.
+
+pub mod bridge;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use ipnet::IpNet;
+use sdnet_netstack::link::{LinkInfo, Netlink};
+use sdnet_netstack::netns::Netns;
+use sdnet_netstack::nft;
+
+use crate::daemon::config::our_link;
+use crate::daemon::store::schema::{DriverKind, EndpointRec, NetworkRec};
+
+/// The daemon's own ("host") namespace: bridges, veth host ends, the firewall table.
+pub struct Host {
+    pub ns: Netns,
+    pub nl: Netlink,
+}
+
+impl Host {
+    pub async fn open() -> Result<Host> {
+        let ns = Netns::current().context("opening the daemon's network namespace")?;
+        let nl = Netlink::connect(&ns)
+            .await
+            .context("connecting to netlink")?;
+        Ok(Host { ns, nl })
+    }
+
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        self.nl
+            .delete_link(name)
+            .await
+            .with_context(|| format!("deleting link {name}"))
+    }
+
+    /// Links of ours in the daemon's namespace, by name.
+    pub async fn our_links(&self) -> Result<HashMap<String, LinkInfo>> {
+        Ok(self
+            .nl
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| our_link(&l.name))
+            .map(|l| (l.name.clone(), l))
+            .collect())
+    }
+
+    pub fn apply_nft(&self, text: &str) -> Result<()> {
+        nft::apply(&self.ns, text).context("applying the firewall table")
+    }
+
+    /// Prefixes routed in the daemon's namespace (IPAM must not hand them out).
+    pub async fn routes(&self) -> Vec<IpNet> {
+        self.nl.routes().await.unwrap_or_default()
+    }
+}
+
+/// A sandbox's namespace, as a driver needs it.
+pub struct SandboxNs<'a> {
+    pub ns: &'a Netns,
+    pub nl: &'a Netlink,
+}
+
+/// Links of ours in the daemon's namespace at one moment (one netlink dump per resync).
+pub type Links = HashMap<String, LinkInfo>;
+
+#[async_trait]
+pub trait NetworkDriver: Send + Sync {
+    /// Creates or repairs the network's shared objects (a bridge, say).
+    async fn ensure_network(&self, net: &NetworkRec) -> Result<()>;
+    /// Removes them (nothing there is fine).
+    async fn remove_network(&self, net: &NetworkRec) -> Result<()>;
+    /// Creates or repairs one endpoint; `default_route`: it carries the sandbox's default route.
+    async fn attach(
+        &self,
+        net: &NetworkRec,
+        ep: &EndpointRec,
+        sb: SandboxNs<'_>,
+        default_route: bool,
+    ) -> Result<()>;
+    /// Removes an endpoint's objects outside the sandbox (inside, they go with the namespace).
+    async fn detach(&self, net: &NetworkRec, ep: &EndpointRec) -> Result<()>;
+    /// Cheap drift check against a dump of our links: false = call `ensure_network` again.
+    fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool;
+    /// Same for an endpoint: false = call `attach` again.
+    fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool;
+}
+
+/// `host` and `none`: nothing of their own in the kernel.
+pub struct NullDriver;
+
+#[async_trait]
+impl NetworkDriver for NullDriver {
+    async fn ensure_network(&self, _: &NetworkRec) -> Result<()> {
+        Ok(())
+    }
+    async fn remove_network(&self, _: &NetworkRec) -> Result<()> {
+        Ok(())
+    }
+    async fn attach(
+        &self,
+        _: &NetworkRec,
+        _: &EndpointRec,
+        _: SandboxNs<'_>,
+        _: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+    async fn detach(&self, _: &NetworkRec, _: &EndpointRec) -> Result<()> {
+        Ok(())
+    }
+    fn network_intact(&self, _: &NetworkRec, _: &Links) -> bool {
+        true
+    }
+    fn endpoint_intact(&self, _: &NetworkRec, _: &EndpointRec, _: &Links) -> bool {
+        true
+    }
+}
+
+/// Every driver this node has, by kind.
+pub struct Drivers {
+    pub bridge: bridge::BridgeDriver,
+    pub null: NullDriver,
+}
+
+impl Drivers {
+    pub fn get(&self, kind: DriverKind) -> &dyn NetworkDriver {
+        match kind {
+            DriverKind::Bridge => &self.bridge,
+            DriverKind::Host | DriverKind::None => &self.null,
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The reconciler: the one place that changes the kernel and the resolver's tables. It
+//! consumes the state cache's change notices (whoever wrote the store: this node's API, the
+//! service scheduler, the status writer, another node) and a periodic resync, and for every
+//! object that changed diffs desired state against what it last applied:
+//!
+//! 1. networks first (drivers make bridges), then one batch of name-table changes — names of
+//!    new objects exist before their listeners start, removed ones leave DNS before the
+//!    kernel objects go;
+//! 2. sandboxes, concurrently (namespaces, endpoints, files, listeners, processes); removed
+//!    sandboxes lose their namespace now and their links and files in the background;
+//! 3. removed networks (after the background work of their sandboxes);
+//! 4. service VIP tables in client sandboxes, then the host's firewall table.
+//!
+//! After a round it publishes the revision it has applied; API handlers wait for it, so a
+//! name answers before the call that created it returns. Each object's last result is kept
+//! for them ([`Progress`]). A full pass — at start, on every `--resync-interval`, after a
+//! relist — also checks the kernel for drift (a deleted veth, bridge or table of ours comes
+//! back) and removes objects of ours nobody wants.
+
+pub mod files;
+pub mod firewall;
+pub mod gc;
+pub mod lb;
+pub mod model;
+pub mod sandbox;
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sdnet_resolver::Change;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::daemon::Node;
+use crate::daemon::state::{Changes, Desired, Dirty};
+use crate::daemon::store::Rev;
+use crate::daemon::store::schema::{NetworkRec, PublishRec, ServiceRec};
+use sandbox::{Kept, RealSb};
+
+/// How many sandboxes are realized at once.
+const PARALLEL: usize = 16;
+
+/// Why an object could not be applied: the request's fault (a command that does not exist,
+/// a host port taken by another program) or ours.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Failure {
+    fn of(e: &anyhow::Error) -> Failure {
+        match e.downcast_ref::<Failure>() {
+            Some(Failure::BadRequest(m)) => Failure::BadRequest(m.clone()),
+            Some(Failure::Conflict(m)) => Failure::Conflict(m.clone()),
+            _ => Failure::Internal(format!("{e:#}")),
+        }
+    }
+}
+
+/// What the reconciler has applied, for API handlers waiting on their writes.
+pub struct Progress {
+    applied: watch::Sender<Rev>,
+    outcomes: Mutex<HashMap<Dirty, (Rev, Option<Failure>)>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            applied: watch::channel(0).0,
+            outcomes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Progress {
+    /// Waits until revision `rev` is applied (false: not within `limit`).
+    pub async fn wait(&self, rev: Rev, limit: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The error of the last attempt on `obj` at or after `rev`, if it failed.
+    pub fn error(&self, obj: &Dirty, rev: Rev) -> Option<Failure> {
+        let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        o.get(obj)
+            .filter(|(r, _)| *r >= rev)
+            .and_then(|(_, e)| e.clone())
+    }
+
+    fn record(&self, obj: Dirty, rev: Rev, err: Option<Failure>) {
+        let mut o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        o.insert(obj, (rev, err));
+    }
+
+    fn forget(&self, obj: &Dirty) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+}
+
+/// Realized facts the API shows (the resolver's ports inside each sandbox).
+#[derive(Default)]
+pub struct Live {
+    dns: Mutex<HashMap<String, (u16, u16)>>,
+}
+
+impl Live {
+    pub fn dns(&self, sandbox: &str) -> Option<(u16, u16)> {
+        self.dns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sandbox)
+            .copied()
+    }
+    fn set_dns(&self, sandbox: &str, ports: Option<(u16, u16)>) {
+        let mut m = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+        match ports {
+            Some(p) => m.insert(sandbox.to_string(), p),
+            None => m.remove(sandbox),
+        };
+    }
+}
+
+struct RealSvc {
+    publish: Vec<PublishRec>,
+    _reservations: Vec<OwnedFd>,
+}
+
+pub struct Reconciler {
+    node: Arc<Node>,
+    nets: HashMap<String, Arc<NetworkRec>>,
+    sbs: HashMap<String, RealSb>,
+    svcs: HashMap<String, Arc<ServiceRec>>,
+    published: HashMap<String, RealSvc>,
+    /// Name-table models last applied.
+    net_models: HashMap<String, sdnet_resolver::model::Network>,
+    svc_models: HashMap<String, sdnet_resolver::model::Service>,
+    firewall: Option<String>,
+    vips: Option<lb::VipMap>,
+    background: JoinSet<()>,
+    kept: Arc<Mutex<Kept>>,
+}
+
+impl Reconciler {
+    pub fn new(node: Arc<Node>, kept: Kept) -> Reconciler {
+        Reconciler {
+            node,
+            nets: HashMap::new(),
+            sbs: HashMap::new(),
+            svcs: HashMap::new(),
+            published: HashMap::new(),
+            net_models: HashMap::new(),
+            svc_models: HashMap::new(),
+            firewall: None,
+            vips: None,
+            background: JoinSet::new(),
+            kept: Arc::new(Mutex::new(kept)),
+        }
+    }
+
+    /// Runs until the change feed ends.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Changes>) {
+        let mut tick = tokio::time::interval(self.node.cfg.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let mut all = false;
+            let mut full = false;
+            let mut dirty = BTreeSet::new();
+            let mut rev = None;
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => take(c, &mut rev, &mut dirty, &mut all),
+                    None => return,
+                },
+                _ = tick.tick() => { all = true; full = true; }
+                Some(_) = self.background.join_next(), if !self.background.is_empty() => continue,
+            }
+            // Everything already queued joins this round.
+            while let Ok(c) = rx.try_recv() {
+                take(c, &mut rev, &mut dirty, &mut all);
+            }
+            if all && rev.is_some() {
+                // Start-up or a relist: check the kernel too.
+                full = true;
+            }
+            self.round(if all { None } else { Some(dirty) }, full).await;
+            if let Some(r) = rev {
+                self.node.progress.applied.send_replace(r);
+            }
+        }
+    }
+
+    async fn round(&mut self, dirty: Option<BTreeSet<Dirty>>, full: bool) {
+        let started = std::time::Instant::now();
+        let d = self.node.cache.read();
+        let (mut nets, mut sbs, mut svcs) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        match &dirty {
+            None => {
+                nets.extend(d.networks.keys().cloned());
+                nets.extend(self.nets.keys().cloned());
+                sbs.extend(d.sandboxes.keys().cloned());
+                sbs.extend(self.sbs.keys().cloned());
+                svcs.extend(d.services.keys().cloned());
+                svcs.extend(self.svcs.keys().cloned());
+            }
+            Some(set) => {
+                for x in set {
+                    match x {
+                        Dirty::Network(id) => {
+                            nets.insert(id.clone());
+                            sbs.extend(d.members(id).cloned());
+                        }
+                        Dirty::Sandbox(id) => {
+                            sbs.insert(id.clone());
+                        }
+                        Dirty::Service(id) => {
+                            svcs.insert(id.clone());
+                            // Visibility of its tasks follows its health check.
+                            sbs.extend(d.tasks_of(id).cloned());
+                        }
+                    }
+                }
+            }
+        }
+        let links = if full {
+            match self.node.host.our_links().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warn!("listing links: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        // 1. Networks that exist: their drivers' objects.
+        for id in &nets {
+            let Some(n) = d.networks.get(id.as_str()) else {
+                continue;
+            };
+            let driver = self.node.drivers.get(n.rec.driver);
+            let same = self.nets.get(id).is_some_and(|r| **r == *n.rec);
+            let intact = links
+                .as_ref()
+                .is_none_or(|l| driver.network_intact(&n.rec, l));
+            if same && intact {
+                continue;
+            }
+            if !intact {
+                info!(network = %n.rec.name, "repairing the network");
+            }
+            let r = driver.ensure_network(&n.rec).await;
+            let err = r.as_ref().err().map(Failure::of);
+            if let Some(e) = &err {
+                warn!(network = %n.rec.name, "{e}");
+            } else {
+                self.nets.insert(id.clone(), n.rec.clone());
+            }
+            self.node
+                .progress
+                .record(Dirty::Network(id.clone()), d.rev, err);
+        }
+
+        // 2. Names: additions and changes before kernel work, removals before teardown.
+        self.names(&d, &nets, &sbs, &svcs);
+
+        // 3. Sandboxes.
+        let mut work = Vec::new();
+        for id in &sbs {
+            match (d.sandboxes.get(id.as_str()), self.sbs.remove(id)) {
+                (Some(rec), r) => {
+                    let r = r.unwrap_or_else(|| RealSb::new(&rec.rec));
+                    work.push((id.clone(), r));
+                }
+                (None, Some(r)) => {
+                    let left = sandbox::teardown(&self.node, id, r).await;
+                    let node = self.node.clone();
+                    self.background
+                        .spawn(async move { left.finish(node).await });
+                    self.node.progress.forget(&Dirty::Sandbox(id.clone()));
+                    info!(sandbox = %id, "sandbox removed");
+                }
+                (None, None) => {}
+            }
+        }
+        let node = self.node.clone();
+        let kept = self.kept.clone();
+        let links_ref = links.as_ref();
+        let d_ref = &d;
+        let done: Vec<(String, RealSb, anyhow::Result<()>)> = futures::stream::iter(work)
+            .map(|(id, mut r)| {
+                let (node, kept) = (node.clone(), kept.clone());
+                async move {
+                    let res = sandbox::realize(&node, d_ref, &id, &mut r, links_ref, kept).await;
+                    (id, r, res)
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for (id, r, res) in done {
+            let err = res.err().map(|e| Failure::of(&e));
+            if let Some(e) = &err {
+                warn!(sandbox = %r.name, "{e}");
+            }
+            self.node
+                .progress
+                .record(Dirty::Sandbox(id.clone()), d.rev, err);
+            self.sbs.insert(id, r);
+        }
+
+        // 4. Services' published ports, then removed networks.
+        for id in &svcs {
+            self.service(&d, id);
+        }
+        for id in &nets {
+            if d.networks.contains_key(id.as_str()) {
+                continue;
+            }
+            if let Some(n) = self.nets.remove(id) {
+                // A barrier: the links of removed sandboxes go before their bridge.
+                while self.background.join_next().await.is_some() {}
+                if let Err(e) = self.node.drivers.get(n.driver).remove_network(&n).await {
+                    warn!(network = %n.name, "{e:#}");
+                }
+                info!(network = %n.name, "network removed");
+            }
+            self.node.progress.forget(&Dirty::Network(id.clone()));
+        }
+
+        // 5. VIP tables in client sandboxes, then the firewall.
+        self.load_balancers(&d, &sbs, full).await;
+        let text = firewall::for_desired(&d);
+        if full || self.firewall.as_ref() != Some(&text) {
+            let host = self.node.host.clone();
+            let t = text.clone();
+            match tokio::task::spawn_blocking(move || host.apply_nft(&t)).await {
+                Ok(Ok(())) => self.firewall = Some(text),
+                Ok(Err(e)) => {
+                    warn!("firewall: {e:#}");
+                    self.firewall = None;
+                }
+                Err(e) => warn!("firewall thread: {e}"),
+            }
+        }
+        if full {
+            gc::collect(&self.node, &d, &self.kept).await;
+        }
+        debug!(
+            rev = d.rev,
+            networks = nets.len(),
+            sandboxes = sbs.len(),
+            full,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "reconciled"
+        );
+    }
+
+    /// One batch of name-table changes for the objects of this round.
+    fn names(
+        &mut self,
+        d: &Desired,
+        nets: &BTreeSet<String>,
+        sbs: &BTreeSet<String>,
+        svcs: &BTreeSet<String>,
+    ) {
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
+        for id in nets {
+            match d.networks.get(id.as_str()) {
+                Some(n) => {
+                    let m = model::network(&n.rec);
+                    if self.net_models.get(id) != Some(&m) {
+                        self.net_models.insert(id.clone(), m.clone());
+                        adds.push((None, Change::UpsertNetwork(m)));
+                    }
+                }
+                None => {
+                    if self.net_models.remove(id).is_some() {
+                        removes.push((None, Change::RemoveNetwork(id.clone())));
+                    }
+                }
+            }
+        }
+        for id in svcs {
+            match d.services.get(id.as_str()) {
+                Some(s) => {
+                    let m = model::service(&s.rec);
+                    if self.svc_models.get(id) != Some(&m) {
+                        self.svc_models.insert(id.clone(), m.clone());
+                        adds.push((None, Change::UpsertService(m)));
+                    }
+                }
+                None => {
+                    if self.svc_models.remove(id).is_some() {
+                        removes.push((None, Change::RemoveService(id.clone())));
+                    }
+                }
+            }
+        }
+        let mut sb_changes = Vec::new();
+        for id in sbs {
+            let want = model::sandbox(d, id);
+            let have = self.sbs.get_mut(id);
+            match (want, have) {
+                (Some(m), Some(r)) if r.model.as_ref() == Some(&m) => {}
+                (Some(m), Some(r)) => {
+                    r.model = Some(m.clone());
+                    sb_changes.push((Some(id.clone()), Change::UpsertSandbox(m)));
+                }
+                (Some(m), None) => sb_changes.push((Some(id.clone()), Change::UpsertSandbox(m))),
+                (None, Some(r)) => {
+                    r.model = None;
+                    sb_changes.push((Some(id.clone()), Change::RemoveSandbox(id.clone())));
+                }
+                (None, None) => {}
+            }
+        }
+        // Networks and services first, sandboxes, then removals of services and networks.
+        let all: Vec<(Option<String>, Change)> =
+            adds.into_iter().chain(sb_changes).chain(removes).collect();
+        if all.is_empty() {
+            return;
+        }
+        let batch: Vec<Change> = all.iter().map(|(_, c)| c.clone()).collect();
+        if let Err(e) = self.node.resolver.tables.apply(batch) {
+            // One bad object must not hold back the rest: apply one by one.
+            debug!("name batch refused ({e}): applying one by one");
+            for (who, c) in all {
+                if let Err(e) = self.node.resolver.tables.apply([c]) {
+                    warn!(object = ?who, "names: {e}");
+                    if let Some(r) = who.as_ref().and_then(|id| self.sbs.get_mut(id)) {
+                        r.model = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves (or releases) a service's published host ports.
+    fn service(&mut self, d: &Desired, id: &str) {
+        let Some(s) = d.services.get(id) else {
+            self.svcs.remove(id);
+            self.published.remove(id);
+            self.node.progress.forget(&Dirty::Service(id.to_string()));
+            return;
+        };
+        self.svcs.insert(id.to_string(), s.rec.clone());
+        if self
+            .published
+            .get(id)
+            .is_some_and(|p| p.publish == s.rec.publish)
+        {
+            self.node
+                .progress
+                .record(Dirty::Service(id.to_string()), d.rev, None);
+            return;
+        }
+        self.published.remove(id);
+        let mut res = Vec::new();
+        let mut err = None;
+        for p in &s.rec.publish {
+            match sandbox::reserve(p) {
+                Ok(fd) => res.push(fd),
+                Err(e) => {
+                    err = Some(Failure::of(&e));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = &err {
+            warn!(service = %s.rec.name, "{e}");
+        } else {
+            self.published.insert(
+                id.to_string(),
+                RealSvc {
+                    publish: s.rec.publish.clone(),
+                    _reservations: res,
+                },
+            );
+        }
+        self.node
+            .progress
+            .record(Dirty::Service(id.to_string()), d.rev, err);
+    }
+
+    /// Brings every affected sandbox's VIP table in line with the visible tasks.
+    async fn load_balancers(&mut self, d: &Arc<Desired>, sbs: &BTreeSet<String>, full: bool) {
+        let vips = lb::vip_map(d);
+        let changed = self.vips.as_ref() != Some(&vips);
+        let ids: Vec<String> = if changed || full {
+            self.sbs.keys().cloned().collect()
+        } else {
+            sbs.iter()
+                .filter(|i| self.sbs.contains_key(*i))
+                .cloned()
+                .collect()
+        };
+        let mut work = Vec::new();
+        for id in ids {
+            let Some(r) = self.sbs.get_mut(&id) else {
+                continue;
+            };
+            let Some(ns) = r.ns.clone() else { continue };
+            let want = lb::want(d, &id, &vips);
+            let verify = full && r.lb.as_ref().is_some_and(|h| !h.is_empty());
+            if !verify && r.lb.as_ref() == Some(&want) {
+                continue;
+            }
+            work.push((id, ns, r.name.clone(), r.lb.take(), want, verify));
+        }
+        let results: Vec<(String, Option<_>)> = futures::stream::iter(work)
+            .map(|(id, ns, name, have, want, verify)| async move {
+                let now = tokio::task::spawn_blocking(move || {
+                    // A table deleted by hand is loaded again, whole.
+                    let have = if verify && !lb::table_exists(&ns) {
+                        info!(sandbox = %name, "restoring the LB table");
+                        None
+                    } else {
+                        have
+                    };
+                    lb::sync(&ns, &name, have, want)
+                })
+                .await
+                .ok()
+                .flatten();
+                (id, now)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for (id, now) in results {
+            if let Some(r) = self.sbs.get_mut(&id) {
+                r.lb = now;
+            }
+        }
+        self.vips = Some(vips);
+    }
+}
+
+fn take(c: Changes, rev: &mut Option<Rev>, dirty: &mut BTreeSet<Dirty>, all: &mut bool) {
+    *rev = Some(rev.map_or(c.rev, |r| r.max(c.rev)));
+    match c.dirty {
+        Some(set) => dirty.extend(set),
+        None => *all = true,
+    }
+}

@@ -1,0 +1,571 @@
+//! One sandbox, desired → realized: its namespace (created, adopted, or handed back by the
+//! keeper), an endpoint per network through the network's driver, resolv.conf and hosts, the
+//! resolver's listeners inside it, reserved host ports, and its process. `realize` compares
+//! with what it last applied and touches the kernel only for differences (a full pass also
+//! checks the kernel for drift); `teardown` removes it, the slow part in the background.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::Signal;
+use sdnet_lb::VipLb;
+use sdnet_netstack::link::Netlink;
+use sdnet_netstack::netns::{Netns, is_netns};
+use sdnet_netstack::nft;
+use sdnet_resolver::ViewSelector;
+use sdnet_resolver::model::Protocol;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{Failure, files};
+use crate::daemon::Node;
+use crate::daemon::drivers::{Links, SandboxNs};
+use crate::daemon::state::Desired;
+use crate::daemon::store::schema::{
+    self, EndpointRec, NetMode, NetworkRec, PublishRec, SandboxRec, StatusRec,
+};
+use crate::daemon::store::{Compare, Txn, TxnResult};
+use crate::daemon::supervisor::health::CheckTarget;
+use crate::daemon::supervisor::{self, Proc, SpawnSpec, Supervisor};
+
+pub struct DnsListener {
+    pub udp_port: u16,
+    pub tcp_port: u16,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for DnsListener {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What the reconciler last applied for a sandbox.
+pub struct RealSb {
+    pub name: String,
+    pub mode: NetMode,
+    pub adopted: bool,
+    pub ns: Option<Arc<Netns>>,
+    /// network → (endpoint, carries the default route, its network)
+    pub eps: BTreeMap<String, (EndpointRec, bool, Arc<NetworkRec>)>,
+    pub dns: Option<DnsListener>,
+    pub files: Option<(String, String)>,
+    pub reservations: Vec<(PublishRec, OwnedFd)>,
+    /// The VIPs programmed in its LB table (None: unknown, reload whole).
+    pub lb: Option<BTreeMap<Ipv4Addr, VipLb>>,
+    pub model: Option<sdnet_resolver::model::Sandbox>,
+    pub proc: Option<Proc>,
+}
+
+impl RealSb {
+    pub fn new(rec: &SandboxRec) -> RealSb {
+        RealSb {
+            name: rec.name.clone(),
+            mode: rec.mode,
+            adopted: rec.adopt.is_some(),
+            ns: None,
+            eps: BTreeMap::new(),
+            dns: None,
+            files: None,
+            reservations: Vec::new(),
+            lb: None,
+            model: None,
+            proc: None,
+        }
+    }
+}
+
+/// Descriptors the keeper handed back at start-up, by key (`sb/<id>/netns|udp|tcp`).
+pub type Kept = HashMap<String, OwnedFd>;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("worker thread: {e}"))?
+}
+
+fn kept_key(id: &str, what: &str) -> String {
+    format!("sb/{id}/{what}")
+}
+
+/// Makes the kernel, files, listeners and process of one sandbox match desired state.
+/// `links`: a dump of our host links when this is a full (drift-checking) pass.
+pub async fn realize(
+    node: &Node,
+    d: &Desired,
+    id: &str,
+    r: &mut RealSb,
+    links: Option<&Links>,
+    kept: Arc<std::sync::Mutex<Kept>>,
+) -> Result<()> {
+    let sb = d
+        .sandboxes
+        .get(id)
+        .ok_or_else(|| anyhow!("sandbox {id} is gone"))?
+        .rec
+        .clone();
+    let take = |what: &str| {
+        kept.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&kept_key(id, what))
+    };
+    if sb.mode == NetMode::Host {
+        write_files(node, &sb, &[], false, r, links.is_some()).await?;
+        return process(node, d, &sb, r).await;
+    }
+
+    // The namespace.
+    let path = node.cfg.netns_path(&sb.name);
+    let need_ns = match &r.ns {
+        None => true,
+        Some(_) => links.is_some() && !is_netns(&path),
+    };
+    if need_ns {
+        let from_keeper = take("netns");
+        let fresh = from_keeper.is_none() && sb.adopt.is_none();
+        let (p, adopt) = (path.clone(), sb.adopt.clone());
+        let ns = blocking(move || {
+            if is_netns(&p) {
+                return Ok(Netns::open(&p)?);
+            }
+            let ns = match (from_keeper, adopt) {
+                (Some(fd), _) => {
+                    let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                    let ns = Netns::bind(&src, &p)?;
+                    drop(fd);
+                    ns
+                }
+                (None, Some(from)) => Netns::bind(&from, &p)
+                    .with_context(|| format!("adopting namespace {}", from.display()))?,
+                (None, None) => Netns::create(&p)
+                    .with_context(|| format!("creating namespace {}", p.display()))?,
+            };
+            Ok(ns)
+        })
+        .await?;
+        let ns = Arc::new(ns);
+        {
+            let (ns, key) = (ns.clone(), kept_key(id, "netns"));
+            let keeper = node.keeper.clone();
+            blocking(move || Ok(keeper.hold(&key, ns.as_raw_fd())?)).await?;
+        }
+        if let Some(dir) = &node.cfg.netns_link_dir {
+            let link = dir.join(&sb.name);
+            if std::fs::read_link(&link).ok().as_deref() != Some(path.as_path()) {
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::remove_file(&link);
+                if let Err(e) = std::os::unix::fs::symlink(&path, &link) {
+                    warn!(link = %link.display(), "cannot link the namespace by name: {e}");
+                }
+            }
+        }
+        if fresh && r.ns.is_none() {
+            // A namespace we just made has no LB table: nothing to delete there.
+            r.lb = Some(BTreeMap::new());
+        }
+        r.ns = Some(ns);
+    }
+    let ns = r.ns.clone().ok_or_else(|| anyhow!("no namespace"))?;
+
+    // Endpoints, in attachment order; the first non-internal one carries the default route.
+    let eps: Vec<(EndpointRec, Arc<NetworkRec>)> = d
+        .endpoints_of(id)
+        .into_iter()
+        .filter_map(|e| {
+            let n = d.networks.get(e.rec.network.as_str())?;
+            Some((e.rec.as_ref().clone(), n.rec.clone()))
+        })
+        .collect();
+    let gone: Vec<String> = r
+        .eps
+        .keys()
+        .filter(|n| !eps.iter().any(|(e, _)| &e.network == *n))
+        .cloned()
+        .collect();
+    for n in gone {
+        if let Some((ep, _, net)) = r.eps.remove(&n) {
+            node.drivers
+                .get(net.driver)
+                .detach(&net, &ep)
+                .await
+                .with_context(|| format!("detaching from network {}", net.name))?;
+        }
+    }
+    let mut nl: Option<Netlink> = None;
+    let mut default_done = false;
+    for (ep, net) in &eps {
+        let default_route = !default_done && !net.internal;
+        default_done |= default_route;
+        let driver = node.drivers.get(net.driver);
+        let same = r
+            .eps
+            .get(&ep.network)
+            .is_some_and(|(e, dr, _)| e == ep && *dr == default_route);
+        let intact = links.is_none_or(|l| driver.endpoint_intact(net, ep, l));
+        if same && intact {
+            continue;
+        }
+        if nl.is_none() {
+            nl = Some(
+                Netlink::connect(&ns)
+                    .await
+                    .context("netlink in the sandbox")?,
+            );
+        }
+        let Some(nl) = nl.as_ref() else { continue };
+        driver
+            .attach(net, ep, SandboxNs { ns: &ns, nl }, default_route)
+            .await
+            .with_context(|| format!("attaching to network {}", net.name))?;
+        r.eps
+            .insert(ep.network.clone(), (ep.clone(), default_route, net.clone()));
+    }
+
+    // Files, then the resolver's listeners.
+    let dns = eps.iter().any(|(_, n)| n.dns_on());
+    let ep_refs: Vec<&EndpointRec> = eps.iter().map(|(e, _)| e).collect();
+    write_files(node, &sb, &ep_refs, dns, r, links.is_some()).await?;
+    if dns && r.dns.is_none() {
+        let (udp, tcp) = match (take("udp"), take("tcp")) {
+            (Some(u), Some(t)) => (UdpSocket::from(u), TcpListener::from(t)),
+            _ => {
+                let ns = ns.clone();
+                blocking(move || bind_dns(&ns)).await?
+            }
+        };
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        let udp_port = udp.local_addr()?.port();
+        let tcp_port = tcp.local_addr()?.port();
+        {
+            let keeper = node.keeper.clone();
+            let (u, t) = (udp.as_raw_fd(), tcp.as_raw_fd());
+            let (ku, kt) = (kept_key(id, "udp"), kept_key(id, "tcp"));
+            // The descriptors stay open: `udp`/`tcp` live until the listener tasks own them.
+            let (udp2, tcp2) = (udp.try_clone()?, tcp.try_clone()?);
+            blocking(move || {
+                keeper.hold(&ku, u)?;
+                keeper.hold(&kt, t)?;
+                drop((udp2, tcp2));
+                Ok(())
+            })
+            .await?;
+        }
+        {
+            let ns = ns.clone();
+            let text = super::firewall::dns_redirect(udp_port, tcp_port);
+            blocking(move || Ok(nft::apply(&ns, &text)?))
+                .await
+                .context("applying the DNS redirect in the sandbox")?;
+        }
+        let idx = node
+            .resolver
+            .tables
+            .view_of(id)
+            .context("sandbox has no DNS view")?;
+        let sel = ViewSelector::sandbox(idx);
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        r.dns = Some(DnsListener {
+            udp_port,
+            tcp_port,
+            tasks: vec![
+                tokio::spawn(node.resolver.clone().serve_udp(udp, sel.clone())),
+                tokio::spawn(node.resolver.clone().serve_tcp(tcp, sel)),
+            ],
+        });
+        node.live.set_dns(id, Some((udp_port, tcp_port)));
+    } else if !dns && r.dns.is_some() {
+        r.dns = None;
+        node.live.set_dns(id, None);
+        let keeper = node.keeper.clone();
+        let ns = ns.clone();
+        let key = kept_key(id, "");
+        blocking(move || {
+            let _ = keeper.drop_prefix(&format!("{key}udp"));
+            let _ = keeper.drop_prefix(&format!("{key}tcp"));
+            Ok(nft::apply(&ns, &super::firewall::delete_dns_redirect())?)
+        })
+        .await?;
+    } else if dns && links.is_some() {
+        // Drift: the redirect table deleted by hand comes back.
+        if let Some(l) = &r.dns {
+            let ns = ns.clone();
+            let text = super::firewall::dns_redirect(l.udp_port, l.tcp_port);
+            blocking(move || {
+                let tables = nft::list_tables(&ns)?;
+                if !tables.iter().any(|(f, n)| f == "ip" && n == "sdnet-dns") {
+                    info!("restoring the DNS redirect table");
+                    nft::apply(&ns, &text)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+    }
+
+    // Published host ports stay reserved while the sandbox lives.
+    let have: Vec<PublishRec> = r.reservations.iter().map(|(p, _)| *p).collect();
+    if have != sb.ports {
+        r.reservations.clear();
+        for p in &sb.ports {
+            r.reservations.push((*p, reserve(p)?));
+        }
+    }
+    process(node, d, &sb, r).await
+}
+
+async fn write_files(
+    node: &Node,
+    sb: &SandboxRec,
+    eps: &[&EndpointRec],
+    dns: bool,
+    r: &mut RealSb,
+    check: bool,
+) -> Result<()> {
+    let host = node.host_conf();
+    let want = (files::resolv_conf(&host, sb, dns), files::hosts(sb, eps));
+    let dir = node.cfg.files_dir(&sb.id);
+    if r.files.as_ref() == Some(&want) && (!check || dir.join("hosts").exists()) {
+        return Ok(());
+    }
+    let (cfg, rec, w) = (node.cfg.clone(), sb.clone(), want.clone());
+    blocking(move || files::write(&cfg, &rec, &w.0, &w.1)).await?;
+    r.files = Some(want);
+    Ok(())
+}
+
+/// The sandbox's process: started once (gated until its PID is in the store), adopted after
+/// a restart, watched until it exits; a task's health checker alongside.
+async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> Result<()> {
+    if sb.command.is_empty() {
+        return Ok(());
+    }
+    let status = d.status_of(&sb.id).cloned();
+    match &status {
+        None => {
+            let p = start(node, sb).await?;
+            r.proc = Some(p);
+        }
+        Some(st) => {
+            if let Some(pid) = st.pid {
+                let p = Proc {
+                    pid,
+                    start_ticks: st.start_ticks,
+                };
+                r.proc = Some(p);
+                if !st.exited {
+                    // Adopted after a restart, or already watched (idempotent). A process
+                    // that died meanwhile is reported at once.
+                    node.supervisor.watch(&sb.id, p);
+                }
+            }
+        }
+    }
+    let exited = status.as_ref().is_some_and(|s| s.exited);
+    let health = sb
+        .task
+        .as_ref()
+        .and_then(|t| d.services.get(t.service.as_str()))
+        .and_then(|s| s.rec.health.clone());
+    match health {
+        Some(spec) if !exited && sb.mode == NetMode::Own => node.supervisor.ensure_health(
+            CheckTarget {
+                sandbox: sb.id.clone(),
+                netns: node.cfg.netns_path(&sb.name),
+                hostname: sb.hostname.clone(),
+                files_dir: node.cfg.files_dir(&sb.id),
+            },
+            spec,
+        ),
+        _ => node.supervisor.stop_health(&sb.id),
+    }
+    Ok(())
+}
+
+async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
+    let cfg = node.cfg.clone();
+    let rec = sb.clone();
+    let spawned = blocking(move || {
+        let netns = cfg.netns_path(&rec.name);
+        let files_dir = cfg.files_dir(&rec.id);
+        let log = cfg.log_path(&rec.id);
+        let spec = SpawnSpec {
+            netns: (rec.mode == NetMode::Own).then_some(netns.as_path()),
+            hostname: &rec.hostname,
+            files_dir: &files_dir,
+            command: &rec.command,
+            env: &rec.env,
+            log: &log,
+        };
+        Ok(Supervisor::spawn(&spec)?)
+    })
+    .await;
+    let key = schema::status(&sb.id);
+    let gated = match spawned {
+        Ok(g) => g,
+        Err(e) => {
+            // Recorded, so it is not retried in a loop; the API call that asked reports it.
+            let st = StatusRec {
+                exited: true,
+                exit_code: Some(127),
+                error: Some(format!("{e:#}")),
+                finished_at: Some(supervisor::status::now()),
+                ..StatusRec::default()
+            };
+            let _ = node
+                .store
+                .txn(
+                    Txn::new()
+                        .when(Compare::Absent(key.clone()))
+                        .when(Compare::Exists(schema::sandbox(&sb.id)))
+                        .put(key, schema::encode(&st)),
+                )
+                .await;
+            return Err(Failure::BadRequest(format!("starting {:?}: {e:#}", sb.command)).into());
+        }
+    };
+    let p = gated.proc;
+    let st = StatusRec {
+        pid: Some(p.pid),
+        start_ticks: p.start_ticks,
+        started_at: Some(supervisor::status::now()),
+        ..StatusRec::default()
+    };
+    let r = node
+        .store
+        .txn(
+            Txn::new()
+                .when(Compare::Absent(key.clone()))
+                .when(Compare::Exists(schema::sandbox(&sb.id)))
+                .put(key, schema::encode(&st)),
+        )
+        .await;
+    match r {
+        Ok(TxnResult::Committed(_)) => {
+            gated.open().context("releasing the process")?;
+            node.supervisor.watch(&sb.id, p);
+            info!(sandbox = %sb.name, pid = p.pid, "process started");
+            Ok(p)
+        }
+        // Removed meanwhile, or the store failed: the gated child exits on its own.
+        Ok(TxnResult::Failed(_)) => bail!("sandbox {} was removed while starting", sb.name),
+        Err(e) => Err(anyhow!("recording the process: {e}")),
+    }
+}
+
+/// Binds the resolver's sockets on 127.0.0.11 (random ports) inside a sandbox.
+fn bind_dns(ns: &Netns) -> Result<(UdpSocket, TcpListener)> {
+    let (udp, tcp) = ns
+        .run(|| -> std::io::Result<(UdpSocket, TcpListener)> {
+            let udp = UdpSocket::bind("127.0.0.11:0")?;
+            let tcp = TcpListener::bind("127.0.0.11:0")?;
+            Ok((udp, tcp))
+        })
+        .context("entering the sandbox")?
+        .context("binding 127.0.0.11 in the sandbox")?;
+    // Thousands of sandboxes mean thousands of sockets: keep them above 1024, away from code
+    // that still uses select() (libnftables).
+    let udp = UdpSocket::from(nft::move_fd_high(udp.into()));
+    let tcp = TcpListener::from(nft::move_fd_high(tcp.into()));
+    Ok((udp, tcp))
+}
+
+/// Holds a published host port: bound, never listening, so no other program takes it, and
+/// while no target exists a TCP connection is refused (reset) instead of hanging.
+pub fn reserve(p: &PublishRec) -> Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, socket};
+    let ip = p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let addr = std::net::SocketAddr::new(ip, p.host_port);
+    let fam = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let ty = match p.protocol {
+        Protocol::Tcp => SockType::Stream,
+        Protocol::Udp => SockType::Datagram,
+    };
+    let s = socket(fam, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    bind(s.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| {
+        Failure::Conflict(format!(
+            "host port {}:{}/{} is not available: {e}",
+            ip, p.host_port, p.protocol
+        ))
+    })?;
+    Ok(nft::move_fd_high(s))
+}
+
+/// What is left of a removed sandbox after `teardown`: done in the background.
+pub struct Leftovers {
+    id: String,
+    name: String,
+    eps: Vec<(EndpointRec, Arc<NetworkRec>)>,
+}
+
+/// Removes a sandbox: out of the process table and its namespace gone now (its name already
+/// left the resolver); links, files and its log follow in `Leftovers::finish`.
+pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
+    r.dns = None;
+    node.live.set_dns(id, None);
+    node.supervisor.forget(id);
+    if let Some(p) = r.proc {
+        supervisor::signal(&p, Signal::SIGKILL);
+    }
+    let path = node.cfg.netns_path(&r.name);
+    let keeper = node.keeper.clone();
+    let (ns, adopted, mode, key) = (r.ns.take(), r.adopted, r.mode, kept_key(id, ""));
+    let res = blocking(move || {
+        let _ = keeper.drop_prefix(&key);
+        if mode == NetMode::Own {
+            if adopted && let Some(ns) = &ns {
+                // The namespace lives on with its processes: take our tables out of it.
+                let _ = nft::apply(ns, &super::firewall::delete_dns_redirect());
+                let _ = nft::apply(ns, &sdnet_lb::delete_table());
+            }
+            drop(ns);
+            // For an adopted namespace this only drops our bind mount.
+            Netns::delete(&path)?;
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = res {
+        warn!(sandbox = %r.name, "removing the namespace: {e:#}");
+    }
+    if let Some(dir) = &node.cfg.netns_link_dir {
+        let link = dir.join(&r.name);
+        if std::fs::read_link(&link).ok().as_deref() == Some(node.cfg.netns_path(&r.name).as_path())
+        {
+            let _ = std::fs::remove_file(&link);
+        }
+    }
+    Leftovers {
+        id: id.to_string(),
+        name: r.name,
+        eps: r.eps.into_values().map(|(e, _, n)| (e, n)).collect(),
+    }
+}
+
+impl Leftovers {
+    pub async fn finish(self, node: Arc<Node>) {
+        for (ep, net) in &self.eps {
+            // The pair usually went with the namespace already: "not found" is fine.
+            if let Err(e) = node.drivers.get(net.driver).detach(net, ep).await {
+                warn!(sandbox = %self.name, "removing an endpoint: {e:#}");
+            }
+        }
+        let (cfg, id, name) = (node.cfg.clone(), self.id, self.name);
+        let _ = tokio::task::spawn_blocking(move || {
+            files::remove(&cfg, &id, &name);
+            let _ = std::fs::remove_file(cfg.log_path(&id));
+        })
+        .await;
+    }
+}

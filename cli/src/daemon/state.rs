@@ -1,0 +1,462 @@
+//! The desired-state cache: every record of the store, decoded, at one revision, with the
+//! indexes the API and the reconciler look things up by. One feed task fills it — a snapshot,
+//! then the watch from the snapshot's revision, a relist when the watch cannot resume — and
+//! tells the reconciler and the service scheduler which objects changed.
+//!
+//! The maps are persistent (`imbl`), so a snapshot is one pointer copy: readers load the
+//! current `Arc<Desired>` without a lock and keep a consistent view for as long as they like
+//! (the reconciler plans a whole round on one); the feed builds the next version next to it.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use imbl::{OrdMap, OrdSet};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::daemon::store::schema::{
+    self, EndpointRec, Key, NetworkRec, SandboxRec, ServiceRec, StatusRec,
+};
+use crate::daemon::store::{Event, EventKind, KeyValue, Rev, Store, StoreError};
+
+/// A record with the revision it was last written at (for compare-and-swap).
+#[derive(Debug)]
+pub struct Entry<T> {
+    pub rec: Arc<T>,
+    pub rev: Rev,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Entry {
+            rec: self.rec.clone(),
+            rev: self.rev,
+        }
+    }
+}
+
+/// An object whose desired state changed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dirty {
+    Network(String),
+    Sandbox(String),
+    Service(String),
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct Desired {
+    pub rev: Rev,
+    pub networks: OrdMap<String, Entry<NetworkRec>>,
+    pub sandboxes: OrdMap<String, Entry<SandboxRec>>,
+    /// sandbox → network → endpoint
+    pub endpoints: OrdMap<String, OrdMap<String, Entry<EndpointRec>>>,
+    pub services: OrdMap<String, Entry<ServiceRec>>,
+    pub status: OrdMap<String, Entry<StatusRec>>,
+    /// network → address → owner
+    pub ipam: OrdMap<String, OrdMap<IpAddr, String>>,
+    /// network → sandboxes with an endpoint on it
+    members: OrdMap<String, OrdSet<String>>,
+    /// service → its task sandboxes
+    tasks: OrdMap<String, OrdSet<String>>,
+    net_names: OrdMap<String, String>,
+    sb_names: OrdMap<String, String>,
+    svc_names: OrdMap<String, String>,
+    /// Revision of the networks guard (every network create/remove bumps it).
+    pub networks_guard: Rev,
+}
+
+/// How a reference (name, ID or unique ID prefix) failed to resolve.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    NotFound,
+    Ambiguous,
+}
+
+fn by_ref<'a, T: Clone>(
+    map: &'a OrdMap<String, T>,
+    names: &OrdMap<String, String>,
+    r: &str,
+) -> Result<&'a String, Lookup> {
+    if let Some((k, _)) = map.get_key_value(r) {
+        return Ok(k);
+    }
+    if let Some(id) = names.get(r)
+        && let Some((k, _)) = map.get_key_value(id.as_str())
+    {
+        return Ok(k);
+    }
+    if r.is_empty() {
+        return Err(Lookup::NotFound);
+    }
+    let mut hits = map
+        .range(r.to_string()..)
+        .take_while(|(k, _)| k.starts_with(r));
+    match (hits.next(), hits.next()) {
+        (Some((k, _)), None) => Ok(k),
+        (None, _) => Err(Lookup::NotFound),
+        (Some(_), Some(_)) => Err(Lookup::Ambiguous),
+    }
+}
+
+impl Desired {
+    pub fn network_id(&self, r: &str) -> Result<&String, Lookup> {
+        by_ref(&self.networks, &self.net_names, r)
+    }
+    pub fn sandbox_id(&self, r: &str) -> Result<&String, Lookup> {
+        by_ref(&self.sandboxes, &self.sb_names, r)
+    }
+    pub fn service_id(&self, r: &str) -> Result<&String, Lookup> {
+        by_ref(&self.services, &self.svc_names, r)
+    }
+    pub fn network_by_name(&self, name: &str) -> Option<&Entry<NetworkRec>> {
+        self.net_names
+            .get(name)
+            .and_then(|id| self.networks.get(id.as_str()))
+    }
+    pub fn sandbox_by_name(&self, name: &str) -> Option<&Entry<SandboxRec>> {
+        self.sb_names
+            .get(name)
+            .and_then(|id| self.sandboxes.get(id.as_str()))
+    }
+    pub fn service_by_name(&self, name: &str) -> Option<&Entry<ServiceRec>> {
+        self.svc_names
+            .get(name)
+            .and_then(|id| self.services.get(id.as_str()))
+    }
+
+    /// A sandbox's endpoints in attachment order.
+    pub fn endpoints_of(&self, sandbox: &str) -> Vec<&Entry<EndpointRec>> {
+        let mut v: Vec<&Entry<EndpointRec>> = self
+            .endpoints
+            .get(sandbox)
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|e| (e.rec.order, e.rec.index));
+        v
+    }
+
+    /// Sandboxes with an endpoint on a network.
+    pub fn members(&self, net: &str) -> impl Iterator<Item = &String> {
+        self.members.get(net).into_iter().flatten()
+    }
+
+    /// The task sandboxes of a service.
+    pub fn tasks_of(&self, svc: &str) -> impl Iterator<Item = &String> {
+        self.tasks.get(svc).into_iter().flatten()
+    }
+
+    pub fn status_of(&self, sandbox: &str) -> Option<&StatusRec> {
+        self.status.get(sandbox).map(|e| e.rec.as_ref())
+    }
+
+    /// In DNS and the LB: a plain sandbox always; a task while running, healthy (or without a
+    /// health check) and not draining.
+    pub fn visible(&self, sandbox: &str) -> bool {
+        let Some(sb) = self.sandboxes.get(sandbox) else {
+            return false;
+        };
+        let Some(t) = &sb.rec.task else {
+            return true;
+        };
+        if t.draining {
+            return false;
+        }
+        let st = self.status_of(sandbox);
+        if st.is_some_and(|s| s.exited) {
+            return false;
+        }
+        match self.services.get(t.service.as_str()) {
+            Some(svc) if svc.rec.health.is_some() => st.is_some_and(|s| s.healthy && !s.unhealthy),
+            _ => true,
+        }
+    }
+
+    /// Applies one event; returns the object it changes, if any.
+    fn apply(&mut self, ev: &Event) -> Option<Dirty> {
+        let key = ev.kv.key.as_str();
+        let put = ev.kind == EventKind::Put;
+        let rev = ev.kv.mod_rev;
+        match schema::parse(key) {
+            Key::Network(id) => {
+                if let Some(old) = self.networks.remove(id) {
+                    self.net_names.remove(&old.rec.name);
+                }
+                if put && let Some(rec) = decode::<NetworkRec>(&ev.kv) {
+                    self.net_names.insert(rec.name.clone(), id.to_string());
+                    self.networks.insert(id.to_string(), entry(rec, rev));
+                }
+                Some(Dirty::Network(id.to_string()))
+            }
+            Key::Sandbox(id) => {
+                if let Some(old) = self.sandboxes.remove(id) {
+                    self.sb_names.remove(&old.rec.name);
+                    if let Some(t) = &old.rec.task
+                        && let Some(set) = self.tasks.get_mut(&t.service)
+                    {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.tasks.remove(&t.service);
+                        }
+                    }
+                }
+                if put && let Some(rec) = decode::<SandboxRec>(&ev.kv) {
+                    self.sb_names.insert(rec.name.clone(), id.to_string());
+                    if let Some(t) = &rec.task {
+                        self.tasks
+                            .entry(t.service.clone())
+                            .or_default()
+                            .insert(id.to_string());
+                    }
+                    self.sandboxes.insert(id.to_string(), entry(rec, rev));
+                }
+                Some(Dirty::Sandbox(id.to_string()))
+            }
+            Key::Endpoint { net, sandbox } => {
+                let eps = self.endpoints.entry(sandbox.to_string()).or_default();
+                eps.remove(net);
+                if put && let Some(rec) = decode::<EndpointRec>(&ev.kv) {
+                    eps.insert(net.to_string(), entry(rec, rev));
+                    self.members
+                        .entry(net.to_string())
+                        .or_default()
+                        .insert(sandbox.to_string());
+                } else {
+                    if eps.is_empty() {
+                        self.endpoints.remove(sandbox);
+                    }
+                    if let Some(m) = self.members.get_mut(net) {
+                        m.remove(sandbox);
+                        if m.is_empty() {
+                            self.members.remove(net);
+                        }
+                    }
+                }
+                Some(Dirty::Sandbox(sandbox.to_string()))
+            }
+            Key::Ipam { net, ip } => {
+                let m = self.ipam.entry(net.to_string()).or_default();
+                if put {
+                    let owner = String::from_utf8_lossy(&ev.kv.value).into_owned();
+                    m.insert(ip, owner);
+                } else {
+                    m.remove(&ip);
+                    if m.is_empty() {
+                        self.ipam.remove(net);
+                    }
+                }
+                None
+            }
+            Key::Service(id) => {
+                if let Some(old) = self.services.remove(id) {
+                    self.svc_names.remove(&old.rec.name);
+                }
+                if put && let Some(rec) = decode::<ServiceRec>(&ev.kv) {
+                    self.svc_names.insert(rec.name.clone(), id.to_string());
+                    self.services.insert(id.to_string(), entry(rec, rev));
+                }
+                Some(Dirty::Service(id.to_string()))
+            }
+            Key::Status(id) => {
+                self.status.remove(id);
+                if put && let Some(rec) = decode::<StatusRec>(&ev.kv) {
+                    self.status.insert(id.to_string(), entry(rec, rev));
+                }
+                Some(Dirty::Sandbox(id.to_string()))
+            }
+            Key::Other => {
+                if key == schema::NETWORKS_GUARD {
+                    self.networks_guard = if put { rev } else { 0 };
+                }
+                None
+            }
+        }
+    }
+}
+
+fn entry<T>(rec: T, rev: Rev) -> Entry<T> {
+    Entry {
+        rec: Arc::new(rec),
+        rev,
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match schema::decode(&kv.key, &kv.value) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            // A record this version cannot read is skipped, not fatal: it stays in the store.
+            warn!("skipping {e}");
+            None
+        }
+    }
+}
+
+/// What changed at one revision (sent to the reconciler and the scheduler).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub rev: Rev,
+    /// None: everything may have changed (start-up, relist).
+    pub dirty: Option<BTreeSet<Dirty>>,
+}
+
+pub struct StateCache {
+    current: ArcSwap<Desired>,
+    rev: watch::Sender<Rev>,
+}
+
+impl StateCache {
+    pub fn new() -> Arc<StateCache> {
+        Arc::new(StateCache {
+            current: ArcSwap::from_pointee(Desired::default()),
+            rev: watch::channel(0).0,
+        })
+    }
+
+    /// The current desired state: a consistent snapshot, kept as long as the caller likes.
+    pub fn read(&self) -> Arc<Desired> {
+        self.current.load_full()
+    }
+
+    pub fn rev(&self) -> Rev {
+        *self.rev.borrow()
+    }
+
+    /// Notified on every new revision of the cache.
+    pub fn subscribe(&self) -> watch::Receiver<Rev> {
+        self.rev.subscribe()
+    }
+
+    /// Waits until the cache has seen revision `rev`.
+    pub async fn wait_for(&self, rev: Rev) {
+        let mut rx = self.rev.subscribe();
+        let _ = rx.wait_for(|r| *r >= rev).await;
+    }
+
+    /// Replaces everything with a fresh listing.
+    fn reset(&self, items: Vec<KeyValue>, rev: Rev) {
+        let mut d = Desired::default();
+        for kv in items {
+            d.apply(&Event {
+                kind: EventKind::Put,
+                kv,
+            });
+        }
+        d.rev = rev;
+        self.current.store(Arc::new(d));
+        self.rev.send_replace(rev);
+    }
+
+    fn apply(&self, rev: Rev, events: &[Event]) -> BTreeSet<Dirty> {
+        let mut dirty = BTreeSet::new();
+        // Only the feed writes: the version it copies is the latest.
+        let mut d = Desired::clone(&self.current.load());
+        for ev in events {
+            if let Some(x) = d.apply(ev) {
+                dirty.insert(x);
+            }
+        }
+        d.rev = rev;
+        self.current.store(Arc::new(d));
+        self.rev.send_replace(rev);
+        dirty
+    }
+
+    /// Loads the store and keeps following it; every change goes to `out` (bounded: a slow
+    /// reconciler slows the feed, the watch buffers, and past that the feed relists).
+    /// Returns after the first listing is in the cache, the following runs in a task.
+    pub async fn start_feed(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        out: Vec<mpsc::Sender<Changes>>,
+    ) -> Result<(), StoreError> {
+        let (items, rev) = store.snapshot(schema::ROOT).await?;
+        self.reset(items, rev);
+        for o in &out {
+            let _ = o.send(Changes { rev, dirty: None }).await;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.feed(store, out, rev).await });
+        Ok(())
+    }
+
+    async fn feed(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        out: Vec<mpsc::Sender<Changes>>,
+        mut rev: Rev,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut w = match store.watch(schema::ROOT, rev + 1).await {
+                Ok(w) => w,
+                Err(StoreError::Compacted { .. }) => {
+                    match self.relist(&store, &out).await {
+                        Ok(r) => rev = r,
+                        Err(e) => {
+                            warn!("relisting the store: {e}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!("watching the store: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                match w.next().await {
+                    Some(Ok(b)) => {
+                        rev = b.rev;
+                        let dirty = self.apply(b.rev, &b.events);
+                        for o in &out {
+                            if o.send(Changes {
+                                rev: b.rev,
+                                dirty: Some(dirty.clone()),
+                            })
+                            .await
+                            .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Err(StoreError::Compacted { .. })) => {
+                        info!("store watch fell behind: relisting");
+                        match self.relist(&store, &out).await {
+                            Ok(r) => rev = r,
+                            Err(e) => warn!("relisting the store: {e}"),
+                        }
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        warn!("store watch: {e}");
+                        break;
+                    }
+                    None => return,
+                }
+            }
+        }
+    }
+
+    async fn relist(
+        &self,
+        store: &Arc<dyn Store>,
+        out: &[mpsc::Sender<Changes>],
+    ) -> Result<Rev, StoreError> {
+        let (items, rev) = store.snapshot(schema::ROOT).await?;
+        self.reset(items, rev);
+        for o in out {
+            let _ = o.send(Changes { rev, dirty: None }).await;
+        }
+        Ok(rev)
+    }
+}

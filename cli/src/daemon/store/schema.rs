@@ -1,0 +1,439 @@
+//! The records of the store and where they live. Version 1 of the layout, all under
+//! `/sdnet/v1/`:
+//!
+//! | key | record | written by |
+//! |---|---|---|
+//! | `networks/<id>` | [`NetworkRec`] | API |
+//! | `names/networks/<name>` | network ID (unique names) | API |
+//! | `subnets/<addr>_<len>` | network ID (a subnet taken from a pool) | API |
+//! | `sandboxes/<id>` | [`SandboxRec`] | API, service scheduler |
+//! | `names/sandboxes/<name>` | sandbox ID | API, service scheduler |
+//! | `endpoints/<net>/<sandbox>` | [`EndpointRec`] | API |
+//! | `ipam/<net>/<ip>` | owner: `sandbox:<id>` or `vip:<service id>` | API |
+//! | `services/<id>` | [`ServiceRec`] | API |
+//! | `names/services/<name>` | service ID | API |
+//! | `svcnets/<net>/<service>` | empty: the service uses the network | API |
+//! | `status/<sandbox>` | [`StatusRec`]: observations of this node | supervisor |
+//! | `meta/networks` | a guard bumped by every network create/remove | API |
+//!
+//! Records are separate from the API model (`crate::api`): they change only with a new
+//! layout version. Desired state (what the user asked for) and observations (`status/`) are
+//! different keys with different writers. Facts that only make sense on this node — the
+//! namespace path, interface names — are derived from IDs and the node's configuration and
+//! never stored.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use sdnet_resolver::model::{EndpointMode, Protocol};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const ROOT: &str = "/sdnet/v1/";
+
+pub fn network(id: &str) -> String {
+    format!("{ROOT}networks/{id}")
+}
+pub fn network_name(name: &str) -> String {
+    format!("{ROOT}names/networks/{name}")
+}
+pub fn subnet(net: &IpNet) -> String {
+    format!("{ROOT}subnets/{}_{}", net.network(), net.prefix_len())
+}
+pub fn sandbox(id: &str) -> String {
+    format!("{ROOT}sandboxes/{id}")
+}
+pub fn sandbox_name(name: &str) -> String {
+    format!("{ROOT}names/sandboxes/{name}")
+}
+pub fn endpoint(net: &str, sandbox: &str) -> String {
+    format!("{ROOT}endpoints/{net}/{sandbox}")
+}
+pub fn endpoints_of(net: &str) -> String {
+    format!("{ROOT}endpoints/{net}/")
+}
+pub fn ipam(net: &str, ip: IpAddr) -> String {
+    format!("{ROOT}ipam/{net}/{ip}")
+}
+pub fn ipam_of(net: &str) -> String {
+    format!("{ROOT}ipam/{net}/")
+}
+pub fn service(id: &str) -> String {
+    format!("{ROOT}services/{id}")
+}
+pub fn service_name(name: &str) -> String {
+    format!("{ROOT}names/services/{name}")
+}
+pub fn service_net(net: &str, svc: &str) -> String {
+    format!("{ROOT}svcnets/{net}/{svc}")
+}
+pub fn service_nets_of(net: &str) -> String {
+    format!("{ROOT}svcnets/{net}/")
+}
+pub fn status(sandbox: &str) -> String {
+    format!("{ROOT}status/{sandbox}")
+}
+pub const NETWORKS_GUARD: &str = "/sdnet/v1/meta/networks";
+
+/// What a key names, parsed back (for the state cache and the reconciler).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    Network(&'a str),
+    Sandbox(&'a str),
+    Endpoint {
+        net: &'a str,
+        sandbox: &'a str,
+    },
+    Ipam {
+        net: &'a str,
+        ip: IpAddr,
+    },
+    Service(&'a str),
+    Status(&'a str),
+    /// Name indexes, subnet claims, service-network links, guards: bookkeeping only.
+    Other,
+}
+
+pub fn parse(key: &str) -> Key<'_> {
+    let Some(rest) = key.strip_prefix(ROOT) else {
+        return Key::Other;
+    };
+    let (kind, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    match kind {
+        "networks" => Key::Network(rest),
+        "sandboxes" => Key::Sandbox(rest),
+        "services" => Key::Service(rest),
+        "status" => Key::Status(rest),
+        "endpoints" => match rest.split_once('/') {
+            Some((net, sandbox)) => Key::Endpoint { net, sandbox },
+            None => Key::Other,
+        },
+        "ipam" => match rest
+            .split_once('/')
+            .and_then(|(n, ip)| Some((n, ip.parse().ok()?)))
+        {
+            Some((net, ip)) => Key::Ipam { net, ip },
+            None => Key::Other,
+        },
+        _ => Key::Other,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("record {key}: {source}")]
+pub struct DecodeError {
+    pub key: String,
+    pub source: serde_json::Error,
+}
+
+pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
+    // Records are plain data (no maps with non-string keys): serializing cannot fail.
+    serde_json::to_vec(rec).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(value).map_err(|source| DecodeError {
+        key: key.to_string(),
+        source,
+    })
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    #[default]
+    Bridge,
+    Host,
+    None,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Local,
+    Swarm,
+}
+
+/// A subnet as configured; its allocations are `ipam/` keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SubnetRec {
+    pub subnet: IpNet,
+    #[serde(default)]
+    pub ip_range: Option<IpNet>,
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    #[serde(default)]
+    pub aux: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NetworkRec {
+    pub id: String,
+    pub name: String,
+    pub driver: DriverKind,
+    #[serde(default)]
+    pub scope: Scope,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub subnets: Vec<SubnetRec>,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default)]
+    pub dns: bool,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub dns_servers: Vec<SocketAddr>,
+    #[serde(default)]
+    pub ttl: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// One of the networks every node has (bridge, host, none): cannot be removed.
+    #[serde(default)]
+    pub predefined: bool,
+}
+
+impl NetworkRec {
+    /// The embedded DNS serves this network.
+    pub fn dns_on(&self) -> bool {
+        self.dns && self.driver == DriverKind::Bridge
+    }
+    pub fn v4(&self) -> Option<&SubnetRec> {
+        self.subnets
+            .iter()
+            .find(|s| matches!(s.subnet, IpNet::V4(_)))
+    }
+    pub fn v6(&self) -> Option<&SubnetRec> {
+        self.subnets
+            .iter()
+            .find(|s| matches!(s.subnet, IpNet::V6(_)))
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PublishRec {
+    #[serde(default)]
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl PublishRec {
+    /// Same host binding (address, port, protocol): two of them cannot coexist.
+    pub fn same_binding(&self, b: &PublishRec) -> bool {
+        self.host_port == b.host_port
+            && self.protocol == b.protocol
+            && match (self.host_ip, b.host_ip) {
+                (None, _) | (_, None) => true,
+                (Some(x), Some(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
+            }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Its own namespace with endpoints (or none).
+    #[default]
+    Own,
+    /// Shares the daemon's namespace (`--network host`).
+    Host,
+}
+
+/// A sandbox that is a task of a service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskRef {
+    pub service: String,
+    pub slot: u32,
+    /// The service version the task runs (a newer one rolls it over).
+    pub version: u64,
+    /// Being stopped: out of DNS and the LB, removed after the drain delay.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SandboxRec {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub created: u64,
+    #[serde(default)]
+    pub mode: NetMode,
+    /// Adopt this existing namespace (`--netns`) instead of creating one; never deleted.
+    #[serde(default)]
+    pub adopt: Option<PathBuf>,
+    #[serde(default)]
+    pub ports: Vec<PublishRec>,
+    #[serde(default)]
+    pub dns: Vec<SocketAddr>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub auto_remove: bool,
+    #[serde(default)]
+    pub task: Option<TaskRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndpointRec {
+    pub network: String,
+    pub sandbox: String,
+    /// The interface inside the sandbox is `eth<index>`.
+    pub index: u32,
+    /// Attachment order: the first shared network answers plain names.
+    pub order: u64,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    pub mac: [u8; 6],
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HealthRec {
+    pub cmd: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Any,
+    OnFailure,
+    None,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceNetRec {
+    pub network: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub vip: Option<Ipv4Addr>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredPortRec {
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRec {
+    pub id: String,
+    pub name: String,
+    pub created: u64,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub replicas: u32,
+    pub mode: EndpointMode,
+    pub networks: Vec<ServiceNetRec>,
+    #[serde(default)]
+    pub ports: Vec<DeclaredPortRec>,
+    #[serde(default)]
+    pub publish: Vec<PublishRec>,
+    #[serde(default)]
+    pub health: Option<HealthRec>,
+    #[serde(default)]
+    pub restart: Restart,
+    pub drain_ms: u64,
+    /// Bumped by updates that need new tasks.
+    pub version: u64,
+}
+
+/// What this node observed about a sandbox's process and health.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct StatusRec {
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22): tells our process from
+    /// a later one that reused the PID.
+    #[serde(default)]
+    pub start_ticks: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub exited: bool,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Passed its health check since it last failed it.
+    #[serde(default)]
+    pub healthy: bool,
+    /// Failed its check `retries` times in a row.
+    #[serde(default)]
+    pub unhealthy: bool,
+    /// The process could not be started: why.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A stable 64-bit hash (FNV-1a) of parts, for names derived from IDs. Unlike std's
+/// `DefaultHasher` it never changes between builds, Rust releases or nodes.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_back() {
+        assert_eq!(parse(&network("n1")), Key::Network("n1"));
+        assert_eq!(
+            parse(&endpoint("n1", "s1")),
+            Key::Endpoint {
+                net: "n1",
+                sandbox: "s1"
+            }
+        );
+        let ip: IpAddr = "fd00::5".parse().unwrap();
+        assert_eq!(parse(&ipam("n1", ip)), Key::Ipam { net: "n1", ip });
+        assert_eq!(parse(&status("s1")), Key::Status("s1"));
+        assert_eq!(parse(&sandbox_name("x")), Key::Other);
+        assert_eq!(parse("/elsewhere/x"), Key::Other);
+        assert_eq!(
+            subnet(&"10.1.0.0/16".parse().unwrap()),
+            "/sdnet/v1/subnets/10.1.0.0_16"
+        );
+    }
+
+    #[test]
+    fn stable_hash_is_stable() {
+        // Fixed values: a change here renames every veth of every running sandbox.
+        assert_eq!(stable_hash(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(&["a", "b"]), stable_hash(&["a", "b"]));
+        assert_ne!(stable_hash(&["ab", ""]), stable_hash(&["a", "b"]));
+        assert_eq!(stable_hash(&["sandbox", "network"]), 0x3b4a_2220_821b_4bba);
+    }
+}
