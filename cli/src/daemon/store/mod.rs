@@ -14,6 +14,7 @@
 //! - A key put with a lease is deleted (an event like any other) when the lease expires or is
 //!   revoked.
 
+mod migrate;
 pub mod redb;
 pub mod schema;
 

@@ -127,14 +127,29 @@ impl RedbStore {
             }),
             next_lease: Mutex::new(max_lease.max(now_ms() as i64)),
         });
+        if let Some(txn) = super::migrate::plan(&inner.db)? {
+            // Committed in one transaction; a crash before the old tables are dropped only
+            // means they are dropped next time.
+            if inner.snapshot(super::schema::ROOT)?.0.is_empty() {
+                inner.txn(&txn)?;
+            }
+            super::migrate::drop_old(&inner.db)?;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&inner);
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    let r = tokio::task::spawn_blocking(move || inner.expire_leases()).await;
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    let w = weak.clone();
+                    let r = tokio::task::spawn_blocking(move || match w.upgrade() {
+                        Some(inner) => inner.expire_leases(),
+                        None => Ok(()),
+                    })
+                    .await;
                     if let Ok(Err(e)) = r {
                         warn!("expiring leases: {e}");
                     }
