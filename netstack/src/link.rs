@@ -93,11 +93,19 @@ impl Netlink {
     pub async fn connect(ns: &Netns) -> Result<Netlink> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Invalid("Netlink::connect needs a tokio runtime".into()))?;
+        Self::connect_on(ns, rt)
+    }
+
+    /// Like [`Netlink::connect`], but drives the connection on runtime `rt`. The kernel does
+    /// a request's work inside the sender's `sendmsg` (creating a veth can wait for an RCU
+    /// grace period: milliseconds, seconds on a loaded machine), so a daemon keeps its
+    /// netlink I/O on a runtime of its own, away from the workers that answer its API.
+    pub fn connect_on(ns: &Netns, rt: tokio::runtime::Handle) -> Result<Netlink> {
         let handle = ns.run(move || {
             // new_connection registers the socket with the runtime's reactor.
             let _guard = rt.enter();
             let (conn, handle, _) = rtnetlink::new_connection()?;
-            tokio::spawn(conn);
+            rt.spawn(conn);
             Ok::<_, std::io::Error>(handle)
         })?;
         let handle = handle.map_err(Error::io("opening a netlink socket"))?;

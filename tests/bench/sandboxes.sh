@@ -142,6 +142,10 @@ med=$(grep -oE 'median_ms=[0-9.]+' "$OUT/sdnet-create.txt" | head -1 | cut -d= -
 p99=$(grep -oE 'p99_ms=[0-9.]+' "$OUT/sdnet-create.txt" | head -1 | cut -d= -f2)
 wall=$(grep -oE 'create_wall_s=[0-9.]+' "$OUT/sdnet-create.txt" | cut -d= -f2)
 ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create.txt" | cut -d= -f2)
+field() { grep "^$1 " "$OUT/sdnet-create.txt" | grep -oE "$2=[0-9.]+" | cut -d= -f2; }
+rm_med=$(field remove median_ms) rm_p99=$(field remove p99_ms)
+ps_p99=$(field ps_under_load p99_ms) ps_med=$(field ps_under_load median_ms)
+cc_med=$(grep '^create_[0-9]*_clients ' "$OUT/sdnet-create.txt" | grep -oE 'median_ms=[0-9.]+' | cut -d= -f2)
 {
   echo "# sandboxes benchmark — $(date -u +%F) — $(uname -r) — $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) — sdctl $(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
   echo
@@ -150,6 +154,8 @@ ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create.txt" | cut -d=
   ratio() { [ -n "$2" ] && awk "BEGIN{printf \" (%.2f×)\", $1 / $2}"; }
   echo "| create + attach + DNS ready, median (ms) | $med | ≤ 10 | netavark setup + aardvark ready: ${NV_MED:-n/a}$(ratio "$med" "$NV_MED"); ip-batch floor (netns add + attach, no DNS): ${FLOOR:-n/a} |"
   echo "| same, p99 (ms) | $p99 | ≤ 50 | netavark: ${NV_P99:-n/a}$(ratio "$p99" "$NV_P99") |"
+  echo "| rm, median / p99 (ms) | $rm_med / $rm_p99 | ≤ 10 (median) | |"
+  echo "| \`ps\` (GET /v1/sandboxes) while 4 clients create: median / p99 (ms) | ${ps_med:-n/a} / ${ps_p99:-n/a} | p99 ≤ 20 | creates meanwhile: median ${cc_med:-n/a} ms |"
   echo "| $N sandboxes, wall (s) | $wall | ≤ 20 (1,000) | |"
   echo "| name answers when the call returns | $ready | all | netavark: often not (research/netavark-timing.md) |"
   echo "| daemon RSS per idle sandbox (bytes) | $RSS_PER (peak while creating: $RSS_PEAK_PER) | ≤ 32768 | |"

@@ -4,7 +4,10 @@
 //! sandbox-bench SOCKET NETWORK COUNT PROBE_NETNS PREFIX
 //! Prints one line per phase: `create` and `remove` latency stats (ms) and DNS readiness.
 //! With `SB_IDLE_SECS=N` it leaves the sandboxes idle for N seconds between the phases (the
-//! benchmark reads the daemon's idle RSS then).
+//! benchmark reads the daemon's idle RSS then). Then reads under load: `SB_WRITERS` clients
+//! (default 4) create and remove `SB_WRITES` sandboxes each (default 100) at once while
+//! another client lists sandboxes (`GET /v1/sandboxes`, what `sdctl ps` asks) in a loop:
+//! `ps_under_load` is that list call's latency.
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
@@ -115,6 +118,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     std::thread::sleep(Duration::from_secs(idle.min(600)));
+    reads_under_load(socket, network, prefix);
     let mut remove = Vec::with_capacity(count);
     for i in 0..count {
         let t = Instant::now();
@@ -124,4 +128,69 @@ fn main() {
         remove.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     stats("remove", remove);
+}
+
+/// Reads while several clients write (with the COUNT sandboxes of the first phase present).
+fn reads_under_load(socket: &str, network: &str, prefix: &str) {
+    let writers: usize = std::env::var("SB_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let writes: usize = std::env::var("SB_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    if writers == 0 || writes == 0 {
+        return;
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (socket, done) = (socket.to_string(), done.clone());
+        std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && lat.len() < 1_000_000 {
+                let t = Instant::now();
+                let (s, b) = request(&socket, "GET", "/v1/sandboxes", "").expect("list");
+                assert_eq!(s, 200, "{b}");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        })
+    };
+    let mut handles = Vec::new();
+    for w in 0..writers {
+        let (socket, network, prefix) =
+            (socket.to_string(), network.to_string(), prefix.to_string());
+        handles.push(std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            for i in 0..writes {
+                let name = format!("{prefix}w{w}x{i}");
+                let body =
+                    format!("{{\"name\":\"{name}\",\"networks\":[{{\"network\":\"{network}\"}}]}}");
+                let t = Instant::now();
+                let (s, b) = request(&socket, "POST", "/v1/sandboxes", &body).expect("create");
+                assert_eq!(s, 200, "{b}");
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            for i in 0..writes {
+                let (s, b) = request(
+                    &socket,
+                    "DELETE",
+                    &format!("/v1/sandboxes/{prefix}w{w}x{i}"),
+                    "",
+                )
+                .expect("delete");
+                assert_eq!(s, 200, "{b}");
+            }
+            lat
+        }));
+    }
+    let mut concurrent = Vec::new();
+    for h in handles {
+        concurrent.extend(h.join().expect("writer"));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("reader");
+    stats(&format!("create_{writers}_clients"), concurrent);
+    stats("ps_under_load", reads);
 }

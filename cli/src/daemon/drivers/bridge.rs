@@ -2,7 +2,7 @@
 //! the gateway addresses on it), one veth pair per endpoint (`sdv<hash>` on the bridge,
 //! `ethN` in the sandbox with its MAC, addresses and routes).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -151,14 +151,11 @@ impl NetworkDriver for BridgeDriver {
                     .context("default IPv6 route")?;
             }
         }
-        if let Some(ip) = ep.ipv4
-            && let Ok(ns) = sb.ns.try_clone()
-        {
-            // Neighbours may hold a stale MAC for a reused address. The announcement is
-            // flooded to every port of the bridge (O(sandboxes) work in the kernel) and gates
-            // nothing the caller waits for, so it goes out in the background.
-            announce(ns, ifname, ip);
-        }
+        // No unsolicited ARP: the MAC is derived from the IPv4 address (02:42:<ip>), so a
+        // neighbour that cached a reused address cached the same MAC, and the bridge forgot the
+        // old port's entries when that port was deleted. (Each announcement cost a packet
+        // socket whose close waits for an RCU grace period: after a burst of creations and
+        // removals those grace periods queued behind the kernel's namespace clean-up.)
         Ok(())
     }
 
@@ -182,25 +179,4 @@ impl NetworkDriver for BridgeDriver {
             .get(&veth_name(&ep.sandbox, &ep.network))
             .is_some_and(|l| l.up && l.master == Some(bridge.index))
     }
-}
-
-/// Sends unsolicited ARP from one background thread (bursts of sandbox creations must not
-/// grow the blocking thread pool).
-fn announce(ns: Netns, ifname: String, ip: Ipv4Addr) {
-    use std::sync::OnceLock;
-    use std::sync::mpsc::{self, Sender};
-    type Job = (Netns, String, Ipv4Addr);
-    static TX: OnceLock<Sender<Job>> = OnceLock::new();
-    let tx = TX.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let _ = std::thread::Builder::new()
-            .name("arp-announce".into())
-            .spawn(move || {
-                while let Ok((ns, ifname, ip)) = rx.recv() {
-                    let _ = sdnet_netstack::link::send_gratuitous_arp(&ns, &ifname, ip);
-                }
-            });
-        tx
-    });
-    let _ = tx.send((ns, ifname, ip));
 }

@@ -17,6 +17,30 @@ use sdnet_netstack::nft;
 use crate::daemon::config::our_link;
 use crate::daemon::store::schema::{DriverKind, EndpointRec, NetworkRec};
 
+/// The runtime that drives every netlink connection of the daemon. The kernel does a
+/// request's work inside `sendmsg` (a veth waits for an RCU grace period there), so netlink
+/// I/O stays off the workers that answer the API and serve DNS.
+pub fn netlink_runtime() -> Result<tokio::runtime::Handle> {
+    use std::sync::OnceLock;
+    static RT: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("netlink")
+            .enable_all()
+            .build()
+    });
+    match rt {
+        Ok(rt) => Ok(rt.handle().clone()),
+        Err(e) => Err(anyhow::anyhow!("starting the netlink runtime: {e}")),
+    }
+}
+
+/// Connects netlink inside a namespace, driven by [`netlink_runtime`].
+pub fn netlink(ns: &Netns) -> Result<Netlink> {
+    Ok(Netlink::connect_on(ns, netlink_runtime()?)?)
+}
+
 /// The daemon's own ("host") namespace: bridges, veth host ends, the firewall table.
 pub struct Host {
     pub ns: Netns,
@@ -26,9 +50,7 @@ pub struct Host {
 impl Host {
     pub async fn open() -> Result<Host> {
         let ns = Netns::current().context("opening the daemon's network namespace")?;
-        let nl = Netlink::connect(&ns)
-            .await
-            .context("connecting to netlink")?;
+        let nl = netlink(&ns).context("connecting to netlink")?;
         Ok(Host { ns, nl })
     }
 

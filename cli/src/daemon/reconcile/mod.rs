@@ -32,7 +32,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use sdnet_resolver::Change;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::daemon::Node;
@@ -42,7 +41,7 @@ use crate::daemon::store::schema::{NetworkRec, PublishRec, ServiceRec};
 use sandbox::{Kept, RealSb};
 
 /// How many sandboxes are realized at once.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 1;
 
 /// Why an object could not be applied: the request's fault (a command that does not exist,
 /// a host port taken by another program) or ours.
@@ -150,7 +149,7 @@ pub struct Reconciler {
     svc_models: HashMap<String, sdnet_resolver::model::Service>,
     firewall: Option<String>,
     vips: Option<lb::VipMap>,
-    background: JoinSet<()>,
+    cleaner: sandbox::Cleaner,
     kept: Arc<Mutex<Kept>>,
 }
 
@@ -166,7 +165,7 @@ impl Reconciler {
             svc_models: HashMap::new(),
             firewall: None,
             vips: None,
-            background: JoinSet::new(),
+            cleaner: sandbox::Cleaner::start(),
             kept: Arc::new(Mutex::new(kept)),
         }
     }
@@ -187,7 +186,6 @@ impl Reconciler {
                     None => return,
                 },
                 _ = tick.tick() => { all = true; full = true; }
-                Some(_) = self.background.join_next(), if !self.background.is_empty() => continue,
             }
             // Everything already queued joins this round.
             while let Ok(c) = rx.try_recv() {
@@ -289,9 +287,7 @@ impl Reconciler {
                 }
                 (None, Some(r)) => {
                     let left = sandbox::teardown(&self.node, id, r).await;
-                    let node = self.node.clone();
-                    self.background
-                        .spawn(async move { left.finish(node).await });
+                    self.cleaner.push(self.node.clone(), left);
                     self.node.progress.forget(&Dirty::Sandbox(id.clone()));
                     info!(sandbox = %id, "sandbox removed");
                 }
@@ -334,7 +330,7 @@ impl Reconciler {
             }
             if let Some(n) = self.nets.remove(id) {
                 // A barrier: the links of removed sandboxes go before their bridge.
-                while self.background.join_next().await.is_some() {}
+                self.cleaner.barrier().await;
                 if let Err(e) = self.node.drivers.get(n.driver).remove_network(&n).await {
                     warn!(network = %n.name, "{e:#}");
                 }

@@ -84,6 +84,38 @@ impl RealSb {
 /// Descriptors the keeper handed back at start-up, by key (`sb/<id>/netns|udp|tcp`).
 pub type Kept = HashMap<String, OwnedFd>;
 
+/// Time spent per step of one realization, logged when it was slow.
+struct Steps {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    marks: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let now = std::time::Instant::now();
+        Steps {
+            start: now,
+            last: now,
+            marks: Vec::new(),
+        }
+    }
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks
+            .push((step, (now - self.last).as_secs_f64() * 1000.0));
+        self.last = now;
+    }
+    fn report(&self, name: &str) {
+        let total = self.start.elapsed().as_secs_f64() * 1000.0;
+        if total > 100.0 {
+            warn!(sandbox = %name, total_ms = total, steps = ?self.marks, "slow sandbox realization");
+        } else {
+            tracing::debug!(sandbox = %name, total_ms = total, steps = ?self.marks, "realized");
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -110,14 +142,31 @@ pub async fn realize(
         .ok_or_else(|| anyhow!("sandbox {id} is gone"))?
         .rec
         .clone();
+    let mut steps = Steps::new();
+    let r_out = realize_inner(node, d, id, &sb, r, links, kept, &mut steps).await;
+    steps.report(&sb.name);
+    r_out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn realize_inner(
+    node: &Node,
+    d: &Desired,
+    id: &str,
+    sb: &SandboxRec,
+    r: &mut RealSb,
+    links: Option<&Links>,
+    kept: Arc<std::sync::Mutex<Kept>>,
+    steps: &mut Steps,
+) -> Result<()> {
     let take = |what: &str| {
         kept.lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&kept_key(id, what))
     };
     if sb.mode == NetMode::Host {
-        write_files(node, &sb, &[], false, r, links.is_some()).await?;
-        return process(node, d, &sb, r).await;
+        write_files(node, sb, &[], false, r, links.is_some()).await?;
+        return process(node, d, sb, r).await;
     }
 
     // The namespace.
@@ -170,6 +219,7 @@ pub async fn realize(
             r.lb = Some(BTreeMap::new());
         }
         r.ns = Some(ns);
+        steps.mark("namespace");
     }
     let ns = r.ns.clone().ok_or_else(|| anyhow!("no namespace"))?;
 
@@ -212,8 +262,9 @@ pub async fn realize(
             continue;
         }
         if nl.is_none() {
+            let ns = ns.clone();
             nl = Some(
-                Netlink::connect(&ns)
+                blocking(move || crate::daemon::drivers::netlink(&ns))
                     .await
                     .context("netlink in the sandbox")?,
             );
@@ -225,12 +276,14 @@ pub async fn realize(
             .with_context(|| format!("attaching to network {}", net.name))?;
         r.eps
             .insert(ep.network.clone(), (ep.clone(), default_route, net.clone()));
+        steps.mark("endpoint");
     }
 
     // Files, then the resolver's listeners.
     let dns = eps.iter().any(|(_, n)| n.dns_on());
     let ep_refs: Vec<&EndpointRec> = eps.iter().map(|(e, _)| e).collect();
-    write_files(node, &sb, &ep_refs, dns, r, links.is_some()).await?;
+    write_files(node, sb, &ep_refs, dns, r, links.is_some()).await?;
+    steps.mark("files");
     if dns && r.dns.is_none() {
         let (udp, tcp) = match (take("udp"), take("tcp")) {
             (Some(u), Some(t)) => (UdpSocket::from(u), TcpListener::from(t)),
@@ -281,6 +334,7 @@ pub async fn realize(
             ],
         });
         node.live.set_dns(id, Some((udp_port, tcp_port)));
+        steps.mark("dns");
     } else if !dns && r.dns.is_some() {
         r.dns = None;
         node.live.set_dns(id, None);
@@ -318,7 +372,9 @@ pub async fn realize(
             r.reservations.push((*p, reserve(p)?));
         }
     }
-    process(node, d, &sb, r).await
+    let p = process(node, d, sb, r).await;
+    steps.mark("process");
+    p
 }
 
 async fn write_files(
@@ -507,6 +563,50 @@ pub struct Leftovers {
     id: String,
     name: String,
     eps: Vec<(EndpointRec, Arc<NetworkRec>)>,
+    /// The namespace, held until its links are deleted: a namespace that dies with its veth
+    /// pairs in it makes the kernel's clean-up hold the RTNL lock for all of them at once,
+    /// which stalls every other link change (seconds, after a burst of removals).
+    ns: Option<Arc<Netns>>,
+}
+
+enum CleanJob {
+    Left(Arc<Node>, Leftovers),
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// One background worker for removed sandboxes' leftovers, one sandbox at a time: link
+/// deletions are paced instead of piling onto the kernel's lock together.
+pub struct Cleaner {
+    tx: tokio::sync::mpsc::UnboundedSender<CleanJob>,
+}
+
+impl Cleaner {
+    pub fn start() -> Cleaner {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                match job {
+                    CleanJob::Left(node, left) => left.finish(node).await,
+                    CleanJob::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Cleaner { tx }
+    }
+
+    pub fn push(&self, node: Arc<Node>, left: Leftovers) {
+        let _ = self.tx.send(CleanJob::Left(node, left));
+    }
+
+    /// Waits until everything pushed so far is done.
+    pub async fn barrier(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(CleanJob::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
 }
 
 /// Removes a sandbox: out of the process table and its namespace gone now (its name already
@@ -521,6 +621,7 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
     let path = node.cfg.netns_path(&r.name);
     let keeper = node.keeper.clone();
     let (ns, adopted, mode, key) = (r.ns.take(), r.adopted, r.mode, kept_key(id, ""));
+    let held = ns.clone();
     let res = blocking(move || {
         let _ = keeper.drop_prefix(&key);
         if mode == NetMode::Own {
@@ -529,7 +630,6 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
                 let _ = nft::apply(ns, &super::firewall::delete_dns_redirect());
                 let _ = nft::apply(ns, &sdnet_lb::delete_table());
             }
-            drop(ns);
             // For an adopted namespace this only drops our bind mount.
             Netns::delete(&path)?;
         }
@@ -550,17 +650,19 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
         id: id.to_string(),
         name: r.name,
         eps: r.eps.into_values().map(|(e, _, n)| (e, n)).collect(),
+        ns: held,
     }
 }
 
 impl Leftovers {
     pub async fn finish(self, node: Arc<Node>) {
         for (ep, net) in &self.eps {
-            // The pair usually went with the namespace already: "not found" is fine.
             if let Err(e) = node.drivers.get(net.driver).detach(net, ep).await {
                 warn!(sandbox = %self.name, "removing an endpoint: {e:#}");
             }
         }
+        // Now the namespace may go (with nothing but lo left in it).
+        drop(self.ns);
         let (cfg, id, name) = (node.cfg.clone(), self.id, self.name);
         let _ = tokio::task::spawn_blocking(move || {
             files::remove(&cfg, &id, &name);
