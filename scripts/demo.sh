@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 need=()
-for pair in dig:bind9-dnsutils nft:nftables ip:iproute2 ping:iputils-ping; do
+# (socat and curl: the README's walkthrough after the demo uses them)
+for pair in dig:bind9-dnsutils nft:nftables ip:iproute2 ping:iputils-ping socat:socat curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

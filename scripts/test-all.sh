@@ -14,7 +14,7 @@ fi
 # command:package pairs; install only what is missing, so a prepared machine needs no network.
 need=()
 for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq nft:nftables ip:iproute2 \
-            ping:iputils-ping socat:socat busybox:busybox-static nsenter:util-linux \
+            ping:iputils-ping socat:socat curl:curl busybox:busybox-static nsenter:util-linux \
             unshare:util-linux conntrack:conntrack dnsperf:dnsperf; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
