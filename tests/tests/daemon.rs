@@ -1017,3 +1017,42 @@ fn docker_habits_version_prune_ps_status_and_times() {
     d.ok(&["services", "rm", "s"]);
     d.ok(&["rm", "-f", "a1", "up1", "ex3"]);
 }
+
+/// The keeper, killed while the daemon runs, is started again and given back every sandbox's
+/// namespace and sockets, so a daemon restart after that still finds the same namespaces.
+#[test]
+fn a_killed_keeper_is_restarted_and_refilled() {
+    let mut d = Daemon::start_with("dkeep", &["--resync-interval", "1s"]);
+    d.ok(&["network", "create", "--subnet", "10.83.0.0/24", "n"]);
+    d.ok(&["run", "-d", "--name", "a", "--network", "n"]);
+    d.ok(&["run", "-d", "--name", "b", "--network", "n"]);
+    let ns_of = |d: &Daemon, s: &str| d.exec_ok(s, &["readlink", "/proc/self/ns/net"]);
+    let before = (ns_of(&d, "a"), ns_of(&d, "b"));
+    let pid_file = d.dir.path().join("run").join("keeper.pid");
+    let keeper_pid = || -> Option<u32> {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let old = keeper_pid().expect("the keeper's pid file");
+    // SAFETY: the keeper is a process of the daemon this test started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    // The next resync notices, starts a new keeper and hands it everything again.
+    let new = wait_for(Duration::from_secs(15), || {
+        keeper_pid().filter(|p| *p != old && Path::new(&format!("/proc/{p}")).exists())
+    });
+    assert!(new.is_some(), "no new keeper:\n{}", d.log());
+    let refilled = wait_for(Duration::from_secs(15), || {
+        d.log()
+            .contains("handed the keeper what it had lost")
+            .then_some(())
+    });
+    assert!(refilled.is_some(), "{}", d.log());
+    d.kill9_and_restart();
+    assert_eq!((ns_of(&d, "a"), ns_of(&d, "b")), before);
+    assert_eq!(d.dig("a", &["b"]).data("A"), [d.ip("b", "n")]);
+    d.ok(&["rm", "-f", "a", "b"]);
+}

@@ -11,7 +11,8 @@
 //!
 //! Protocol: one `SOCK_SEQPACKET` message per request on `<run-dir>/keeper.sock`:
 //! `HOLD <key>` + one descriptor → `OK`; `DROP <prefix>` → `OK <n>`; `LIST <prefix>` → one
-//! `ITEM <key>` message with its descriptor per entry, then `END`; `PING` → `PONG <pid>`;
+//! `ITEM <key>` message with its descriptor per entry, then `END`; `KEYS <prefix>` → the keys
+//! only (newline-separated, several messages), then `END`; `PING` → `PONG <pid>`;
 //! `QUIT` → `OK`, and the keeper exits (closing everything it held). With no client connected
 //! and nothing held, it exits by itself.
 
@@ -227,6 +228,28 @@ fn client(conn: &OwnedFd, held: &Mutex<Held>) -> Result<bool> {
                 }
                 send(c, "END", None)?;
             }
+            "KEYS" => {
+                let keys: Vec<String> = {
+                    let h = held.lock().unwrap_or_else(|p| p.into_inner());
+                    h.fds
+                        .range(arg.to_string()..)
+                        .take_while(|(k, _)| k.starts_with(arg))
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                };
+                // Several keys per message, within its size.
+                let mut msg = String::from("KEYS");
+                for k in keys {
+                    if msg.len() + k.len() + 1 > MAX_MSG - 16 {
+                        send(c, &msg, None)?;
+                        msg = String::from("KEYS");
+                    }
+                    msg.push('\n');
+                    msg.push_str(&k);
+                }
+                send(c, &msg, None)?;
+                send(c, "END", None)?;
+            }
             "PING" => send(c, &format!("PONG {}", std::process::id()), None)?,
             "QUIT" => {
                 send(c, "OK", None)?;
@@ -355,6 +378,28 @@ impl Keeper {
         })
     }
 
+    /// The keys held under `prefix` (without their descriptors).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.call(|c| {
+            send(c, &format!("KEYS {prefix}"), None)?;
+            let mut out = Vec::new();
+            loop {
+                match recv(c)? {
+                    Some((t, _)) if t == "END" => return Ok(out),
+                    Some((t, _)) if t.starts_with("KEYS") => {
+                        out.extend(t.lines().skip(1).map(str::to_string));
+                    }
+                    other => {
+                        return Err(KeeperError::Protocol(format!(
+                            "{:?}",
+                            other.map(|(t, _)| t)
+                        )));
+                    }
+                }
+            }
+        })
+    }
+
     /// Ends the keeper: everything it held is closed.
     pub fn quit(&self) -> Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +458,9 @@ mod tests {
         send(c, "LIST sb/1/", None).unwrap();
         let (t, fds) = recv(c).unwrap().unwrap();
         assert_eq!((t.as_str(), fds.len()), ("ITEM sb/1/netns", 1));
+        assert_eq!(recv(c).unwrap().unwrap().0, "END");
+        send(c, "KEYS sb/", None).unwrap();
+        assert_eq!(recv(c).unwrap().unwrap().0, "KEYS\nsb/1/netns\nsb/2/netns");
         assert_eq!(recv(c).unwrap().unwrap().0, "END");
         send(c, "DROP sb/1/", None).unwrap();
         assert_eq!(recv(c).unwrap().unwrap().0, "OK 1");

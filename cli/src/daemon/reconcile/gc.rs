@@ -67,8 +67,8 @@ pub async fn collect(node: &Arc<Node>, d: &Desired, kept: &Mutex<Kept>) {
             let _ = keeper.drop_prefix(&key);
         }
         // And what it holds beyond what it handed back at start.
-        if let Ok(items) = keeper.list("sb/") {
-            for (key, _) in items {
+        if let Ok(keys) = keeper.keys("sb/") {
+            for key in keys {
                 if let Some(id) = key.split('/').nth(1)
                     && !known_owned.contains(id)
                 {

@@ -25,7 +25,7 @@ pub mod model;
 pub mod sandbox;
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -287,7 +287,7 @@ impl Reconciler {
                 }
                 (None, Some(r)) => {
                     let left = sandbox::teardown(&self.node, id, r).await;
-                    self.cleaner.push(self.node.clone(), left);
+                    self.cleaner.push(self.node.clone(), left).await;
                     self.node.progress.forget(&Dirty::Sandbox(id.clone()));
                     info!(sandbox = %id, "sandbox removed");
                 }
@@ -356,6 +356,7 @@ impl Reconciler {
         }
         if full {
             gc::collect(&self.node, &d, &self.kept).await;
+            self.rehold().await;
         }
         debug!(
             rev = d.rev,
@@ -365,6 +366,39 @@ impl Reconciler {
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "reconciled"
         );
+    }
+
+    /// Gives the keeper again whatever it lost (it was killed, and restarted on our next call).
+    async fn rehold(&self) {
+        let mut want: Vec<(String, Arc<dyn AsRawFd + Send + Sync>)> = Vec::new();
+        for (id, r) in &self.sbs {
+            if let Some(ns) = &r.ns {
+                want.push((sandbox::kept_key(id, "netns"), ns.clone()));
+            }
+            if let Some(l) = &r.dns {
+                want.push((sandbox::kept_key(id, "udp"), l.sockets.0.clone()));
+                want.push((sandbox::kept_key(id, "tcp"), l.sockets.1.clone()));
+            }
+        }
+        let keeper = self.node.keeper.clone();
+        let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let held: std::collections::HashSet<String> = keeper.keys("sb/")?.into_iter().collect();
+            let mut n = 0;
+            for (key, fd) in want {
+                if !held.contains(&key) {
+                    keeper.hold(&key, fd.as_raw_fd())?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await;
+        match r {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(descriptors = n, "handed the keeper what it had lost"),
+            Ok(Err(e)) => warn!("keeper: {e:#}"),
+            Err(e) => warn!("keeper thread: {e}"),
+        }
     }
 
     /// One batch of name-table changes for the objects of this round.

@@ -36,6 +36,8 @@ pub struct DnsListener {
     pub udp_port: u16,
     pub tcp_port: u16,
     tasks: Vec<JoinHandle<()>>,
+    /// Copies of the sockets, to hand to the keeper again if it had to be restarted.
+    pub sockets: (Arc<OwnedFd>, Arc<OwnedFd>),
 }
 
 impl Drop for DnsListener {
@@ -122,7 +124,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| anyhow!("worker thread: {e}"))?
 }
 
-fn kept_key(id: &str, what: &str) -> String {
+pub fn kept_key(id: &str, what: &str) -> String {
     format!("sb/{id}/{what}")
 }
 
@@ -296,16 +298,17 @@ async fn realize_inner(
         tcp.set_nonblocking(true)?;
         let udp_port = udp.local_addr()?.port();
         let tcp_port = tcp.local_addr()?.port();
+        let sockets = (
+            Arc::new(OwnedFd::from(udp.try_clone()?)),
+            Arc::new(OwnedFd::from(tcp.try_clone()?)),
+        );
         {
             let keeper = node.keeper.clone();
-            let (u, t) = (udp.as_raw_fd(), tcp.as_raw_fd());
+            let (u, t) = (sockets.0.clone(), sockets.1.clone());
             let (ku, kt) = (kept_key(id, "udp"), kept_key(id, "tcp"));
-            // The descriptors stay open: `udp`/`tcp` live until the listener tasks own them.
-            let (udp2, tcp2) = (udp.try_clone()?, tcp.try_clone()?);
             blocking(move || {
-                keeper.hold(&ku, u)?;
-                keeper.hold(&kt, t)?;
-                drop((udp2, tcp2));
+                keeper.hold(&ku, u.as_raw_fd())?;
+                keeper.hold(&kt, t.as_raw_fd())?;
                 Ok(())
             })
             .await?;
@@ -328,6 +331,7 @@ async fn realize_inner(
         r.dns = Some(DnsListener {
             udp_port,
             tcp_port,
+            sockets,
             tasks: vec![
                 tokio::spawn(node.resolver.clone().serve_udp(udp, sel.clone())),
                 tokio::spawn(node.resolver.clone().serve_tcp(tcp, sel)),
@@ -363,6 +367,9 @@ async fn realize_inner(
             .await?;
         }
     }
+
+    // Sockets the keeper handed back that this sandbox no longer needs.
+    let _ = (take("udp"), take("tcp"));
 
     // Published host ports stay reserved while the sandbox lives.
     let have: Vec<PublishRec> = r.reservations.iter().map(|(p, _)| *p).collect();
@@ -577,12 +584,13 @@ enum CleanJob {
 /// One background worker for removed sandboxes' leftovers, one sandbox at a time: link
 /// deletions are paced instead of piling onto the kernel's lock together.
 pub struct Cleaner {
-    tx: tokio::sync::mpsc::UnboundedSender<CleanJob>,
+    tx: tokio::sync::mpsc::Sender<CleanJob>,
 }
 
 impl Cleaner {
     pub fn start() -> Cleaner {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: a reconciler far ahead of the kernel's clean-up waits for it.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 match job {
@@ -596,14 +604,14 @@ impl Cleaner {
         Cleaner { tx }
     }
 
-    pub fn push(&self, node: Arc<Node>, left: Leftovers) {
-        let _ = self.tx.send(CleanJob::Left(node, left));
+    pub async fn push(&self, node: Arc<Node>, left: Leftovers) {
+        let _ = self.tx.send(CleanJob::Left(node, left)).await;
     }
 
     /// Waits until everything pushed so far is done.
     pub async fn barrier(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(CleanJob::Barrier(tx)).is_ok() {
+        if self.tx.send(CleanJob::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
