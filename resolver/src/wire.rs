@@ -479,7 +479,9 @@ impl<'b> Response<'b> {
 }
 
 /// Writes a header-only error reply (FORMERR, NOTIMP) to a packet that could not be parsed as a
-/// query; the ID and opcode are echoed when present. Returns None if nothing should be sent.
+/// query; the ID and opcode are echoed when present. FORMERR echoes RD and CD; NOTIMP does not
+/// (an opcode we do not implement gives those bits no meaning: BIND clears them too).
+/// Returns None if nothing should be sent.
 pub fn error_reply(msg: &[u8], rcode: u8, out: &mut Vec<u8>) -> Option<usize> {
     if msg.len() < 4 {
         return None;
@@ -487,7 +489,12 @@ pub fn error_reply(msg: &[u8], rcode: u8, out: &mut Vec<u8>) -> Option<usize> {
     out.clear();
     out.extend_from_slice(&msg[0..2]);
     let f = u16::from_be_bytes([msg[2], msg[3]]);
-    let f = flag::QR | (f & (0x7800 | flag::RD | flag::CD)) | rcode as u16;
+    let echoed = if rcode == RCODE_NOTIMP {
+        0x7800
+    } else {
+        0x7800 | flag::RD | flag::CD
+    };
+    let f = flag::QR | (f & echoed) | rcode as u16;
     out.extend_from_slice(&f.to_be_bytes());
     out.extend_from_slice(&[0; 8]);
     Some(out.len())
@@ -604,6 +611,25 @@ mod tests {
             parse_query(&m[..m.len() - 1]).unwrap_err(),
             Reject::Rcode(RCODE_FORMERR)
         );
+    }
+
+    #[test]
+    fn notimp_clears_rd_and_cd_formerr_echoes_them() {
+        // Opcode 15 with RD and CD set (ISC genreport's `opcodeflg`).
+        let mut m = query("a", TYPE_A, None);
+        m[2] = (15 << 3) | 0x01; // opcode 15, RD
+        m[3] = 0x10; // CD
+        assert_eq!(parse_query(&m).unwrap_err(), Reject::Rcode(RCODE_NOTIMP));
+        let mut out = Vec::new();
+        assert_eq!(error_reply(&m, RCODE_NOTIMP, &mut out), Some(12));
+        let f = u16::from_be_bytes([out[2], out[3]]);
+        assert_eq!(f, flag::QR | (15 << 11) | RCODE_NOTIMP as u16, "{f:#06x}");
+        assert_eq!(&out[0..2], &m[0..2]);
+        let mut m = query("a", TYPE_A, None);
+        m[3] = 0x10;
+        error_reply(&m, RCODE_FORMERR, &mut out);
+        let f = u16::from_be_bytes([out[2], out[3]]);
+        assert_eq!(f, flag::QR | flag::RD | flag::CD | RCODE_FORMERR as u16);
     }
 
     #[test]

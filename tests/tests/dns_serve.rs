@@ -569,6 +569,25 @@ fn malformed_input_never_breaks_the_server() {
     sock.send_to(&resp, server).unwrap();
     let (n, _) = sock.recv_from(&mut buf).expect("NOTIMP reply");
     assert!(n >= 12 && buf[3] & 0xF == 4 && buf[0..2] == [0x12, 0x34]);
+    // Opcode 15 with RD and CD set: NOTIMP with RD and CD cleared (BIND does; ISC genreport's
+    // `opcodeflg` checks it), the opcode echoed.
+    resp[2] = (15 << 3) | 0x01;
+    resp[3] = 0x10;
+    sock.send_to(&resp, server).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).expect("NOTIMP reply");
+    assert!(n >= 12 && buf[3] & 0xF == 4, "{:?}", &buf[..n]);
+    assert_eq!(
+        buf[2],
+        0x80 | (15 << 3),
+        "QR and opcode only: {:#04x}",
+        buf[2]
+    );
+    assert_eq!(
+        buf[3] & 0xF0,
+        0,
+        "CD (or anything else) echoed: {:#04x}",
+        buf[3]
+    );
     // Two questions: FORMERR.
     let mut two = vec![0x55, 0x66, 0x01, 0x00, 0, 2, 0, 0, 0, 0, 0, 0];
     two.extend_from_slice(&[1, b'b', 0, 0, 1, 0, 1, 1, b'c', 0, 0, 1, 0, 1]);
