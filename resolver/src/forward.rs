@@ -1,7 +1,10 @@
 //! Forwarding of names the tables do not know: cache first, then the view's upstream servers
 //! in order, failing over on timeout, SERVFAIL and REFUSED, within one time budget shorter
-//! than a stub resolver's timeout. The query goes out as the client sent it (over the client's
-//! transport) with a fresh random ID; the reply is checked against the question and relayed.
+//! than a stub resolver's timeout. Over the client's transport, we ask the client's question
+//! with a fresh random ID and our own flags and OPT (`relay::upstream_query`); a reply is
+//! decoded and checked by hickory-proto (`relay::Answer`) before it is cached or rendered for the
+//! client. A UDP reply with TC set is asked again over TCP, so the client gets as many whole
+//! records as fit rather than none.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -13,10 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::{Instrument, debug, debug_span};
 
-use crate::cache::{Cache, patch_for_client, truncated_reply};
+use crate::cache::Cache;
+use crate::relay::{Answer, RelayError, upstream_query};
 use crate::resolvconf::HostResolvConf;
 use crate::table::{Forwarding, UpstreamSet, View};
-use crate::wire::{HEADER_LEN, Query, RCODE_REFUSED, RCODE_SERVFAIL, Response, flag, parse_query};
+use crate::wire::{Query, RCODE_REFUSED, RCODE_SERVFAIL, Response, flag, parse_query};
 
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
@@ -62,8 +66,8 @@ enum ExchangeError {
     Timeout,
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("reply does not match the query")]
-    Mismatch,
+    #[error("{0}")]
+    Reply(#[from] RelayError),
 }
 
 pub struct Forwarder {
@@ -131,7 +135,7 @@ impl Forwarder {
     }
 
     /// Forwards a query packet for `view` and returns the reply to send to the client (the
-    /// upstream's, patched to the client's ID and case; or our own SERVFAIL/REFUSED).
+    /// upstream's answer rendered for it, see `relay`; or our own SERVFAIL/REFUSED).
     pub async fn forward(&self, view: &View, packet: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = parse_query(packet).ok()?;
         let limit = if tcp {
@@ -156,14 +160,12 @@ impl Forwarder {
                 return Some(own(RCODE_REFUSED));
             }
             let _slot = Slot(view.inflight.clone());
-            match self.exchange_all(&set, packet, &q, tcp).await {
-                Some(mut resp) => {
-                    self.cache.put(set.id, &q, &resp);
-                    patch_for_client(&mut resp, &q);
-                    if resp.len() > limit {
-                        truncated_reply(&mut resp, &q, limit);
-                    }
-                    Some(resp)
+            match self.exchange_all(&set, &q, tcp).await {
+                Some(answer) => {
+                    let mut out = Vec::with_capacity(512);
+                    answer.render(&q, 0, limit, &mut out);
+                    self.cache.put(set.id, &q, answer);
+                    Some(out)
                 }
                 None => Some(own(RCODE_SERVFAIL)),
             }
@@ -173,20 +175,13 @@ impl Forwarder {
     }
 
     /// Tries each server in order within the budget; None if none gave a usable answer.
-    async fn exchange_all(
-        &self,
-        set: &UpstreamSet,
-        packet: &[u8],
-        q: &Query<'_>,
-        tcp: bool,
-    ) -> Option<Vec<u8>> {
+    async fn exchange_all(&self, set: &UpstreamSet, q: &Query<'_>, tcp: bool) -> Option<Answer> {
         let deadline = Instant::now() + self.cfg.budget;
         let n = set.servers.len();
         if n == 0 {
             debug!("no upstream servers: SERVFAIL");
             return None;
         }
-        let mut msg = packet.to_vec();
         for (i, server) in set.servers.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < Duration::from_millis(5) {
@@ -196,20 +191,15 @@ impl Forwarder {
             // Share what is left among the servers still to try, but give each a fair chance.
             let share = (remaining / (n - i) as u32).max(remaining.min(Duration::from_millis(400)));
             let id = self.random_id();
-            msg[0..2].copy_from_slice(&id.to_be_bytes());
-            let result = if tcp {
-                exchange_tcp(*server, &msg, q, share).await
-            } else {
-                exchange_udp(*server, &msg, q, share).await
-            };
-            match result {
-                Ok(resp) => {
-                    let rcode = resp[3] & 0xF;
-                    if rcode == RCODE_SERVFAIL || rcode == RCODE_REFUSED {
+            let msg = upstream_query(q, id);
+            match exchange(*server, &msg, id, q, tcp, share).await {
+                Ok(reply) => {
+                    let rcode = reply.rcode();
+                    if rcode == RCODE_SERVFAIL as u16 || rcode == RCODE_REFUSED as u16 {
                         debug!(%server, rcode, "upstream failed, trying the next");
                         continue;
                     }
-                    return Some(resp);
+                    return Some(reply);
                 }
                 Err(e) => debug!(%server, error = %e, "upstream failed, trying the next"),
             }
@@ -218,24 +208,38 @@ impl Forwarder {
     }
 }
 
-/// True if `resp` answers `msg` (ID, QR, same question up to case).
-fn matches(resp: &[u8], msg: &[u8], q: &Query<'_>) -> bool {
-    let end = HEADER_LEN + q.question.len();
-    resp.len() >= HEADER_LEN
-        && resp[0..2] == msg[0..2]
-        && resp[2] & 0x80 != 0
-        && u16::from_be_bytes([resp[4], resp[5]]) == 1
-        && resp
-            .get(HEADER_LEN..end)
-            .is_some_and(|qs| qs.eq_ignore_ascii_case(q.question))
+/// One upstream exchange over the client's transport; a truncated UDP reply is asked again
+/// over TCP (what is left of `timeout`), falling back to the truncated one.
+async fn exchange(
+    server: SocketAddr,
+    msg: &[u8],
+    id: u16,
+    q: &Query<'_>,
+    tcp: bool,
+    timeout: Duration,
+) -> Result<Answer, ExchangeError> {
+    let deadline = Instant::now() + timeout;
+    if tcp {
+        return exchange_tcp(server, msg, id, q, timeout).await;
+    }
+    let reply = exchange_udp(server, msg, id, q, timeout).await?;
+    if reply.truncated() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exchange_tcp(server, msg, id, q, left).await {
+            Ok(full) => return Ok(full),
+            Err(e) => debug!(%server, error = %e, "TCP retry of a truncated reply failed"),
+        }
+    }
+    Ok(reply)
 }
 
 async fn exchange_udp(
     server: SocketAddr,
     msg: &[u8],
+    id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Vec<u8>, ExchangeError> {
+) -> Result<Answer, ExchangeError> {
     let bind: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -250,25 +254,25 @@ async fn exchange_udp(
     let wait = async {
         loop {
             let n = sock.recv(&mut buf).await?;
-            if matches(&buf[..n], msg, q) {
-                buf.truncate(n);
-                return Ok::<_, ExchangeError>(());
+            // Datagrams without our ID (late or spoofed) are ignored; one with our ID must
+            // be a good reply, or this server has failed.
+            if buf[..n].get(0..2) == Some(&id.to_be_bytes()[..]) && n > 2 && buf[2] & 0x80 != 0 {
+                return Ok::<_, ExchangeError>(Answer::decode(&buf[..n], id, q)?);
             }
-            // Anything else (late or spoofed replies) is ignored.
         }
     };
     tokio::time::timeout(timeout, wait)
         .await
-        .map_err(|_| ExchangeError::Timeout)??;
-    Ok(buf)
+        .map_err(|_| ExchangeError::Timeout)?
 }
 
 async fn exchange_tcp(
     server: SocketAddr,
     msg: &[u8],
+    id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Vec<u8>, ExchangeError> {
+) -> Result<Answer, ExchangeError> {
     let work = async {
         let mut s = TcpStream::connect(server).await?;
         s.set_nodelay(true)?;
@@ -280,10 +284,7 @@ async fn exchange_tcp(
         s.read_exact(&mut len).await?;
         let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
         s.read_exact(&mut buf).await?;
-        if !matches(&buf, msg, q) {
-            return Err(ExchangeError::Mismatch);
-        }
-        Ok(buf)
+        Ok(Answer::decode(&buf, id, q)?)
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -27,7 +27,7 @@ pub const OUR_EDNS_PAYLOAD: u16 = 1232;
 pub const MAX_UDP_RESPONSE: usize = 4096;
 /// Classic UDP limit without EDNS.
 pub const CLASSIC_UDP_LIMIT: usize = 512;
-const OPT_RR_LEN: usize = 11;
+pub(crate) const OPT_RR_LEN: usize = 11;
 
 /// The longest presentation name we handle (255 octets on the wire).
 pub const MAX_NAME: usize = 255;

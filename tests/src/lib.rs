@@ -6,12 +6,13 @@
 //! down in `Drop`.
 
 use std::fs::File;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -417,6 +418,83 @@ pub fn silent_upstream(ns: &Ns, addr: &str) -> (UdpSocket, SocketAddr) {
     let sock = ns.udp(addr);
     let local = sock.local_addr().expect("local addr");
     (sock, local)
+}
+
+/// How a scripted upstream answers one query: its bytes and whether it came over TCP in, the
+/// reply to send out (None: no reply).
+pub type Script = dyn Fn(&[u8], bool) -> Option<Vec<u8>> + Send + Sync;
+
+/// The queries a scripted upstream got: bytes, and whether over TCP.
+type QueryLog = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
+/// A fixture upstream on UDP and TCP at one address (sockets bound inside the namespace) whose
+/// replies a test scripts, for what dnsmasq cannot be made to send: big answers truncated over
+/// UDP, EDNS options such as COOKIE and NSID, the AD bit, malformed replies. Every query it
+/// got is kept. Runs until the process ends.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    queries: QueryLog,
+}
+
+impl Scripted {
+    pub fn start(
+        ns: &Ns,
+        addr: &str,
+        script: impl Fn(&[u8], bool) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) -> Scripted {
+        let udp = ns.udp(addr);
+        let local = udp.local_addr().expect("local addr");
+        let tcp = ns.enter(move || TcpListener::bind(local).expect("bind fixture TCP socket"));
+        let script: Arc<Script> = Arc::new(script);
+        let queries: QueryLog = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (script, queries) = (script.clone(), queries.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65535];
+                while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    queries.lock().unwrap().push((buf[..n].to_vec(), false));
+                    if let Some(r) = script(&buf[..n], false) {
+                        let _ = udp.send_to(&r, from);
+                    }
+                }
+            });
+        }
+        {
+            let queries = queries.clone();
+            std::thread::spawn(move || {
+                for conn in tcp.incoming() {
+                    let Ok(mut c) = conn else { continue };
+                    let (script, queries) = (script.clone(), queries.clone());
+                    std::thread::spawn(move || {
+                        let mut len = [0u8; 2];
+                        while c.read_exact(&mut len).is_ok() {
+                            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                            if c.read_exact(&mut q).is_err() {
+                                return;
+                            }
+                            queries.lock().unwrap().push((q.clone(), true));
+                            if let Some(r) = script(&q, true) {
+                                let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+                                framed.extend_from_slice(&r);
+                                if c.write_all(&framed).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Scripted {
+            addr: local,
+            queries,
+        }
+    }
+
+    /// Every query so far: its bytes, and whether it came over TCP.
+    pub fn queries(&self) -> Vec<(Vec<u8>, bool)> {
+        self.queries.lock().unwrap().clone()
+    }
 }
 
 /// A temporary directory removed on drop.
