@@ -1,7 +1,8 @@
 //! A bounded cache of upstream answers, positive and negative (RFC 2308), shared by every
 //! sandbox that forwards to the same upstream set. Entries are checked, re-encoded answers
 //! (`relay::Answer`), rendered for each client on a hit: its ID, question case, flags, its own
-//! OPT and size limit, TTLs aged by the time spent in the cache. Signed replies are never kept.
+//! OPT and size limit, TTLs aged by the time spent in the cache. Signed queries never read or
+//! fill it, and signed replies are never kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -96,7 +97,7 @@ impl Cache {
     /// Writes a cached answer for `q` into `out`; false on a miss. `limit` is the client's
     /// size limit: an answer that does not fit keeps as many whole records as fit, with TC.
     pub fn get(&self, upstreams: u64, q: &Query<'_>, limit: usize, out: &mut Vec<u8>) -> bool {
-        if !q.key.plain() {
+        if !q.key.plain() || q.signed {
             return false;
         }
         let h = self.hash_parts(upstreams, q);
@@ -125,9 +126,10 @@ impl Cache {
 
     /// Stores an upstream answer to `q` if it is cacheable: NOERROR with answers (TTL = the
     /// smallest TTL), or NXDOMAIN/NODATA with an SOA (TTL = min(SOA TTL, SOA minimum)).
-    /// Truncated, failed, signed or SOA-less negative answers are not kept.
+    /// Truncated, failed, signed or SOA-less negative answers are not kept, nor answers to
+    /// signed queries.
     pub fn put(&self, upstreams: u64, q: &Query<'_>, answer: Answer) {
-        if !q.key.plain() || self.capacity == 0 {
+        if !q.key.plain() || q.signed || self.capacity == 0 {
             return;
         }
         let Some(ttl) = answer.cache_ttl() else {
@@ -366,5 +368,31 @@ mod tests {
         ad[3] |= 0x20;
         let out = get(&c, 1, &ad, 512).expect("hit: AD is not part of the key");
         assert_eq!(out[3] & 0x20, 0x20);
+    }
+
+    #[test]
+    fn signed_queries_neither_read_nor_fill_the_cache() {
+        let c = Cache::new(10, 3600);
+        let qb = query("www.example");
+        put(&c, 1, &qb, &response(&qb, 0, &[(60, [192, 0, 2, 1])], None));
+        // The same question, TSIG-signed: a miss, and its answer is not kept.
+        let signed = |name: &str| {
+            let mut m = query(name);
+            m[11] = 1;
+            m.extend(b"\x01k\x00");
+            m.extend([0, 250, 0, 255, 0, 0, 0, 0, 0, 2, 0, 0]);
+            m
+        };
+        let signed_www = signed("www.example");
+        assert!(parse_query(&signed_www).unwrap().signed);
+        assert!(get(&c, 1, &signed_www, 512).is_none());
+        put(
+            &c,
+            1,
+            &signed("other.example"),
+            &response(&query("other.example"), 0, &[(60, [192, 0, 2, 2])], None),
+        );
+        assert!(get(&c, 1, &query("other.example"), 512).is_none());
+        assert_eq!(c.len(), 1);
     }
 }

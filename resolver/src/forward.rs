@@ -4,7 +4,9 @@
 //! with a fresh random ID and our own flags and OPT (`relay::upstream_query`); a reply is
 //! decoded and checked by hickory-proto (`relay::Answer`) before it is cached or rendered for the
 //! client. A UDP reply with TC set is asked again over TCP, so the client gets as many whole
-//! records as fit rather than none.
+//! records as fit rather than none. Signed queries (TSIG, SIG(0)) go out byte for byte with the
+//! client's own ID (SIG(0) covers the ID; TSIG's original-ID field would survive a new one, but
+//! one rule is simpler) and their checked replies come back byte for byte, never cached.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -68,6 +70,23 @@ enum ExchangeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Reply(#[from] RelayError),
+}
+
+/// A checked upstream reply.
+enum Reply {
+    /// To render for the client (and maybe cache).
+    Answer(Answer),
+    /// The reply to a signed query, relayed as it came.
+    Signed { bytes: Vec<u8>, rcode: u16 },
+}
+
+impl Reply {
+    fn rcode(&self) -> u16 {
+        match self {
+            Reply::Answer(a) => a.rcode(),
+            Reply::Signed { rcode, .. } => *rcode,
+        }
+    }
 }
 
 pub struct Forwarder {
@@ -135,7 +154,8 @@ impl Forwarder {
     }
 
     /// Forwards a query packet for `view` and returns the reply to send to the client (the
-    /// upstream's answer rendered for it, see `relay`; or our own SERVFAIL/REFUSED).
+    /// upstream's answer rendered for it, see `relay`; a signed reply as it came; or our own
+    /// SERVFAIL/REFUSED).
     pub async fn forward(&self, view: &View, packet: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = parse_query(packet).ok()?;
         let limit = if tcp {
@@ -160,13 +180,24 @@ impl Forwarder {
                 return Some(own(RCODE_REFUSED));
             }
             let _slot = Slot(view.inflight.clone());
-            match self.exchange_all(&set, &q, tcp).await {
-                Some(answer) => {
+            match self.exchange_all(&set, packet, &q, tcp).await {
+                Some(Reply::Answer(answer)) => {
                     let mut out = Vec::with_capacity(512);
                     answer.render(&q, 0, limit, &mut out);
                     self.cache.put(set.id, &q, answer);
                     Some(out)
                 }
+                Some(Reply::Signed { bytes, rcode }) if bytes.len() > limit => {
+                    // A signed reply cannot be cut: an empty TC=1 reply sends the client to TCP.
+                    debug!(
+                        len = bytes.len(),
+                        limit, "signed reply too big for the client: TC"
+                    );
+                    let mut out = Vec::with_capacity(64);
+                    Response::new(&mut out, &q, (rcode & 0xF) as u8, ra | flag::TC, limit).finish();
+                    Some(out)
+                }
+                Some(Reply::Signed { bytes, .. }) => Some(bytes),
                 None => Some(own(RCODE_SERVFAIL)),
             }
         }
@@ -175,7 +206,13 @@ impl Forwarder {
     }
 
     /// Tries each server in order within the budget; None if none gave a usable answer.
-    async fn exchange_all(&self, set: &UpstreamSet, q: &Query<'_>, tcp: bool) -> Option<Answer> {
+    async fn exchange_all(
+        &self,
+        set: &UpstreamSet,
+        packet: &[u8],
+        q: &Query<'_>,
+        tcp: bool,
+    ) -> Option<Reply> {
         let deadline = Instant::now() + self.cfg.budget;
         let n = set.servers.len();
         if n == 0 {
@@ -190,8 +227,12 @@ impl Forwarder {
             }
             // Share what is left among the servers still to try, but give each a fair chance.
             let share = (remaining / (n - i) as u32).max(remaining.min(Duration::from_millis(400)));
-            let id = self.random_id();
-            let msg = upstream_query(q, id);
+            let (id, msg) = if q.signed {
+                (q.id, packet.to_vec())
+            } else {
+                let id = self.random_id();
+                (id, upstream_query(q, id))
+            };
             match exchange(*server, &msg, id, q, tcp, share).await {
                 Ok(reply) => {
                     let rcode = reply.rcode();
@@ -208,8 +249,21 @@ impl Forwarder {
     }
 }
 
-/// One upstream exchange over the client's transport; a truncated UDP reply is asked again
-/// over TCP (what is left of `timeout`), falling back to the truncated one.
+/// Checks a reply to `msg` (sent with `id` for client query `q`).
+fn check(resp: Vec<u8>, id: u16, q: &Query<'_>) -> Result<Reply, RelayError> {
+    let answer = Answer::decode(&resp, id, q)?;
+    Ok(if q.signed {
+        Reply::Signed {
+            bytes: resp,
+            rcode: answer.rcode(),
+        }
+    } else {
+        Reply::Answer(answer)
+    })
+}
+
+/// One upstream exchange over the client's transport; a truncated UDP reply to an unsigned
+/// query is asked again over TCP (what is left of `timeout`), falling back to the truncated one.
 async fn exchange(
     server: SocketAddr,
     msg: &[u8],
@@ -217,13 +271,15 @@ async fn exchange(
     q: &Query<'_>,
     tcp: bool,
     timeout: Duration,
-) -> Result<Answer, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let deadline = Instant::now() + timeout;
     if tcp {
         return exchange_tcp(server, msg, id, q, timeout).await;
     }
     let reply = exchange_udp(server, msg, id, q, timeout).await?;
-    if reply.truncated() {
+    if let Reply::Answer(a) = &reply
+        && a.truncated()
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         match exchange_tcp(server, msg, id, q, left).await {
             Ok(full) => return Ok(full),
@@ -239,7 +295,7 @@ async fn exchange_udp(
     id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Answer, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let bind: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -257,7 +313,7 @@ async fn exchange_udp(
             // Datagrams without our ID (late or spoofed) are ignored; one with our ID must
             // be a good reply, or this server has failed.
             if buf[..n].get(0..2) == Some(&id.to_be_bytes()[..]) && n > 2 && buf[2] & 0x80 != 0 {
-                return Ok::<_, ExchangeError>(Answer::decode(&buf[..n], id, q)?);
+                return Ok::<_, ExchangeError>(check(buf[..n].to_vec(), id, q)?);
             }
         }
     };
@@ -272,7 +328,7 @@ async fn exchange_tcp(
     id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Answer, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let work = async {
         let mut s = TcpStream::connect(server).await?;
         s.set_nodelay(true)?;
@@ -284,7 +340,7 @@ async fn exchange_tcp(
         s.read_exact(&mut len).await?;
         let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
         s.read_exact(&mut buf).await?;
-        Ok(Answer::decode(&buf, id, q)?)
+        Ok(check(buf, id, q)?)
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -12,6 +12,8 @@ pub const TYPE_PTR: u16 = 12;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SRV: u16 = 33;
 pub const TYPE_OPT: u16 = 41;
+pub const TYPE_SIG: u16 = 24;
+pub const TYPE_TSIG: u16 = 250;
 pub const CLASS_IN: u16 = 1;
 
 pub const RCODE_NOERROR: u8 = 0;
@@ -112,6 +114,8 @@ pub struct Query<'a> {
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
+    /// Carries a TSIG or SIG(0) record: never answered from the cache, forwarded as is.
+    pub signed: bool,
 }
 
 impl Query<'_> {
@@ -221,8 +225,10 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         pos = skip_rr(msg, pos).ok_or(formerr)?.end;
     }
     let mut edns = None;
+    let mut signed = false;
     for _ in 0..ar {
         let rr = skip_rr(msg, pos).ok_or(formerr)?;
+        signed |= rr.rtype == TYPE_TSIG || rr.rtype == TYPE_SIG;
         if rr.rtype == TYPE_OPT {
             if edns.is_some() || rr.name_start + 1 != rr.name_end || msg[rr.name_start] != 0 {
                 return Err(formerr); // RFC 6891: one OPT, owned by the root
@@ -244,6 +250,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         qtype,
         qclass,
         edns,
+        signed,
     })
 }
 

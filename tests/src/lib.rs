@@ -497,6 +497,107 @@ impl Scripted {
     }
 }
 
+/// A BIND `named` in a namespace on 127.0.0.1 (it listens on interface addresses only),
+/// authoritative for one zone, with one TSIG key (hmac-sha256), logging queries.
+pub struct Named {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Named {
+    /// Starts named on 127.0.0.1:`port` serving `zone` (`zone_text`: a zone file) and knowing
+    /// the key (name, base64 secret); waits until it answers.
+    pub fn start(
+        ns: &Ns,
+        dir: &Path,
+        port: u16,
+        zone: &str,
+        zone_text: &str,
+        key: (&str, &str),
+    ) -> Named {
+        let d = dir.join(format!("named-{port}"));
+        std::fs::create_dir_all(&d).expect("named dir");
+        let zone_file = d.join("zone");
+        std::fs::write(&zone_file, zone_text).expect("zone file");
+        let log = d.join("named.log");
+        let conf = d.join("named.conf");
+        let (key_name, secret) = key;
+        std::fs::write(
+            &conf,
+            format!(
+                r#"options {{
+    directory "{dir}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    pid-file none;
+    session-keyfile none;
+    managed-keys-directory "{dir}";
+    querylog yes;
+}};
+controls {{ }};
+logging {{
+    channel all {{ file "{log}"; print-time yes; severity info; }};
+    category default {{ all; }};
+    category queries {{ all; }};
+}};
+key "{key_name}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+zone "{zone}" {{ type primary; file "{zone_file}"; }};
+"#,
+                dir = d.display(),
+                log = log.display(),
+                zone_file = zone_file.display(),
+            ),
+        )
+        .expect("named.conf");
+        let conf_s = conf.display().to_string();
+        let pid = ns.spawn(
+            ns.cmd("named", &["-f", "-4", "-c", &conf_s]),
+            Some(&d.join("named.out")),
+        );
+        wait_for(Duration::from_secs(20), || {
+            let out = ns.run(
+                "dig",
+                &[
+                    "+tries=1",
+                    "+time=1",
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    zone,
+                    "SOA",
+                ],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .contains("status: NOERROR")
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "named did not start:\n{}{}",
+                std::fs::read_to_string(d.join("named.out")).unwrap_or_default(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        Named {
+            addr: format!("127.0.0.1:{port}"),
+            pid,
+            log,
+        }
+    }
+
+    /// How many queries for `name` named has logged.
+    pub fn queries_for(&self, name: &str) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("query: ") && l.contains(&format!("query: {name} ")))
+            .count()
+    }
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

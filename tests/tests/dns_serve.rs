@@ -1,7 +1,7 @@
 //! `sdctl dns serve` end to end: the real binary in a throw-away namespace, queried with real
-//! dig and kdig, forwarding to real dnsmasq upstreams (alive, refusing, stopped = slow) and to
-//! small fixtures for what dnsmasq cannot be made to do (SERVFAIL, never answering, malformed or
-//! oversized replies, COOKIE/NSID options, the AD bit).
+//! dig and kdig, forwarding to real dnsmasq upstreams (alive, refusing, stopped = slow), to a
+//! real BIND (TSIG), and to small fixtures for what those cannot be made to do (SERVFAIL, never
+//! answering, malformed or oversized replies, COOKIE/NSID options, the AD bit).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -12,7 +12,8 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption, NSIDPayload};
 use hickory_proto::rr::{RData, Record};
 use sdnet_tests::{
-    Dig, Dnsmasq, Ns, Scripted, TempDir, fixed_rcode_upstream, sdctl, silent_upstream, wait_for,
+    Dig, Dnsmasq, Named, Ns, Scripted, TempDir, fixed_rcode_upstream, sdctl, silent_upstream,
+    wait_for,
 };
 use serde_json::json;
 
@@ -834,4 +835,67 @@ fn ad_bit_per_query_from_the_cached_upstream_verdict() {
         1,
         "the second answer came from the cache"
     );
+}
+
+const TSIG_KEY: &str = "sdnet-test";
+const TSIG_SECRET: &str = "c2RuZXQtdGVzdC1zZWNyZXQta2V5LWZvci10c2lnIQ==";
+const TSIG_ZONE: &str = "$TTL 300
+@ IN SOA ns.tsig.example. hostmaster.tsig.example. 1 3600 600 86400 300
+@ IN NS ns
+ns IN A 192.0.2.53
+www IN A 192.0.2.80
+web2 IN A 192.0.2.81
+";
+
+/// TSIG-signed queries are forwarded as sent and their signed replies relayed as received,
+/// never answered from nor put into the cache: dig verifies every signature, and unsigned
+/// queries never get a stale TSIG record.
+#[test]
+fn tsig_signed_queries_bypass_the_cache() {
+    let ns = Ns::new("dnsk");
+    let dir = TempDir::new("dnsk");
+    let named = Named::start(
+        &ns,
+        dir.path(),
+        5354,
+        "tsig.example",
+        TSIG_ZONE,
+        (TSIG_KEY, TSIG_SECRET),
+    );
+    let s = serve(
+        &ns,
+        &dir,
+        &state(),
+        &["--as", "a", "--upstream", &named.addr],
+    );
+    let key = format!("hmac-sha256:{TSIG_KEY}:{TSIG_SECRET}");
+    let signed_ok = |d: &Dig| {
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(
+            d.raw.contains("TSIG PSEUDOSECTION"),
+            "unsigned reply:\n{}",
+            d.raw
+        );
+        for bad in ["Couldn't verify", "verify failure", "expected a TSIG"] {
+            assert!(!d.raw.contains(bad), "{bad}:\n{}", d.raw);
+        }
+    };
+    // Cached from an unsigned query; a signed query must not get that copy.
+    let d = s.dig(&["www.tsig.example"]);
+    assert_eq!(d.data("A"), ["192.0.2.80"]);
+    assert!(!d.raw.contains("TSIG PSEUDOSECTION"));
+    for transport in ["+notcp", "+tcp"] {
+        let d = s.dig(&[transport, "-y", &key, "www.tsig.example"]);
+        signed_ok(&d);
+        assert_eq!(d.data("A"), ["192.0.2.80"]);
+    }
+    // Signed first: its reply is not kept for an unsigned query (no stale TSIG record).
+    let d = s.dig(&["-y", &key, "web2.tsig.example"]);
+    signed_ok(&d);
+    let d = s.dig(&["web2.tsig.example"]);
+    assert_eq!(d.data("A"), ["192.0.2.81"]);
+    assert!(!d.raw.contains("TSIG"), "stale TSIG record:\n{}", d.raw);
+    // named saw every signed query, and both web2 queries.
+    assert_eq!(named.queries_for("www.tsig.example"), 3);
+    assert_eq!(named.queries_for("web2.tsig.example"), 2);
 }
