@@ -899,3 +899,37 @@ fn tsig_signed_queries_bypass_the_cache() {
     assert_eq!(named.queries_for("www.tsig.example"), 3);
     assert_eq!(named.queries_for("web2.tsig.example"), 2);
 }
+
+/// 64 connections (the cap) that each sent half a query do not block TCP DNS until the idle
+/// timeout (10 s): the connection idle the longest is closed to make room for a new one.
+#[test]
+fn tcp_cap_makes_room_by_closing_the_longest_idle_connection() {
+    let ns = Ns::new("dnsp");
+    let dir = TempDir::new("dnsp");
+    let s = serve(
+        &ns,
+        &dir,
+        &state(),
+        &["--as", "a", "--upstream", "127.0.0.9:9"],
+    );
+    let mut half: Vec<TcpStream> = ns.enter(|| {
+        (0..64)
+            .map(|_| {
+                let mut c = TcpStream::connect("127.0.0.1:53").expect("connect");
+                // A length of 30, then 2 of those 30 bytes.
+                c.write_all(&[0, 30, 0x12, 0x34]).expect("half a query");
+                c
+            })
+            .collect()
+    });
+    // A 65th connection with a whole query: answered (dig waits up to 5 s for it).
+    let d = ns.try_dig(&["@127.0.0.1", "+tcp", "+tries=1", "+time=5", "b"]);
+    let d = d.unwrap_or_else(|| panic!("no TCP answer at the cap:\n{}", s.log()));
+    assert_eq!(d.data("A"), ["10.1.0.3"]);
+    // The first of the 64 was closed for it.
+    half[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(half[0].read_to_end(&mut rest).ok(), Some(0), "still open");
+}
