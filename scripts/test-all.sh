@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every sdnet test on a fresh Debian machine, as root: installs the tools the end-to-end
-# tests drive (dig, kdig, dnsmasq, nft, ...; dnsperf too, for the benchmarks), builds the
+# tests drive (dig, kdig, dnsmasq, named, nft, ...; dnsperf too, for the benchmarks), builds the
 # workspace, runs unit and end-to-end tests. Benchmarks (tests/bench/) and fuzzing (fuzz/)
 # are separate: see README.md.
 set -euo pipefail
@@ -13,7 +13,7 @@ fi
 
 # command:package pairs; install only what is missing, so a prepared machine needs no network.
 need=()
-for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq nft:nftables ip:iproute2 \
+for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq named:bind9 nft:nftables ip:iproute2 \
             ping:iputils-ping socat:socat curl:curl busybox:busybox-static nsenter:util-linux \
             unshare:util-linux conntrack:conntrack dnsperf:dnsperf; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")

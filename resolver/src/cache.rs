@@ -1,18 +1,16 @@
 //! A bounded cache of upstream answers, positive and negative (RFC 2308), shared by every
-//! sandbox that forwards to the same upstream set. Entries keep the upstream's bytes and where
-//! their TTLs sit, so a hit is a copy plus a few patched fields: the client's ID, its RD bit,
-//! its question (for its case) and TTLs aged by the time spent in the cache.
+//! sandbox that forwards to the same upstream set. Entries are checked, re-encoded answers
+//! (`relay::Answer`), rendered for each client on a hit: its ID, question case, flags, its own
+//! OPT and size limit, TTLs aged by the time spent in the cache. Signed queries never read or
+//! fill it, and signed replies are never kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use smallvec::SmallVec;
-
-use crate::wire::{
-    self, HEADER_LEN, Query, RCODE_NOERROR, RCODE_NXDOMAIN, TYPE_OPT, TYPE_SOA, flag, skip_rr,
-};
+use crate::relay::Answer;
+use crate::wire::Query;
 
 /// Identity of a cacheable question.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -21,15 +19,15 @@ struct Key {
     name: Box<str>,
     qtype: u16,
     qclass: u16,
-    /// EDNS present, DO, CD: each changes what an upstream may send back.
+    /// EDNS present, DO, CD: each changes what we ask upstream (and what it may send back).
+    /// AD does not: upstreams are always asked with AD set, and each client gets AD per its
+    /// own query when the answer is rendered.
     bits: u8,
 }
 
 struct Entry {
     key: Key,
-    bytes: Box<[u8]>,
-    /// Offsets of TTL fields to age (OPT excluded).
-    ttl_at: SmallVec<[u16; 8]>,
+    answer: Arc<Answer>,
     stored: Instant,
     ttl: u32,
 }
@@ -97,9 +95,9 @@ impl Cache {
     }
 
     /// Writes a cached answer for `q` into `out`; false on a miss. `limit` is the client's
-    /// size limit: a cached answer that does not fit is sent as an empty TC=1 reply.
+    /// size limit: an answer that does not fit keeps as many whole records as fit, with TC.
     pub fn get(&self, upstreams: u64, q: &Query<'_>, limit: usize, out: &mut Vec<u8>) -> bool {
-        if !q.key.plain() {
+        if !q.key.plain() || q.signed {
             return false;
         }
         let h = self.hash_parts(upstreams, q);
@@ -120,30 +118,21 @@ impl Cache {
             }
             return false;
         }
-        out.clear();
-        out.extend_from_slice(&e.bytes);
-        for &at in &e.ttl_at {
-            let at = at as usize;
-            let orig = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
-            let aged = orig.saturating_sub(age as u32);
-            out[at..at + 4].copy_from_slice(&aged.to_be_bytes());
-        }
+        let answer = e.answer.clone();
         drop(inner);
-        patch_for_client(out, q);
-        if out.len() > limit {
-            truncated_reply(out, q, limit);
-        }
+        answer.render(q, age as u32, limit, out);
         true
     }
 
-    /// Stores an upstream response to `q` if it is cacheable: NOERROR with answers (TTL = the
+    /// Stores an upstream answer to `q` if it is cacheable: NOERROR with answers (TTL = the
     /// smallest TTL), or NXDOMAIN/NODATA with an SOA (TTL = min(SOA TTL, SOA minimum)).
-    /// Truncated, failed or SOA-less negative answers are not kept.
-    pub fn put(&self, upstreams: u64, q: &Query<'_>, resp: &[u8]) {
-        if !q.key.plain() || self.capacity == 0 {
+    /// Truncated, failed, signed or SOA-less negative answers are not kept, nor answers to
+    /// signed queries.
+    pub fn put(&self, upstreams: u64, q: &Query<'_>, answer: Answer) {
+        if !q.key.plain() || q.signed || self.capacity == 0 {
             return;
         }
-        let Some((ttl, ttl_at)) = cacheable(resp) else {
+        let Some(ttl) = answer.cache_ttl() else {
             return;
         };
         let ttl = ttl.min(self.max_ttl);
@@ -153,8 +142,7 @@ impl Cache {
         let h = self.hash_parts(upstreams, q);
         let entry = Entry {
             key: Self::key(upstreams, q),
-            bytes: resp.into(),
-            ttl_at,
+            answer: Arc::new(answer),
             stored: Instant::now(),
             ttl,
         };
@@ -178,84 +166,13 @@ impl Cache {
     }
 }
 
-/// TTL and TTL offsets of a cacheable response.
-fn cacheable(resp: &[u8]) -> Option<(u32, SmallVec<[u16; 8]>)> {
-    if resp.len() < HEADER_LEN || resp.len() > u16::MAX as usize {
-        return None;
-    }
-    let flags = u16::from_be_bytes([resp[2], resp[3]]);
-    if flags & flag::TC != 0 {
-        return None;
-    }
-    let rcode = (flags & 0xF) as u8;
-    let count = |i: usize| u16::from_be_bytes([resp[i], resp[i + 1]]) as usize;
-    let (qd, an, ns, ar) = (count(4), count(6), count(8), count(10));
-    if qd != 1 {
-        return None;
-    }
-    let mut pos = wire::skip_name(resp, HEADER_LEN)? + 4;
-    let mut ttl_at = SmallVec::new();
-    let mut min_ttl = u32::MAX;
-    let mut neg_ttl = None;
-    for i in 0..an + ns + ar {
-        let rr = skip_rr(resp, pos)?;
-        if rr.rtype != TYPE_OPT {
-            ttl_at.push(rr.ttl_at as u16);
-            if i < an {
-                min_ttl = min_ttl.min(rr.ttl);
-            }
-            if i >= an && i < an + ns && rr.rtype == TYPE_SOA {
-                // SOA minimum: the last 4 bytes of its RDATA.
-                let m = resp.get(rr.end - 4..rr.end)?;
-                let minimum = u32::from_be_bytes(m.try_into().ok()?);
-                neg_ttl = Some(rr.ttl.min(minimum));
-            }
-        }
-        pos = rr.end;
-    }
-    let ttl = match (rcode, an) {
-        (RCODE_NOERROR, 1..) => min_ttl,
-        (RCODE_NOERROR | RCODE_NXDOMAIN, _) => neg_ttl?,
-        _ => return None,
-    };
-    Some((ttl, ttl_at))
-}
-
-/// Makes an upstream's (or the cache's) response the client's own: its ID, its RD bit and its
-/// question bytes (same name up to case, so same length).
-pub fn patch_for_client(out: &mut [u8], q: &Query<'_>) {
-    if out.len() < HEADER_LEN {
-        return;
-    }
-    out[0..2].copy_from_slice(&q.id.to_be_bytes());
-    let rd = (flag::RD >> 8) as u8;
-    out[2] = (out[2] & !rd) | if q.rd() { rd } else { 0 };
-    let end = HEADER_LEN + q.question.len();
-    if let Some(qs) = out.get_mut(HEADER_LEN..end)
-        && qs.eq_ignore_ascii_case(q.question)
-    {
-        qs.copy_from_slice(q.question);
-    }
-}
-
-/// Replaces `out` with a TC=1 reply carrying only the header flags and rcode of the response
-/// that did not fit, the question and (if the client used EDNS) an OPT record.
-pub fn truncated_reply(out: &mut Vec<u8>, q: &Query<'_>, limit: usize) {
-    let rcode = out.get(3).map(|b| b & 0xF).unwrap_or(0);
-    let flags = out
-        .get(2..4)
-        .map(|f| u16::from_be_bytes([f[0], f[1]]) & (flag::AA | flag::RA | flag::AD))
-        .unwrap_or(0);
-    let mut tmp = Vec::with_capacity(64);
-    let r = wire::Response::new(&mut tmp, q, rcode, flags | flag::TC, limit);
-    r.finish();
-    *out = tmp;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::{encode_name, parse_query};
+
+    const COOKIE: u16 = 10;
+    const NSID: u16 = 3;
 
     fn query(name: &str) -> Vec<u8> {
         let mut m = vec![0x11, 0x22, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -264,6 +181,21 @@ mod tests {
         m
     }
 
+    /// `query(name)` with an OPT record carrying `options` (code, data).
+    fn query_edns(name: &str, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut m = query(name);
+        m[11] = 1;
+        let rdata: Vec<u8> = options
+            .iter()
+            .flat_map(|(c, d)| [&c.to_be_bytes()[..], &(d.len() as u16).to_be_bytes(), d].concat())
+            .collect();
+        m.extend([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        m.extend((rdata.len() as u16).to_be_bytes());
+        m.extend(rdata);
+        m
+    }
+
+    /// An upstream's reply to `q` (the ID we sent it with: the client's here).
     fn response(
         q: &[u8],
         rcode: u8,
@@ -271,11 +203,13 @@ mod tests {
         soa: Option<(u32, u32)>,
     ) -> Vec<u8> {
         let mut m = q.to_vec();
-        m[0] = 0x99;
         m[2] |= 0x80;
         m[3] = 0x80 | rcode;
         m[7] = answers.len() as u8;
         m[9] = soa.is_some() as u8;
+        m[11] = 0;
+        let qend = 12 + crate::wire::skip_name(q, 12).unwrap() - 12 + 4;
+        m.truncate(qend);
         for (ttl, ip) in answers {
             m.extend([0xC0, 12, 0, 1, 0, 1]);
             m.extend(ttl.to_be_bytes());
@@ -292,38 +226,73 @@ mod tests {
         m
     }
 
+    /// `resp` with an OPT record carrying `options` appended.
+    fn with_opt(mut resp: Vec<u8>, options: &[(u16, &[u8])]) -> Vec<u8> {
+        let rdata: Vec<u8> = options
+            .iter()
+            .flat_map(|(c, d)| [&c.to_be_bytes()[..], &(d.len() as u16).to_be_bytes(), d].concat())
+            .collect();
+        resp.extend([0, 0, 41, 0x10, 0, 0, 0, 0, 0]);
+        resp.extend((rdata.len() as u16).to_be_bytes());
+        resp.extend(rdata);
+        resp[11] += 1;
+        resp
+    }
+
+    fn put(c: &Cache, upstreams: u64, qb: &[u8], resp: &[u8]) {
+        let q = parse_query(qb).unwrap();
+        let answer = Answer::decode(resp, q.id, &q).expect("a good reply");
+        c.put(upstreams, &q, answer);
+    }
+
+    fn get(c: &Cache, upstreams: u64, qb: &[u8], limit: usize) -> Option<Vec<u8>> {
+        let q = parse_query(qb).unwrap();
+        let mut out = Vec::new();
+        c.get(upstreams, &q, limit, &mut out).then_some(out)
+    }
+
+    /// The option codes in a reply's OPT record (None: no OPT).
+    fn option_codes(msg: &[u8]) -> Option<Vec<u16>> {
+        let m = hickory_proto::op::Message::from_vec(msg).expect("decodes");
+        m.edns.map(|e| {
+            e.options()
+                .options
+                .iter()
+                .map(|(c, _)| u16::from(*c))
+                .collect()
+        })
+    }
+
     #[test]
     fn positive_hit_patches_id_case_and_ttl() {
         let c = Cache::new(10, 3600);
         let qb = query("Example.COM");
-        let q = parse_query(&qb).unwrap();
-        c.put(
+        put(
+            &c,
             7,
-            &q,
+            &qb,
             &response(&qb, 0, &[(300, [1, 2, 3, 4]), (60, [5, 6, 7, 8])], None),
         );
         assert_eq!(c.len(), 1);
-        let qb2 = query("example.com");
-        let q2 = parse_query(&qb2).unwrap();
-        let mut out = Vec::new();
-        assert!(c.get(7, &q2, 512, &mut out));
-        assert_eq!(&out[0..2], &[0x11, 0x22]);
+        let mut qb2 = query("example.com");
+        qb2[0..2].copy_from_slice(&[0x33, 0x44]);
+        let out = get(&c, 7, &qb2, 512).expect("hit");
+        assert_eq!(&out[0..2], &[0x33, 0x44]);
         assert_eq!(
             &out[12..12 + qb2.len() - 12],
             &qb2[12..],
             "client's own case"
         );
-        assert!(!c.get(8, &q2, 512, &mut out), "other upstream set: miss");
+        assert!(get(&c, 8, &qb2, 512).is_none(), "other upstream set: miss");
     }
 
     #[test]
     fn negative_needs_soa_and_uses_minimum() {
         let c = Cache::new(10, 3600);
         let qb = query("nx.example");
-        let q = parse_query(&qb).unwrap();
-        c.put(1, &q, &response(&qb, 3, &[], None));
+        put(&c, 1, &qb, &response(&qb, 3, &[], None));
         assert!(c.is_empty(), "no SOA: not cached");
-        c.put(1, &q, &response(&qb, 3, &[], Some((900, 30))));
+        put(&c, 1, &qb, &response(&qb, 3, &[], Some((900, 30))));
         assert_eq!(c.len(), 1);
         let inner = c.lock();
         assert_eq!(inner.map.values().next().unwrap().ttl, 30);
@@ -333,30 +302,97 @@ mod tests {
     fn servfail_and_zero_ttl_not_cached_and_capacity_bounded() {
         let c = Cache::new(2, 3600);
         let qb = query("a.example");
-        let q = parse_query(&qb).unwrap();
-        c.put(1, &q, &response(&qb, 2, &[], Some((60, 60))));
-        c.put(1, &q, &response(&qb, 0, &[(0, [1, 1, 1, 1])], None));
+        put(&c, 1, &qb, &response(&qb, 2, &[], Some((60, 60))));
+        put(&c, 1, &qb, &response(&qb, 0, &[(0, [1, 1, 1, 1])], None));
         assert!(c.is_empty());
         for n in ["b.example", "c.example", "d.example"] {
             let qb = query(n);
-            let q = parse_query(&qb).unwrap();
-            c.put(1, &q, &response(&qb, 0, &[(60, [1, 1, 1, 1])], None));
+            put(&c, 1, &qb, &response(&qb, 0, &[(60, [1, 1, 1, 1])], None));
         }
         assert_eq!(c.len(), 2);
     }
 
     #[test]
-    fn oversized_hit_becomes_tc() {
+    fn oversized_hit_keeps_whole_records_with_tc() {
         let c = Cache::new(10, 3600);
         let qb = query("big.example");
-        let q = parse_query(&qb).unwrap();
         let many: Vec<(u32, [u8; 4])> = (0..40).map(|i| (60, [10, 0, 0, i])).collect();
-        c.put(1, &q, &response(&qb, 0, &many, None));
-        let mut out = Vec::new();
-        assert!(c.get(1, &q, 512, &mut out));
+        put(&c, 1, &qb, &response(&qb, 0, &many, None));
+        let out = get(&c, 1, &qb, 512).expect("hit");
         assert!(out.len() <= 512);
         assert_eq!(out[2] & 0x02, 0x02, "TC set");
-        assert!(c.get(1, &q, 65535, &mut out));
+        let kept = u16::from_be_bytes([out[6], out[7]]);
+        assert_eq!(
+            kept,
+            (512 - qb.len()) as u16 / 16,
+            "as many as fit, not none"
+        );
+        let out = get(&c, 1, &qb, 65535).expect("hit");
         assert_eq!(out[7], 40);
+        assert_eq!(out[2] & 0x02, 0);
+    }
+
+    #[test]
+    fn one_clients_edns_options_never_reach_another() {
+        let c = Cache::new(10, 3600);
+        // Client 1 sent a COOKIE and asked for NSID; the upstream answered with both.
+        let q1 = query_edns("www.example", &[(COOKIE, &[1; 8]), (NSID, &[])]);
+        let resp = with_opt(
+            response(&q1, 0, &[(60, [192, 0, 2, 1])], None),
+            &[(COOKIE, &[[1u8; 8], [9u8; 8]].concat()), (NSID, b"up-1")],
+        );
+        put(&c, 1, &q1, &resp);
+        // Client 2, its own COOKIE: no COOKIE (and no NSID) from the cache.
+        let q2 = query_edns("www.example", &[(COOKIE, &[2; 8])]);
+        let out = get(&c, 1, &q2, 1232).expect("hit");
+        assert_eq!(option_codes(&out), Some(vec![]));
+        // Client 1 again: not its old server cookie either (we never relay them).
+        let out = get(&c, 1, &q1, 1232).expect("hit");
+        assert_eq!(option_codes(&out), Some(vec![]));
+        // A client without EDNS shares nothing with them (EDNS is part of the key).
+        assert!(get(&c, 1, &query("www.example"), 512).is_none());
+    }
+
+    #[test]
+    fn ad_per_query_whatever_the_query_that_filled_the_cache() {
+        let c = Cache::new(10, 3600);
+        // Filled by a query without AD (the upstream was asked with AD and said AD).
+        let plain = query("secure.example");
+        let mut resp = response(&plain, 0, &[(60, [192, 0, 2, 1])], None);
+        resp[3] |= 0x20;
+        put(&c, 1, &plain, &resp);
+        let out = get(&c, 1, &plain, 512).expect("hit");
+        assert_eq!(out[3] & 0x20, 0, "no AD for a query without AD or DO");
+        // glibc's trust-ad: AD in the query, AD in the answer.
+        let mut ad = query("secure.example");
+        ad[3] |= 0x20;
+        let out = get(&c, 1, &ad, 512).expect("hit: AD is not part of the key");
+        assert_eq!(out[3] & 0x20, 0x20);
+    }
+
+    #[test]
+    fn signed_queries_neither_read_nor_fill_the_cache() {
+        let c = Cache::new(10, 3600);
+        let qb = query("www.example");
+        put(&c, 1, &qb, &response(&qb, 0, &[(60, [192, 0, 2, 1])], None));
+        // The same question, TSIG-signed: a miss, and its answer is not kept.
+        let signed = |name: &str| {
+            let mut m = query(name);
+            m[11] = 1;
+            m.extend(b"\x01k\x00");
+            m.extend([0, 250, 0, 255, 0, 0, 0, 0, 0, 2, 0, 0]);
+            m
+        };
+        let signed_www = signed("www.example");
+        assert!(parse_query(&signed_www).unwrap().signed);
+        assert!(get(&c, 1, &signed_www, 512).is_none());
+        put(
+            &c,
+            1,
+            &signed("other.example"),
+            &response(&query("other.example"), 0, &[(60, [192, 0, 2, 2])], None),
+        );
+        assert!(get(&c, 1, &query("other.example"), 512).is_none());
+        assert_eq!(c.len(), 1);
     }
 }

@@ -1,7 +1,12 @@
 //! Forwarding of names the tables do not know: cache first, then the view's upstream servers
 //! in order, failing over on timeout, SERVFAIL and REFUSED, within one time budget shorter
-//! than a stub resolver's timeout. The query goes out as the client sent it (over the client's
-//! transport) with a fresh random ID; the reply is checked against the question and relayed.
+//! than a stub resolver's timeout. Over the client's transport, we ask the client's question
+//! with a fresh random ID and our own flags and OPT (`relay::upstream_query`); a reply is
+//! decoded and checked by hickory-proto (`relay::Answer`) before it is cached or rendered for the
+//! client. A UDP reply with TC set is asked again over TCP, so the client gets as many whole
+//! records as fit rather than none. Signed queries (TSIG, SIG(0)) go out byte for byte with the
+//! client's own ID (SIG(0) covers the ID; TSIG's original-ID field would survive a new one, but
+//! one rule is simpler) and their checked replies come back byte for byte, never cached.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -13,10 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::{Instrument, debug, debug_span};
 
-use crate::cache::{Cache, patch_for_client, truncated_reply};
+use crate::cache::Cache;
+use crate::relay::{Answer, RelayError, upstream_query};
 use crate::resolvconf::HostResolvConf;
 use crate::table::{Forwarding, UpstreamSet, View};
-use crate::wire::{HEADER_LEN, Query, RCODE_REFUSED, RCODE_SERVFAIL, Response, flag, parse_query};
+use crate::wire::{Query, RCODE_REFUSED, RCODE_SERVFAIL, Response, flag, parse_query};
 
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
@@ -62,8 +68,25 @@ enum ExchangeError {
     Timeout,
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("reply does not match the query")]
-    Mismatch,
+    #[error("{0}")]
+    Reply(#[from] RelayError),
+}
+
+/// A checked upstream reply.
+enum Reply {
+    /// To render for the client (and maybe cache).
+    Answer(Answer),
+    /// The reply to a signed query, relayed as it came.
+    Signed { bytes: Vec<u8>, rcode: u16 },
+}
+
+impl Reply {
+    fn rcode(&self) -> u16 {
+        match self {
+            Reply::Answer(a) => a.rcode(),
+            Reply::Signed { rcode, .. } => *rcode,
+        }
+    }
 }
 
 pub struct Forwarder {
@@ -131,7 +154,8 @@ impl Forwarder {
     }
 
     /// Forwards a query packet for `view` and returns the reply to send to the client (the
-    /// upstream's, patched to the client's ID and case; or our own SERVFAIL/REFUSED).
+    /// upstream's answer rendered for it, see `relay`; a signed reply as it came; or our own
+    /// SERVFAIL/REFUSED).
     pub async fn forward(&self, view: &View, packet: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = parse_query(packet).ok()?;
         let limit = if tcp {
@@ -157,14 +181,23 @@ impl Forwarder {
             }
             let _slot = Slot(view.inflight.clone());
             match self.exchange_all(&set, packet, &q, tcp).await {
-                Some(mut resp) => {
-                    self.cache.put(set.id, &q, &resp);
-                    patch_for_client(&mut resp, &q);
-                    if resp.len() > limit {
-                        truncated_reply(&mut resp, &q, limit);
-                    }
-                    Some(resp)
+                Some(Reply::Answer(answer)) => {
+                    let mut out = Vec::with_capacity(512);
+                    answer.render(&q, 0, limit, &mut out);
+                    self.cache.put(set.id, &q, answer);
+                    Some(out)
                 }
+                Some(Reply::Signed { bytes, rcode }) if bytes.len() > limit => {
+                    // A signed reply cannot be cut: an empty TC=1 reply sends the client to TCP.
+                    debug!(
+                        len = bytes.len(),
+                        limit, "signed reply too big for the client: TC"
+                    );
+                    let mut out = Vec::with_capacity(64);
+                    Response::new(&mut out, &q, (rcode & 0xF) as u8, ra | flag::TC, limit).finish();
+                    Some(out)
+                }
+                Some(Reply::Signed { bytes, .. }) => Some(bytes),
                 None => Some(own(RCODE_SERVFAIL)),
             }
         }
@@ -179,14 +212,13 @@ impl Forwarder {
         packet: &[u8],
         q: &Query<'_>,
         tcp: bool,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Reply> {
         let deadline = Instant::now() + self.cfg.budget;
         let n = set.servers.len();
         if n == 0 {
             debug!("no upstream servers: SERVFAIL");
             return None;
         }
-        let mut msg = packet.to_vec();
         for (i, server) in set.servers.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < Duration::from_millis(5) {
@@ -195,21 +227,20 @@ impl Forwarder {
             }
             // Share what is left among the servers still to try, but give each a fair chance.
             let share = (remaining / (n - i) as u32).max(remaining.min(Duration::from_millis(400)));
-            let id = self.random_id();
-            msg[0..2].copy_from_slice(&id.to_be_bytes());
-            let result = if tcp {
-                exchange_tcp(*server, &msg, q, share).await
+            let (id, msg) = if q.signed {
+                (q.id, packet.to_vec())
             } else {
-                exchange_udp(*server, &msg, q, share).await
+                let id = self.random_id();
+                (id, upstream_query(q, id))
             };
-            match result {
-                Ok(resp) => {
-                    let rcode = resp[3] & 0xF;
-                    if rcode == RCODE_SERVFAIL || rcode == RCODE_REFUSED {
+            match exchange(*server, &msg, id, q, tcp, share).await {
+                Ok(reply) => {
+                    let rcode = reply.rcode();
+                    if rcode == RCODE_SERVFAIL as u16 || rcode == RCODE_REFUSED as u16 {
                         debug!(%server, rcode, "upstream failed, trying the next");
                         continue;
                     }
-                    return Some(resp);
+                    return Some(reply);
                 }
                 Err(e) => debug!(%server, error = %e, "upstream failed, trying the next"),
             }
@@ -218,24 +249,53 @@ impl Forwarder {
     }
 }
 
-/// True if `resp` answers `msg` (ID, QR, same question up to case).
-fn matches(resp: &[u8], msg: &[u8], q: &Query<'_>) -> bool {
-    let end = HEADER_LEN + q.question.len();
-    resp.len() >= HEADER_LEN
-        && resp[0..2] == msg[0..2]
-        && resp[2] & 0x80 != 0
-        && u16::from_be_bytes([resp[4], resp[5]]) == 1
-        && resp
-            .get(HEADER_LEN..end)
-            .is_some_and(|qs| qs.eq_ignore_ascii_case(q.question))
+/// Checks a reply to `msg` (sent with `id` for client query `q`).
+fn check(resp: Vec<u8>, id: u16, q: &Query<'_>) -> Result<Reply, RelayError> {
+    let answer = Answer::decode(&resp, id, q)?;
+    Ok(if q.signed {
+        Reply::Signed {
+            bytes: resp,
+            rcode: answer.rcode(),
+        }
+    } else {
+        Reply::Answer(answer)
+    })
+}
+
+/// One upstream exchange over the client's transport; a truncated UDP reply to an unsigned
+/// query is asked again over TCP (what is left of `timeout`), falling back to the truncated one.
+async fn exchange(
+    server: SocketAddr,
+    msg: &[u8],
+    id: u16,
+    q: &Query<'_>,
+    tcp: bool,
+    timeout: Duration,
+) -> Result<Reply, ExchangeError> {
+    let deadline = Instant::now() + timeout;
+    if tcp {
+        return exchange_tcp(server, msg, id, q, timeout).await;
+    }
+    let reply = exchange_udp(server, msg, id, q, timeout).await?;
+    if let Reply::Answer(a) = &reply
+        && a.truncated()
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match exchange_tcp(server, msg, id, q, left).await {
+            Ok(full) => return Ok(full),
+            Err(e) => debug!(%server, error = %e, "TCP retry of a truncated reply failed"),
+        }
+    }
+    Ok(reply)
 }
 
 async fn exchange_udp(
     server: SocketAddr,
     msg: &[u8],
+    id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Vec<u8>, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let bind: SocketAddr = if server.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -250,25 +310,25 @@ async fn exchange_udp(
     let wait = async {
         loop {
             let n = sock.recv(&mut buf).await?;
-            if matches(&buf[..n], msg, q) {
-                buf.truncate(n);
-                return Ok::<_, ExchangeError>(());
+            // Datagrams without our ID (late or spoofed) are ignored; one with our ID must
+            // be a good reply, or this server has failed.
+            if buf[..n].get(0..2) == Some(&id.to_be_bytes()[..]) && n > 2 && buf[2] & 0x80 != 0 {
+                return Ok::<_, ExchangeError>(check(buf[..n].to_vec(), id, q)?);
             }
-            // Anything else (late or spoofed replies) is ignored.
         }
     };
     tokio::time::timeout(timeout, wait)
         .await
-        .map_err(|_| ExchangeError::Timeout)??;
-    Ok(buf)
+        .map_err(|_| ExchangeError::Timeout)?
 }
 
 async fn exchange_tcp(
     server: SocketAddr,
     msg: &[u8],
+    id: u16,
     q: &Query<'_>,
     timeout: Duration,
-) -> Result<Vec<u8>, ExchangeError> {
+) -> Result<Reply, ExchangeError> {
     let work = async {
         let mut s = TcpStream::connect(server).await?;
         s.set_nodelay(true)?;
@@ -280,10 +340,7 @@ async fn exchange_tcp(
         s.read_exact(&mut len).await?;
         let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
         s.read_exact(&mut buf).await?;
-        if !matches(&buf, msg, q) {
-            return Err(ExchangeError::Mismatch);
-        }
-        Ok(buf)
+        Ok(check(buf, id, q)?)
     };
     tokio::time::timeout(timeout, work)
         .await

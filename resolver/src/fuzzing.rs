@@ -1,5 +1,6 @@
 //! Entry points for the fuzz targets (fuzz/) and their smoke test: the whole no-I/O request
-//! path (parse, tables, engine, cache) on arbitrary bytes, over UDP and TCP framing.
+//! path (parse, tables, engine, cache) on arbitrary bytes, over UDP and TCP framing, and
+//! upstream replies through the relay (decode, check, render).
 
 use std::sync::{Arc, OnceLock};
 
@@ -88,6 +89,40 @@ pub fn tcp(mut data: &[u8]) {
     }
 }
 
+/// What `upstream` takes replies to: `www.example` A, plain and with EDNS (DO, AD).
+const UPSTREAM_QUERIES: [&[u8]; 2] = [
+    b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x07example\x00\x00\x01\x00\x01",
+    b"\x12\x34\x01\x20\x00\x01\x00\x00\x00\x00\x00\x01\x03www\x07example\x00\x00\x01\x00\x01\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00",
+];
+
+/// Arbitrary bytes as an upstream's reply to a fixed query: refused, or rendered for clients
+/// of every size within their limits, as messages hickory-proto decodes.
+pub fn upstream(data: &[u8]) {
+    for qb in UPSTREAM_QUERIES {
+        let Ok(q) = wire::parse_query(qb) else {
+            return;
+        };
+        let id = u16::from_be_bytes([
+            data.first().copied().unwrap_or(0),
+            data.get(1).copied().unwrap_or(0),
+        ]);
+        let Ok(answer) = crate::relay::Answer::decode(data, id, &q) else {
+            continue;
+        };
+        let mut out = Vec::new();
+        for limit in [12 + 17, 512, 1232, 4096, u16::MAX as usize] {
+            answer.render(&q, 1, limit, &mut out);
+            if limit >= 512 {
+                check_reply(qb, &out, limit);
+                assert!(
+                    hickory_proto::op::Message::from_vec(&out).is_ok(),
+                    "a rendered answer does not decode"
+                );
+            }
+        }
+    }
+}
+
 /// A state file through parsing, validation and the tables.
 pub fn state_json(data: &[u8]) {
     let Ok(state) = serde_json::from_slice::<crate::State>(data) else {
@@ -128,15 +163,48 @@ mod tests {
             }
             m.truncate((next() as usize) % (m.len() + 1));
             super::udp(&m);
+            super::upstream(&m);
             let mut framed = (m.len() as u16).to_be_bytes().to_vec();
             framed.extend_from_slice(&m);
             super::tcp(&framed);
+        }
+        // Upstream replies: a good one (two answers, a CNAME pointing into the question, an OPT
+        // with a COOKIE), mutated.
+        let reply: Vec<u8> = {
+            let mut m = vec![0x12, 0x34, 0x81, 0xa0, 0, 1, 0, 3, 0, 0, 0, 1];
+            m.extend_from_slice(b"\x03www\x07example\x00\x00\x01\x00\x01");
+            m.extend_from_slice(b"\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x05\x02cd\xc0\x10");
+            for ip in [1u8, 2] {
+                m.extend_from_slice(
+                    b"\xc0\x29\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02",
+                );
+                m.push(ip);
+            }
+            m.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 12, 0, 10, 0, 8]);
+            m.extend_from_slice(&[7; 8]);
+            m
+        };
+        let decoded = crate::relay::Answer::decode(
+            &reply,
+            0x1234,
+            &crate::wire::parse_query(super::UPSTREAM_QUERIES[0]).unwrap(),
+        );
+        assert!(decoded.is_ok(), "the smoke test's base reply: {decoded:?}");
+        for _ in 0..20_000 {
+            let mut m = reply.clone();
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % m.len();
+                m[i] = next() as u8;
+            }
+            m.truncate((next() as usize) % (m.len() + 1) + m.len() / 2);
+            super::upstream(&m);
         }
         for n in 0..2000u64 {
             let len = (next() % 200) as usize;
             let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             super::udp(&junk);
             super::tcp(&junk);
+            super::upstream(&junk);
             let _ = n;
         }
         super::state_json(super::STATE.as_bytes());

@@ -8,6 +8,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod model;
 mod nameindex;
+pub mod relay;
 pub mod resolvconf;
 pub mod server;
 pub mod table;

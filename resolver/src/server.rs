@@ -3,8 +3,9 @@
 //! UDP is the hot path: one task per socket drains it with `recvmmsg`, answers local names in
 //! place and sends the batch back with one `sendmmsg`; only forwards become tasks of their own.
 //! The batch buffers are per thread, not per socket, so an idle listener costs a few hundred
-//! bytes. TCP: one task per connection, several queries per connection (answered out of
-//! order when forwards are slow), an idle timeout and a per-listener connection cap.
+//! bytes. TCP (`tcp.rs`): one task per connection, several queries per connection (answered
+//! out of order when forwards are slow), an idle timeout and a per-listener connection cap at
+//! which the longest-idle connection makes room for a new one.
 
 use std::cell::RefCell;
 use std::io;
@@ -15,9 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::engine::{self, Outcome};
@@ -25,9 +25,12 @@ use crate::forward::{DefaultUpstreams, ForwardConfig, Forwarder};
 use crate::table::{Snapshot, Tables, View, ViewIdx};
 use crate::wire::{self, RCODE_REFUSED, Reject, Response, parse_query};
 
+mod tcp;
+
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
-    /// Open connections per listener; more are closed at once.
+    /// Open connections per listener; past it, the longest-idle connection is closed to make
+    /// room (a new one is closed at once only if every connection has a query in flight).
     pub max_connections: usize,
     /// A connection with no query for this long (and none in flight) is closed.
     pub idle_timeout: Duration,
@@ -261,98 +264,6 @@ impl Resolver {
                 });
             }
         }
-    }
-
-    /// Serves a TCP listener until it fails for good or the task is aborted.
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener, sel: ViewSelector) {
-        let slots = Arc::new(Semaphore::new(self.tcp.max_connections));
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                debug!(%peer, "TCP connection cap reached, closing");
-                drop(stream);
-                continue;
-            };
-            let me = self.clone();
-            let sel = sel.clone();
-            tokio::spawn(async move {
-                me.tcp_connection(stream, peer, sel).await;
-                drop(permit);
-            });
-        }
-    }
-
-    async fn tcp_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        sel: ViewSelector,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.tcp.max_inflight);
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                let mut framed = Vec::with_capacity(msg.len() + 2);
-                framed.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-                framed.extend_from_slice(&msg);
-                if wr.write_all(&framed).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let inflight = Arc::new(Semaphore::new(self.tcp.max_inflight));
-        loop {
-            let mut len = [0u8; 2];
-            match tokio::time::timeout(self.tcp.idle_timeout, rd.read_exact(&mut len)).await {
-                Ok(Ok(_)) => {}
-                _ => break, // idle, closed or broken
-            }
-            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-            match tokio::time::timeout(self.tcp.idle_timeout, rd.read_exact(&mut msg)).await {
-                Ok(Ok(_)) => {}
-                _ => break,
-            }
-            let Ok(permit) = inflight.clone().acquire_owned().await else {
-                break;
-            };
-            let mut out = Vec::with_capacity(512);
-            let handled = {
-                let snap = self.tables.snapshot();
-                let view = sel.select(&snap, peer.ip());
-                self.handle(&snap, view, &msg, false, &mut out)
-            };
-            match handled {
-                Handled::Reply => {
-                    if tx.send(out).await.is_err() {
-                        break;
-                    }
-                    drop(permit);
-                }
-                Handled::Silent => drop(permit),
-                Handled::Forward(view) => {
-                    let me = self.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        if let Some(resp) = me.forward_logged(&view, &msg, true).await {
-                            let _ = tx.send(resp).await;
-                        }
-                        drop(permit);
-                    });
-                }
-            }
-        }
-        // Forwards still in flight hold senders; the writer ends when they are done.
-        drop(tx);
-        let _ = writer.await;
     }
 }
 

@@ -12,6 +12,8 @@ pub const TYPE_PTR: u16 = 12;
 pub const TYPE_AAAA: u16 = 28;
 pub const TYPE_SRV: u16 = 33;
 pub const TYPE_OPT: u16 = 41;
+pub const TYPE_SIG: u16 = 24;
+pub const TYPE_TSIG: u16 = 250;
 pub const CLASS_IN: u16 = 1;
 
 pub const RCODE_NOERROR: u8 = 0;
@@ -27,7 +29,7 @@ pub const OUR_EDNS_PAYLOAD: u16 = 1232;
 pub const MAX_UDP_RESPONSE: usize = 4096;
 /// Classic UDP limit without EDNS.
 pub const CLASSIC_UDP_LIMIT: usize = 512;
-const OPT_RR_LEN: usize = 11;
+pub(crate) const OPT_RR_LEN: usize = 11;
 
 /// The longest presentation name we handle (255 octets on the wire).
 pub const MAX_NAME: usize = 255;
@@ -112,6 +114,8 @@ pub struct Query<'a> {
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
+    /// Carries a TSIG or SIG(0) record: never answered from the cache, forwarded as is.
+    pub signed: bool,
 }
 
 impl Query<'_> {
@@ -221,8 +225,10 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         pos = skip_rr(msg, pos).ok_or(formerr)?.end;
     }
     let mut edns = None;
+    let mut signed = false;
     for _ in 0..ar {
         let rr = skip_rr(msg, pos).ok_or(formerr)?;
+        signed |= rr.rtype == TYPE_TSIG || rr.rtype == TYPE_SIG;
         if rr.rtype == TYPE_OPT {
             if edns.is_some() || rr.name_start + 1 != rr.name_end || msg[rr.name_start] != 0 {
                 return Err(formerr); // RFC 6891: one OPT, owned by the root
@@ -244,6 +250,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Reject> {
         qtype,
         qclass,
         edns,
+        signed,
     })
 }
 
@@ -479,7 +486,9 @@ impl<'b> Response<'b> {
 }
 
 /// Writes a header-only error reply (FORMERR, NOTIMP) to a packet that could not be parsed as a
-/// query; the ID and opcode are echoed when present. Returns None if nothing should be sent.
+/// query; the ID and opcode are echoed when present. FORMERR echoes RD and CD; NOTIMP does not
+/// (an opcode we do not implement gives those bits no meaning: BIND clears them too).
+/// Returns None if nothing should be sent.
 pub fn error_reply(msg: &[u8], rcode: u8, out: &mut Vec<u8>) -> Option<usize> {
     if msg.len() < 4 {
         return None;
@@ -487,7 +496,12 @@ pub fn error_reply(msg: &[u8], rcode: u8, out: &mut Vec<u8>) -> Option<usize> {
     out.clear();
     out.extend_from_slice(&msg[0..2]);
     let f = u16::from_be_bytes([msg[2], msg[3]]);
-    let f = flag::QR | (f & (0x7800 | flag::RD | flag::CD)) | rcode as u16;
+    let echoed = if rcode == RCODE_NOTIMP {
+        0x7800
+    } else {
+        0x7800 | flag::RD | flag::CD
+    };
+    let f = flag::QR | (f & echoed) | rcode as u16;
     out.extend_from_slice(&f.to_be_bytes());
     out.extend_from_slice(&[0; 8]);
     Some(out.len())
@@ -604,6 +618,25 @@ mod tests {
             parse_query(&m[..m.len() - 1]).unwrap_err(),
             Reject::Rcode(RCODE_FORMERR)
         );
+    }
+
+    #[test]
+    fn notimp_clears_rd_and_cd_formerr_echoes_them() {
+        // Opcode 15 with RD and CD set (ISC genreport's `opcodeflg`).
+        let mut m = query("a", TYPE_A, None);
+        m[2] = (15 << 3) | 0x01; // opcode 15, RD
+        m[3] = 0x10; // CD
+        assert_eq!(parse_query(&m).unwrap_err(), Reject::Rcode(RCODE_NOTIMP));
+        let mut out = Vec::new();
+        assert_eq!(error_reply(&m, RCODE_NOTIMP, &mut out), Some(12));
+        let f = u16::from_be_bytes([out[2], out[3]]);
+        assert_eq!(f, flag::QR | (15 << 11) | RCODE_NOTIMP as u16, "{f:#06x}");
+        assert_eq!(&out[0..2], &m[0..2]);
+        let mut m = query("a", TYPE_A, None);
+        m[3] = 0x10;
+        error_reply(&m, RCODE_FORMERR, &mut out);
+        let f = u16::from_be_bytes([out[2], out[3]]);
+        assert_eq!(f, flag::QR | flag::RD | flag::CD | RCODE_FORMERR as u16);
     }
 
     #[test]

@@ -14,6 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod upstreams;
+pub use upstreams::{Named, Scripted};
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short unique tag: `<pid mod 10^5><counter>` (fits interface names with a prefix).

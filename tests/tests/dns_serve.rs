@@ -1,6 +1,7 @@
 //! `sdctl dns serve` end to end: the real binary in a throw-away namespace, queried with real
-//! dig and kdig, forwarding to real dnsmasq upstreams (alive, refusing, stopped = slow) and to
-//! small fixtures for what dnsmasq cannot be made to do (SERVFAIL, never answering).
+//! dig and kdig, forwarding to real dnsmasq upstreams (alive, refusing, stopped = slow), to a
+//! real BIND (TSIG), and to small fixtures for what those cannot be made to do (SERVFAIL, never
+//! answering, malformed or oversized replies, COOKIE/NSID options, the AD bit).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +11,11 @@ use sdnet_tests::{
     Dig, Dnsmasq, Ns, TempDir, fixed_rcode_upstream, sdctl, silent_upstream, wait_for,
 };
 use serde_json::json;
+
+/// The forwarding path against scripted upstreams and BIND (checks, truncation, EDNS, AD,
+/// TSIG).
+#[path = "dns_serve/forwarding.rs"]
+mod forwarding;
 
 fn id(n: u8) -> String {
     format!("{:02x}", n).repeat(32)
@@ -569,6 +575,25 @@ fn malformed_input_never_breaks_the_server() {
     sock.send_to(&resp, server).unwrap();
     let (n, _) = sock.recv_from(&mut buf).expect("NOTIMP reply");
     assert!(n >= 12 && buf[3] & 0xF == 4 && buf[0..2] == [0x12, 0x34]);
+    // Opcode 15 with RD and CD set: NOTIMP with RD and CD cleared (BIND does; ISC genreport's
+    // `opcodeflg` checks it), the opcode echoed.
+    resp[2] = (15 << 3) | 0x01;
+    resp[3] = 0x10;
+    sock.send_to(&resp, server).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).expect("NOTIMP reply");
+    assert!(n >= 12 && buf[3] & 0xF == 4, "{:?}", &buf[..n]);
+    assert_eq!(
+        buf[2],
+        0x80 | (15 << 3),
+        "QR and opcode only: {:#04x}",
+        buf[2]
+    );
+    assert_eq!(
+        buf[3] & 0xF0,
+        0,
+        "CD (or anything else) echoed: {:#04x}",
+        buf[3]
+    );
     // Two questions: FORMERR.
     let mut two = vec![0x55, 0x66, 0x01, 0x00, 0, 2, 0, 0, 0, 0, 0, 0];
     two.extend_from_slice(&[1, b'b', 0, 0, 1, 0, 1, 1, b'c', 0, 0, 1, 0, 1]);
@@ -611,4 +636,38 @@ fn malformed_input_never_breaks_the_server() {
     assert_eq!(d.data("A"), ["10.1.0.3"]);
     assert_eq!(s.dig(&["+tcp", "b"]).data("A"), ["10.1.0.3"]);
     assert!(!s.log().contains("panicked"));
+}
+
+/// 64 connections (the cap) that each sent half a query do not block TCP DNS until the idle
+/// timeout (10 s): the connection idle the longest is closed to make room for a new one.
+#[test]
+fn tcp_cap_makes_room_by_closing_the_longest_idle_connection() {
+    let ns = Ns::new("dnsp");
+    let dir = TempDir::new("dnsp");
+    let s = serve(
+        &ns,
+        &dir,
+        &state(),
+        &["--as", "a", "--upstream", "127.0.0.9:9"],
+    );
+    let mut half: Vec<TcpStream> = ns.enter(|| {
+        (0..64)
+            .map(|_| {
+                let mut c = TcpStream::connect("127.0.0.1:53").expect("connect");
+                // A length of 30, then 2 of those 30 bytes.
+                c.write_all(&[0, 30, 0x12, 0x34]).expect("half a query");
+                c
+            })
+            .collect()
+    });
+    // A 65th connection with a whole query: answered (dig waits up to 5 s for it).
+    let d = ns.try_dig(&["@127.0.0.1", "+tcp", "+tries=1", "+time=5", "b"]);
+    let d = d.unwrap_or_else(|| panic!("no TCP answer at the cap:\n{}", s.log()));
+    assert_eq!(d.data("A"), ["10.1.0.3"]);
+    // The first of the 64 was closed for it.
+    half[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(half[0].read_to_end(&mut rest).ok(), Some(0), "still open");
 }
