@@ -14,6 +14,8 @@
 //! - A key put with a lease is deleted (an event like any other) when the lease expires or is
 //!   revoked.
 
+#[cfg(test)]
+mod contract;
 mod migrate;
 pub mod redb;
 pub mod schema;
