@@ -16,6 +16,8 @@
 
 #[cfg(test)]
 mod contract;
+#[allow(dead_code)] // used by the cluster (issue 11)
+pub mod etcd;
 mod migrate;
 pub mod redb;
 pub mod schema;
@@ -141,7 +143,6 @@ pub enum StoreError {
     Compacted { asked: Rev, compacted: Rev },
     /// The store cannot be reached (etcd down or partitioned).
     #[error("store unavailable: {0}")]
-    #[allow(dead_code)] // raised by the cluster backend (etcd)
     Unavailable(String),
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
