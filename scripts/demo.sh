@@ -12,9 +12,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 need=()
 # (socat and curl: the README's walkthrough after the demo uses them)
-for pair in dig:bind9-dnsutils nft:nftables ip:iproute2 ping:iputils-ping socat:socat curl:curl; do
+# (protoc and protobuf's .proto files: building the etcd client compiles etcd's protos)
+for pair in dig:bind9-dnsutils nft:nftables ip:iproute2 ping:iputils-ping socat:socat curl:curl \
+            protoc:protobuf-compiler; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every sdnet test on a fresh Debian machine, as root: installs the tools the end-to-end
-# tests drive (dig, kdig, dnsmasq, named, nft, ...; dnsperf too, for the benchmarks), builds the
+# tests drive (dig, kdig, dnsmasq, named, nft, ...; dnsperf too, for the benchmarks; etcd for the
+# cluster store's tests; protoc to build the etcd client), builds the
 # workspace, runs unit and end-to-end tests. Benchmarks (tests/bench/) and fuzzing (fuzz/)
 # are separate: see README.md.
 set -euo pipefail
@@ -15,9 +16,12 @@ fi
 need=()
 for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq named:bind9 nft:nftables ip:iproute2 \
             ping:iputils-ping socat:socat curl:curl busybox:busybox-static nsenter:util-linux \
-            unshare:util-linux conntrack:conntrack dnsperf:dnsperf; do
+            unshare:util-linux conntrack:conntrack dnsperf:dnsperf etcd:etcd-server \
+            protoc:protobuf-compiler; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# etcd-client's build compiles etcd's protos, which import protobuf's well-known types.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test-all: installing ${need[*]}"
   apt-get update -qq

@@ -14,6 +14,10 @@
 //! - A key put with a lease is deleted (an event like any other) when the lease expires or is
 //!   revoked.
 
+#[cfg(test)]
+mod contract;
+#[allow(dead_code)] // used by the cluster (issue 11)
+pub mod etcd;
 mod migrate;
 pub mod redb;
 pub mod schema;
@@ -139,7 +143,6 @@ pub enum StoreError {
     Compacted { asked: Rev, compacted: Rev },
     /// The store cannot be reached (etcd down or partitioned).
     #[error("store unavailable: {0}")]
-    #[allow(dead_code)] // raised by the cluster backend (etcd)
     Unavailable(String),
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),

@@ -76,6 +76,14 @@ fn lease_key(lease: LeaseId, key: &str) -> String {
     format!("{lease:016x}/{key}")
 }
 
+/// A lease to end with a transaction.
+#[derive(Clone, Copy)]
+enum Revoke {
+    Now(LeaseId),
+    /// Only if it is still expired (a keep-alive may have come since the reaper looked).
+    Expired(LeaseId),
+}
+
 struct Hub {
     /// Recent transactions, oldest first; they cover revisions (floor, rev].
     history: VecDeque<Arc<WatchBatch>>,
@@ -193,6 +201,12 @@ impl Inner {
     }
 
     fn txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
+        self.apply(txn, None)
+    }
+
+    /// Applies a transaction; with `revoke`, also ends that lease and deletes its keys in the
+    /// same write transaction, so no keep-alive or put with the lease gets in between.
+    fn apply(&self, txn: &Txn, revoke: Option<Revoke>) -> Result<TxnResult, StoreError> {
         let mut hub = self.hub();
         let tx = self.db.begin_write().map_err(backend)?;
         let rev = hub.rev + 1;
@@ -200,7 +214,7 @@ impl Inner {
         {
             let mut kv = tx.open_table(KV).map_err(backend)?;
             let mut lease_keys = tx.open_table(LEASE_KEYS).map_err(backend)?;
-            let leases = tx.open_table(LEASES).map_err(backend)?;
+            let mut leases = tx.open_table(LEASES).map_err(backend)?;
             for c in &txn.compares {
                 let holds = match c {
                     Compare::Absent(k) => kv.get(k.as_str()).map_err(backend)?.is_none(),
@@ -298,10 +312,43 @@ impl Inner {
                     }
                 }
             }
+            let revoke = match revoke {
+                Some(Revoke::Expired(l)) => match leases.get(l).map_err(backend)? {
+                    // Renewed since the reaper looked: not expired any more.
+                    Some(v) if v.value().1 > now_ms() => None,
+                    _ => Some(l),
+                },
+                Some(Revoke::Now(l)) => Some(l),
+                None => None,
+            };
+            if let Some(lease) = revoke {
+                let prefix = format!("{lease:016x}/");
+                let mut keys = Vec::new();
+                for e in lease_keys.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, _) = e.map_err(backend)?;
+                    match k.value().strip_prefix(prefix.as_str()) {
+                        Some(key) => keys.push(key.to_string()),
+                        None => break,
+                    }
+                }
+                for key in keys {
+                    lease_keys
+                        .remove(lease_key(lease, &key).as_str())
+                        .map_err(backend)?;
+                    if kv.remove(key.as_str()).map_err(backend)?.is_some() {
+                        events.push(deleted(&key, rev));
+                    }
+                }
+                leases.remove(lease).map_err(backend)?;
+            }
             if events.is_empty() {
-                // Nothing changed: no revision is spent (etcd spends one; nobody relies on it).
+                // Nothing changed: no revision is spent (etcd does the same).
                 drop((kv, lease_keys, leases));
-                tx.abort().map_err(backend)?;
+                if revoke.is_some() {
+                    tx.commit().map_err(backend)?;
+                } else {
+                    tx.abort().map_err(backend)?;
+                }
                 return Ok(TxnResult::Committed(hub.rev));
             }
             let mut meta = tx.open_table(META).map_err(backend)?;
@@ -348,32 +395,8 @@ impl Inner {
 
     /// Deletes a lease and its keys (one transaction, one revision if any key existed).
     fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let keys = {
-            let tx = self.db.begin_read().map_err(backend)?;
-            let lk = tx.open_table(LEASE_KEYS).map_err(backend)?;
-            let prefix = format!("{lease:016x}/");
-            let mut keys = Vec::new();
-            for e in lk.range(prefix.as_str()..).map_err(backend)? {
-                let (k, _) = e.map_err(backend)?;
-                match k.value().strip_prefix(prefix.as_str()) {
-                    Some(key) => keys.push(key.to_string()),
-                    None => break,
-                }
-            }
-            keys
-        };
-        let mut txn = Txn::new();
-        for k in keys {
-            txn = txn.delete(k);
-        }
-        self.txn(&txn)?;
-        let tx = self.db.begin_write().map_err(backend)?;
-        {
-            let mut leases = tx.open_table(LEASES).map_err(backend)?;
-            leases.remove(lease).map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        Ok(())
+        self.apply(&Txn::new(), Some(Revoke::Now(lease)))
+            .map(|_| ())
     }
 
     fn expire_leases(&self) -> Result<(), StoreError> {
@@ -391,7 +414,7 @@ impl Inner {
             out
         };
         for l in expired {
-            self.revoke(l)?;
+            self.apply(&Txn::new(), Some(Revoke::Expired(l)))?;
         }
         Ok(())
     }
@@ -536,6 +559,7 @@ impl Store for RedbStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{self, put};
     use super::*;
 
     struct Tmp(std::path::PathBuf);
@@ -559,106 +583,65 @@ mod tests {
         }
     }
 
-    fn put(k: &str, v: &str) -> Txn {
-        Txn::new().put(k, v.as_bytes().to_vec())
+    #[tokio::test]
+    async fn contract_compare_and_swap() {
+        let t = Tmp::new("cas");
+        contract::compare_and_swap(&RedbStore::open(&t.file()).unwrap()).await;
     }
 
     #[tokio::test]
-    async fn revisions_compare_and_swap_and_persistence() {
-        let t = Tmp::new("cas");
+    async fn contract_watch_replays_then_follows() {
+        let t = Tmp::new("watch");
+        contract::watch_replays_then_follows(&RedbStore::open(&t.file()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn contract_leases() {
+        let t = Tmp::new("lease");
+        contract::leases(&RedbStore::open(&t.file()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn contract_concurrent_create_if_absent() {
+        let t = Tmp::new("race");
+        contract::concurrent_create_if_absent(Arc::new(RedbStore::open(&t.file()).unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn revisions_persist_across_reopen() {
+        let t = Tmp::new("reopen");
         {
             let s = RedbStore::open(&t.file()).unwrap();
             assert_eq!(
                 s.txn(put("/a/1", "x")).await.unwrap(),
                 TxnResult::Committed(1)
             );
-            // Create-if-absent fails on an existing key and writes nothing.
-            let r = s
-                .txn(put("/a/1", "y").when(Compare::Absent("/a/1".into())))
-                .await
-                .unwrap();
-            assert_eq!(r, TxnResult::Failed(1));
-            assert_eq!(s.get("/a/1").await.unwrap().unwrap().value, b"x");
-            // ModRev: only the writer that saw revision 1 wins.
-            let r = s
-                .txn(put("/a/1", "z").when(Compare::ModRev("/a/1".into(), 1)))
-                .await
-                .unwrap();
-            assert_eq!(r, TxnResult::Committed(2));
-            let kv = s.get("/a/1").await.unwrap().unwrap();
-            assert_eq!((kv.create_rev, kv.mod_rev, kv.value), (1, 2, b"z".to_vec()));
-            let r = s
-                .txn(put("/a/1", "w").when(Compare::ModRev("/a/1".into(), 1)))
-                .await
-                .unwrap();
-            assert_eq!(r, TxnResult::Failed(2));
-            // PrefixEmpty guards "no key under /a/".
-            let r = s
-                .txn(put("/b", "1").when(Compare::PrefixEmpty("/a/".into())))
-                .await
-                .unwrap();
-            assert_eq!(r, TxnResult::Failed(2));
-            assert!(matches!(
-                s.txn(put("/b", "1").when(Compare::PrefixEmpty("/c/".into())))
-                    .await
-                    .unwrap(),
-                TxnResult::Committed(3)
-            ));
-            // All or nothing: one failing compare blocks every op.
-            let r = s
-                .txn(
-                    Txn::new()
-                        .when(Compare::Absent("/x".into()))
-                        .when(Compare::Absent("/b".into()))
-                        .put("/x", b"1".to_vec()),
-                )
-                .await
-                .unwrap();
-            assert_eq!(r, TxnResult::Failed(3));
-            assert!(s.get("/x").await.unwrap().is_none());
+            s.txn(put("/b", "1")).await.unwrap();
             s.txn(put("/a/2", "y").delete("/b")).await.unwrap();
         }
         // Reopened: same keys, same revision, the counter continues.
         let s = RedbStore::open(&t.file()).unwrap();
         let (items, rev) = s.snapshot("/a/").await.unwrap();
-        assert_eq!(rev, 4);
+        assert_eq!(rev, 3);
         let keys: Vec<&str> = items.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(keys, ["/a/1", "/a/2"]);
         assert!(s.get("/b").await.unwrap().is_none());
         assert_eq!(
             s.txn(put("/c", "1")).await.unwrap(),
-            TxnResult::Committed(5)
+            TxnResult::Committed(4)
         );
     }
 
     #[tokio::test]
-    async fn watch_replays_from_a_revision_then_follows() {
-        let t = Tmp::new("watch");
-        let s = RedbStore::open(&t.file()).unwrap();
-        s.txn(put("/n/1", "a")).await.unwrap(); // rev 1
-        s.txn(put("/other", "a")).await.unwrap(); // rev 2
-        s.txn(put("/n/2", "b").delete("/n/1")).await.unwrap(); // rev 3
-        let mut w = s.watch("/n/", 2).await.unwrap();
-        let b = w.next().await.unwrap().unwrap();
-        assert_eq!(b.rev, 3);
-        let kinds: Vec<(EventKind, &str)> = b
-            .events
-            .iter()
-            .map(|e| (e.kind, e.kv.key.as_str()))
-            .collect();
-        assert_eq!(
-            kinds,
-            [(EventKind::Put, "/n/2"), (EventKind::Delete, "/n/1")]
-        );
-        s.txn(put("/other", "b")).await.unwrap(); // rev 4: not under /n/
-        s.txn(Txn::new().delete_prefix("/n/")).await.unwrap(); // rev 5
-        let b = w.next().await.unwrap().unwrap();
-        assert_eq!(b.rev, 5);
-        assert_eq!(b.events[0].kind, EventKind::Delete);
-        assert_eq!(b.events[0].kv.key, "/n/2");
-        // A reopened store has no history: resuming from before it is a relist.
-        drop(w);
-        drop(s);
+    async fn a_reopened_store_has_no_watch_history() {
+        let t = Tmp::new("history");
+        {
+            let s = RedbStore::open(&t.file()).unwrap();
+            for i in 0..3 {
+                s.txn(put(&format!("/n/{i}"), "a")).await.unwrap();
+            }
+        }
+        // Resuming from before the reopen is a relist.
         let s = RedbStore::open(&t.file()).unwrap();
         assert!(matches!(
             s.watch("/n/", 3).await,
@@ -667,73 +650,7 @@ mod tests {
         let (_, rev) = s.snapshot("/n/").await.unwrap();
         let mut w = s.watch("/n/", rev + 1).await.unwrap();
         s.txn(put("/n/3", "c")).await.unwrap();
-        assert_eq!(w.next().await.unwrap().unwrap().rev, rev + 1);
-    }
-
-    #[tokio::test]
-    async fn leased_keys_vanish_when_the_lease_ends() {
-        let t = Tmp::new("lease");
-        let s = RedbStore::open(&t.file()).unwrap();
-        let short = s.grant(Duration::from_millis(300)).await.unwrap();
-        let long = s.grant(Duration::from_secs(60)).await.unwrap();
-        s.txn(Txn::new().put_leased("/l/short", b"1".to_vec(), short))
-            .await
-            .unwrap();
-        s.txn(Txn::new().put_leased("/l/long", b"1".to_vec(), long))
-            .await
-            .unwrap();
-        let (_, rev) = s.snapshot("/l/").await.unwrap();
-        let mut w = s.watch("/l/", rev + 1).await.unwrap();
-        // Kept alive past its TTL, it stays.
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            s.keep_alive(short).await.unwrap();
-        }
-        assert!(s.get("/l/short").await.unwrap().is_some());
-        // Not renewed: deleted, and watchers see it.
-        let b = tokio::time::timeout(Duration::from_secs(5), w.next())
-            .await
-            .expect("expiry event")
-            .unwrap()
-            .unwrap();
-        assert_eq!(b.events[0].kind, EventKind::Delete);
-        assert_eq!(b.events[0].kv.key, "/l/short");
-        assert!(matches!(
-            s.keep_alive(short).await,
-            Err(StoreError::LeaseNotFound(_))
-        ));
-        assert!(matches!(
-            s.txn(Txn::new().put_leased("/l/x", b"1".to_vec(), short))
-                .await,
-            Err(StoreError::LeaseNotFound(_))
-        ));
-        s.revoke(long).await.unwrap();
-        assert!(s.snapshot("/l/").await.unwrap().0.is_empty());
-    }
-
-    #[tokio::test]
-    async fn concurrent_create_if_absent_has_one_winner() {
-        let t = Tmp::new("race");
-        let s = Arc::new(RedbStore::open(&t.file()).unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..16 {
-            let s = s.clone();
-            tasks.push(tokio::spawn(async move {
-                s.txn(
-                    put("/ipam/n/10.0.0.2", &format!("sb{i}"))
-                        .when(Compare::Absent("/ipam/n/10.0.0.2".into())),
-                )
-                .await
-                .unwrap()
-            }));
-        }
-        let mut won = 0;
-        for t in tasks {
-            if matches!(t.await.unwrap(), TxnResult::Committed(_)) {
-                won += 1;
-            }
-        }
-        assert_eq!(won, 1);
+        assert_eq!(contract::next_batch(&mut w).await.rev, rev + 1);
     }
 
     #[tokio::test]
