@@ -351,6 +351,8 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
     }
     let status = d.status_of(&sb.id).cloned();
     match &status {
+        // Started by an earlier round; its status record is not in this state yet.
+        None if r.proc.is_some() => {}
         None => {
             let p = start(node, sb).await?;
             r.proc = Some(p);
