@@ -527,8 +527,20 @@ impl Daemon {
 
     /// Kills the daemon with SIGKILL (no clean-up at all) and starts it again.
     pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.restart();
+    }
+
+    /// Sends SIGKILL to the daemon (it may be serving calls of other threads meanwhile);
+    /// `restart` starts it again.
+    pub fn kill9(&self) {
         // SAFETY: signalling the daemon this test started.
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+    }
+
+    /// Reaps the killed daemon and starts it again (waits until its API answers).
+    pub fn restart(&mut self) {
+        self.kill9();
         let mut kids = self.ns.children.lock().unwrap();
         if let Some(i) = kids.iter().position(|c| c.id() == self.pid) {
             let mut c = kids.remove(i);
@@ -792,6 +804,189 @@ impl Daemon {
     }
 }
 
+/// A link as `ip -o link show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// The peer's index (`name@ifN`: a veth whose other end is in another namespace).
+    pub peer: Option<u32>,
+    pub master: Option<String>,
+    /// Administratively up (`UP` among the flags).
+    pub up: bool,
+}
+
+/// Parses `ip -o link show` output.
+pub fn parse_links(text: &str) -> Vec<Link> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ": ");
+            let index = parts.next()?.trim().parse().ok()?;
+            let full = parts.next()?;
+            let rest = parts.next().unwrap_or("");
+            let (name, peer) = match full.split_once('@') {
+                Some((n, p)) => (n, p.strip_prefix("if").and_then(|i| i.parse().ok())),
+                None => (full, None),
+            };
+            let flags = rest
+                .strip_prefix('<')
+                .and_then(|r| r.split_once('>'))
+                .map(|(f, _)| f)
+                .unwrap_or("");
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let master = words
+                .iter()
+                .position(|w| *w == "master")
+                .and_then(|i| words.get(i + 1))
+                .map(|m| m.to_string());
+            Some(Link {
+                index,
+                name: name.to_string(),
+                peer,
+                master,
+                up: flags.split(',').any(|f| f == "UP"),
+            })
+        })
+        .collect()
+}
+
+/// `net:[INODE]` of a namespace file (what `readlink /proc/PID/ns/net` prints for a process
+/// in it), None if `path` is not a network namespace.
+pub fn netns_id(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != NSFS_MAGIC {
+        return None;
+    }
+    let ino = std::fs::metadata(path).ok()?.ino();
+    Some(format!("net:[{ino}]"))
+}
+
+/// The network namespace a process is in (`net:[INODE]`).
+pub fn netns_of_pid(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+/// Live (not zombie) processes whose environment holds exactly `entry` (`KEY=VALUE`): tests
+/// mark the processes they have a daemon start with a unique entry (`run -e`, `services
+/// create -e`) to find every one of them, wherever it runs.
+pub fn procs_with_env(entry: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("");
+        if !state.is_empty() && state != "Z" && state != "X" {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Kills (SIGKILL, by PID) every process marked with `entry` when dropped: processes a test
+/// had a daemon start must not outlive the test, even when the daemon lost track of them.
+pub struct KillMarked(pub String);
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        for _ in 0..10 {
+            let pids = procs_with_env(&self.0);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                // SAFETY: a process started for this test (it carries the test's marker).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Daemon {
+    /// `ps -a --format json`; Err when the daemon does not answer.
+    pub fn try_ps(&self) -> Result<Vec<serde_json::Value>, String> {
+        let out = self.sdctl(&["ps", "-a", "--format", "json"]);
+        if !out.status.success() {
+            return Err(format!(
+                "ps failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("ps JSON: {e}"))
+    }
+
+    /// Every network, as `network inspect` shows it; Err when the daemon does not answer.
+    pub fn try_networks(&self) -> Result<Vec<serde_json::Value>, String> {
+        let out = self.sdctl(&["network", "ls", "-q"]);
+        if !out.status.success() {
+            return Err(format!(
+                "network ls failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["network", "inspect"];
+        args.extend(ids.iter().map(String::as_str));
+        let out = self.sdctl(&args);
+        if !out.status.success() {
+            return Err(format!(
+                "network inspect failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("network JSON: {e}"))
+    }
+
+    /// Links in the daemon's namespace.
+    pub fn links(&self) -> Vec<Link> {
+        parse_links(&self.ns.run_ok("ip", &["-o", "link", "show"]))
+    }
+
+    /// Links inside a namespace file (e.g. `netns_path`); None if it cannot be entered.
+    pub fn links_in(&self, netns: &Path) -> Option<Vec<Link>> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["ip", "-o", "link", "show"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| parse_links(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// A path inside the daemon's mount namespace, as the test process can open it.
+    pub fn daemon_path(&self, p: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{p}", self.pid))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -809,5 +1004,18 @@ mod tests {
         assert_eq!(k.status, "NXDOMAIN");
         assert!(k.has_flag("aa") && !k.has_flag("ra"));
         assert!(Dig::parse(";; connection timed out; no servers could be reached").is_none());
+    }
+
+    #[test]
+    fn parses_ip_link() {
+        let t = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\\    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n7: sdv0123456789ab@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue master sd-0123456789ab state UP mode DEFAULT group default qlen 1000\\    link/ether 6a:1b brd ff:ff\n9: sd-0123456789ab: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 state DOWN\n10: eth0@if7: <BROADCAST,MULTICAST> mtu 1500 state DOWN\n";
+        let l = parse_links(t);
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[1].name, "sdv0123456789ab");
+        assert_eq!(l[1].peer, Some(2));
+        assert_eq!(l[1].master.as_deref(), Some("sd-0123456789ab"));
+        assert!(l[1].up && l[2].up && !l[3].up);
+        assert_eq!((l[3].index, l[3].peer), (10, Some(7)));
+        assert_eq!(l[0].master, None);
     }
 }

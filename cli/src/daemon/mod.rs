@@ -295,6 +295,13 @@ async fn cleanup(cfg: &Config, store_path: &Path, socket: &Path) -> Result<()> {
     let run_dir = cfg.run_dir.clone();
     tokio::task::spawn_blocking(move || {
         if let Some(k) = Keeper::connect_existing(&run_dir) {
+            // Also processes the store no longer knows (their sandbox's removal was stored
+            // just before a crash): the keeper holds them all.
+            for (key, fd) in k.list("sb/").unwrap_or_default() {
+                if key.ends_with("/proc") {
+                    supervisor::kill_pidfd(&fd);
+                }
+            }
             let _ = k.quit();
         }
     })

@@ -106,17 +106,24 @@ impl Scheduler {
         self.drains
             .retain(|id, h| d.sandboxes.contains_key(id.as_str()) && !h.is_finished());
         let svcs: Vec<String> = d.services.keys().cloned().collect();
-        // `--rm` sandboxes whose process exited.
+        // `--rm` sandboxes whose process exited, and tasks of a service that is gone (one
+        // created while the service's removal was decided on an older state).
         let gone: Vec<String> = d
             .sandboxes
             .values()
-            .filter(|s| s.rec.auto_remove && d.status_of(&s.rec.id).is_some_and(|x| x.exited))
+            .filter(|s| {
+                (s.rec.auto_remove && d.status_of(&s.rec.id).is_some_and(|x| x.exited))
+                    || s.rec
+                        .task
+                        .as_ref()
+                        .is_some_and(|t| !d.services.contains_key(t.service.as_str()))
+            })
             .map(|s| s.rec.id.clone())
             .collect();
         drop(d);
         for id in gone {
             if let Err(e) = sandboxes::remove_by_id(&self.node, &id).await {
-                warn!("removing a --rm sandbox: {e}");
+                warn!(sandbox = %id, "removing a --rm sandbox or an orphaned task: {e}");
             }
         }
         for s in svcs {

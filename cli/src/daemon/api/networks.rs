@@ -394,9 +394,13 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
         let mut claim = node.ipam.claim();
         let ep = plan_endpoint(node, d, sb_id, &net.rec, index, order, &attach, &mut claim)?;
         ids = (sb_id.clone(), sb.rec.name.clone(), net.rec.name.clone());
+        // The sandbox's record is written again (unchanged): a removal of the sandbox decided
+        // on a state without this endpoint then fails its compare and is decided again,
+        // instead of leaving the endpoint (and its address) behind without a sandbox.
         let txn = Txn::new()
             .when(Compare::ModRev(schema::sandbox(sb_id), sb.rev))
-            .when(Compare::ModRev(schema::network(net_id), net.rev));
+            .when(Compare::ModRev(schema::network(net_id), net.rev))
+            .put(schema::sandbox(sb_id), schema::encode(&*sb.rec));
         Ok(put_endpoint(txn, &ep))
     })
     .await?;

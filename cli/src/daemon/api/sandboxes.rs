@@ -172,7 +172,12 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 .services
                 .get(t.service.as_str())
                 .ok_or_else(|| ApiError::NotFound("service vanished".into()))?;
-            txn = txn.when(Compare::ModRev(schema::service(&t.service), svc.rev));
+            // The service's record is written again (unchanged): a removal of the service
+            // decided on a state without this task then fails its compare and is decided
+            // again, instead of leaving the task behind without its service.
+            txn = txn
+                .when(Compare::ModRev(schema::service(&t.service), svc.rev))
+                .put(schema::service(&t.service), schema::encode(&*svc.rec));
         }
         for ep in &eps {
             txn = put_endpoint(txn, ep);

@@ -5,6 +5,7 @@
 //! dir, links in /etc/netns and /run/netns that point into it, logs named by sandbox ID.
 
 use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use crate::daemon::config::{Config, bridge_name, veth_name};
 use crate::daemon::drivers::Host;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{DriverKind, NetMode};
+use crate::daemon::supervisor::kill_pidfd;
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -43,8 +45,9 @@ pub async fn collect(node: &Arc<Node>, d: &Desired, kept: &Mutex<Kept>) {
     let known_ids: HashSet<&str> = d.sandboxes.keys().map(String::as_str).collect();
     let known_names: HashSet<&str> = d.sandboxes.values().map(|s| s.rec.name.as_str()).collect();
 
-    // Descriptors the keeper still holds for sandboxes that are gone.
-    let stale: Vec<String> = {
+    // Descriptors the keeper still holds for sandboxes that are gone; their processes die
+    // (a removal stored just before a crash: nobody else knows them any more).
+    let stale: Vec<(String, OwnedFd)> = {
         let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
         let stale: Vec<String> = k
             .keys()
@@ -55,25 +58,37 @@ pub async fn collect(node: &Arc<Node>, d: &Desired, kept: &Mutex<Kept>) {
             })
             .cloned()
             .collect();
-        for key in &stale {
-            k.remove(key);
-        }
         stale
+            .into_iter()
+            .filter_map(|key| k.remove(&key).map(|fd| (key, fd)))
+            .collect()
     };
     let keeper = node.keeper.clone();
     let known_owned: HashSet<String> = known_ids.iter().map(|s| s.to_string()).collect();
     let _ = tokio::task::spawn_blocking(move || {
-        for key in stale {
+        for (key, fd) in stale {
+            if key.ends_with("/proc") {
+                info!(key = %key, "killing the process of a removed sandbox");
+                kill_pidfd(&fd);
+            }
             let _ = keeper.drop_prefix(&key);
         }
         // And what it holds beyond what it handed back at start.
         if let Ok(keys) = keeper.keys("sb/") {
-            for key in keys {
-                if let Some(id) = key.split('/').nth(1)
-                    && !known_owned.contains(id)
-                {
-                    let _ = keeper.drop_prefix(&format!("sb/{id}/"));
+            let stale: HashSet<&str> = keys
+                .iter()
+                .filter_map(|k| k.split('/').nth(1))
+                .filter(|id| !known_owned.contains(*id))
+                .collect();
+            for id in stale {
+                // Only for gone sandboxes: fetch the held descriptors, kill a process first.
+                for (key, fd) in keeper.list(&format!("sb/{id}/")).unwrap_or_default() {
+                    if key.ends_with("/proc") {
+                        info!(key = %key, "killing the process of a removed sandbox");
+                        kill_pidfd(&fd);
+                    }
                 }
+                let _ = keeper.drop_prefix(&format!("sb/{id}/"));
             }
         }
     })

@@ -379,6 +379,11 @@ impl Reconciler {
                 want.push((sandbox::kept_key(id, "udp"), l.sockets.0.clone()));
                 want.push((sandbox::kept_key(id, "tcp"), l.sockets.1.clone()));
             }
+            if let Some(p) = r.proc.filter(crate::daemon::supervisor::alive)
+                && let Ok(fd) = crate::daemon::supervisor::pidfd_open(p.pid)
+            {
+                want.push((sandbox::kept_key(id, "proc"), Arc::new(fd)));
+            }
         }
         let keeper = self.node.keeper.clone();
         let r = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -166,6 +166,8 @@ async fn realize_inner(
             .unwrap_or_else(|p| p.into_inner())
             .remove(&kept_key(id, what))
     };
+    // The keeper keeps holding the process; the copy it handed back is not needed.
+    drop(take("proc"));
     if sb.mode == NetMode::Host {
         write_files(node, sb, &[], false, r, links.is_some()).await?;
         return process(node, d, sb, r).await;
@@ -178,7 +180,12 @@ async fn realize_inner(
         Some(_) => links.is_some() && !is_netns(&path),
     };
     if need_ns {
-        let from_keeper = take("netns");
+        // The namespace we already hold (its mount was removed by hand), else the keeper's.
+        let from_keeper = match &r.ns {
+            Some(ns) => ns.as_fd().try_clone_to_owned().ok(),
+            None => None,
+        }
+        .or_else(|| take("netns"));
         let fresh = from_keeper.is_none() && sb.adopt.is_none();
         let (p, adopt) = (path.clone(), sb.adopt.clone());
         let ns = blocking(move || {
@@ -412,6 +419,8 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
     }
     let status = d.status_of(&sb.id).cloned();
     match &status {
+        // Started by an earlier round; its status record is not in this state yet.
+        None if r.proc.is_some() => {}
         None => {
             let p = start(node, sb).await?;
             r.proc = Some(p);
@@ -512,6 +521,20 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
         .await;
     match r {
         Ok(TxnResult::Committed(_)) => {
+            // The keeper holds the process too (before it runs: a daemon that dies here
+            // closes the gate), so that it is found and killed when the sandbox's removal is
+            // stored but the daemon dies before acting on it, or before a restarted daemon
+            // learns the PID again.
+            match supervisor::pidfd_open(p.pid) {
+                Ok(fd) => {
+                    let keeper = node.keeper.clone();
+                    let key = kept_key(&sb.id, "proc");
+                    if let Err(e) = blocking(move || Ok(keeper.hold(&key, fd.as_raw_fd())?)).await {
+                        warn!(sandbox = %sb.name, "handing the process to the keeper: {e:#}");
+                    }
+                }
+                Err(e) => warn!(sandbox = %sb.name, "pidfd of the process: {e}"),
+            }
             gated.open().context("releasing the process")?;
             node.supervisor.watch(&sb.id, p);
             info!(sandbox = %sb.name, pid = p.pid, "process started");
@@ -631,6 +654,13 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
     let (ns, adopted, mode, key) = (r.ns.take(), r.adopted, r.mode, kept_key(id, ""));
     let held = ns.clone();
     let res = blocking(move || {
+        // The process as the keeper holds it: also when this daemon never learnt its PID (a
+        // sandbox removed before a restarted daemon got as far as its process).
+        if let Ok(held) = keeper.list(&format!("{key}proc")) {
+            for (_, fd) in held {
+                supervisor::kill_pidfd(&fd);
+            }
+        }
         let _ = keeper.drop_prefix(&key);
         if mode == NetMode::Own {
             if adopted && let Some(ns) = &ns {

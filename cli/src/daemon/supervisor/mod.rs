@@ -317,7 +317,8 @@ pub async fn wait(p: Proc) -> io::Result<Option<i32>> {
     Ok(reap(p.pid))
 }
 
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+/// A pidfd: it names that very process, never a later one that reuses its PID.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open has no memory arguments; a non-negative result is a new descriptor
     // that nothing else owns.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
@@ -326,6 +327,20 @@ fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: see above.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// SIGKILL to the process a pidfd names, if it still runs.
+pub fn kill_pidfd(fd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal reads a descriptor, a signal number and no siginfo (null).
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
 }
 
 fn reap(pid: u32) -> Option<i32> {
