@@ -30,6 +30,7 @@ pub enum Driver {
     Bridge,
     Host,
     None,
+    Overlay,
 }
 
 impl std::fmt::Display for Driver {
@@ -38,6 +39,7 @@ impl std::fmt::Display for Driver {
             Driver::Bridge => "bridge",
             Driver::Host => "host",
             Driver::None => "none",
+            Driver::Overlay => "overlay",
         })
     }
 }
@@ -49,10 +51,10 @@ impl std::str::FromStr for Driver {
             "bridge" => Ok(Driver::Bridge),
             "host" => Ok(Driver::Host),
             "none" => Ok(Driver::None),
-            "overlay" => {
-                Err("driver overlay needs a cluster (not available on a single node yet)".into())
-            }
-            _ => Err(format!("unknown driver {s:?}: use bridge, host or none")),
+            "overlay" => Ok(Driver::Overlay),
+            _ => Err(format!(
+                "unknown driver {s:?}: use bridge or overlay (host and none exist already)"
+            )),
         }
     }
 }
@@ -343,6 +345,24 @@ pub struct LogChunk {
     pub data: String,
     pub offset: u64,
     pub running: bool,
+}
+
+/// A node of the cluster (`sdctl node ls|inspect`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    /// Its tunnel endpoint, where other nodes reach it.
+    pub addr: IpAddr,
+    pub data_port: u16,
+    /// `ready` while its lease is alive, else `down`.
+    pub status: String,
+    /// The node that answered.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    /// Its endpoints on swarm networks.
+    pub endpoints: usize,
+    pub joined: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

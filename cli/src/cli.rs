@@ -164,6 +164,11 @@ pub enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+    /// The nodes of the cluster (with `sdctl daemon --cluster-store`).
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Create a sandbox (network namespace), attach it, optionally run a command in it.
     Run(RunArgs),
     /// List sandboxes.
@@ -257,6 +262,25 @@ pub struct DaemonArgs {
     /// Subnet of the default `bridge` network (default: first free of Docker's pools).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub default_bridge_subnet: Option<ipnet::IpNet>,
+    /// Join a cluster whose store is this etcd: etcd://HOST:PORT[,HOST:PORT…]. Overlay
+    /// networks, their addresses and the cluster's nodes live there; everything else stays in
+    /// this node's store.
+    #[arg(long, value_name = "URL")]
+    pub cluster_store: Option<String>,
+    /// The address other nodes reach this one at (its VXLAN tunnel endpoint); needed with
+    /// --cluster-store.
+    #[arg(long, value_name = "IP")]
+    pub advertise_addr: Option<std::net::IpAddr>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The UDP port of VXLAN between the nodes.
+    #[arg(long, default_value_t = 4789)]
+    pub data_path_port: u16,
+    /// How long a node may be silent before the others count it as down and drop its
+    /// endpoints.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    pub node_ttl: Duration,
     /// How often the reconciler checks the kernel against the desired state and repairs
     /// drift (a deleted veth, bridge or nft table of ours comes back).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
@@ -264,6 +288,25 @@ pub struct DaemonArgs {
     /// Remove every kernel object of ours (namespaces, links, nft tables, files) and exit.
     #[arg(long)]
     pub cleanup: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// List the cluster's nodes.
+    Ls {
+        #[command(flatten)]
+        out: OutputOpts,
+    },
+    /// Show nodes as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove a node that is down, with everything it held in the cluster store.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

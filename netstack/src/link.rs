@@ -219,7 +219,12 @@ impl Netlink {
         underlay_if: Option<u32>,
         learning: bool,
     ) -> Result<u32> {
-        let mut b = LinkVxlan::new(name, vni).port(port).learning(learning);
+        // Without learning the device answers ARP/ND from its neighbour table (`proxy`):
+        // the entries a control plane writes are the only truth about remote endpoints.
+        let mut b = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(learning)
+            .proxy(!learning);
         b = match local {
             IpAddr::V4(a) => b.local(a),
             IpAddr::V6(a) => b.local6(a),
@@ -487,6 +492,82 @@ impl Netlink {
 
     /// A permanent FDB entry on the device itself (`bridge fdb replace MAC dev … dst IP self
     /// permanent`): frames for `mac` on VXLAN link `idx` go to VTEP `dst`.
+    /// Deletes a neighbour entry; a missing one is fine.
+    pub async fn delete_neighbour(&self, idx: u32, ip: IpAddr) -> Result<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut m = NeighbourMessage::default();
+        m.header.family = match ip {
+            IpAddr::V4(_) => rtnetlink::packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => rtnetlink::packet_route::AddressFamily::Inet6,
+        };
+        m.header.ifindex = idx;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        let r = self.handle.neighbours().del(m).execute().await;
+        tolerate(
+            r,
+            &[Errno::ENOENT],
+            format!("deleting neighbour {ip} on link {idx}"),
+        )
+    }
+
+    /// A static forwarding entry of the bridge a port belongs to (`bridge fdb replace MAC dev
+    /// PORT master static`): the bridge never learns another location for that MAC.
+    pub async fn replace_fdb_master(&self, idx: u32, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(idx, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Noarp)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "bridge fdb entry for {} on link {idx}",
+                fmt_mac(&mac)
+            )))
+    }
+
+    /// Deletes a forwarding entry: the device's own (`self`, with its remote `dst`) or the
+    /// bridge's (`master`). A missing one is fine.
+    pub async fn delete_fdb(
+        &self,
+        idx: u32,
+        mac: [u8; 6],
+        dst: Option<IpAddr>,
+        master: bool,
+    ) -> Result<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        let mut m = NeighbourMessage::default();
+        m.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
+        m.header.ifindex = idx;
+        m.header.flags = if master {
+            NeighbourFlags::Controller
+        } else {
+            NeighbourFlags::Own
+        };
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(d) = dst {
+            m.attributes.push(NeighbourAttribute::Destination(match d {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        }
+        let r = self.handle.neighbours().del(m).execute().await;
+        tolerate(
+            r,
+            &[Errno::ENOENT],
+            format!("deleting fdb entry for {} on link {idx}", fmt_mac(&mac)),
+        )
+    }
+
     pub async fn replace_fdb(&self, idx: u32, mac: [u8; 6], dst: IpAddr) -> Result<()> {
         self.handle
             .neighbours()

@@ -52,7 +52,11 @@ impl Daemon {
 
     /// With a given host resolv.conf for the daemon.
     pub fn start_full(tag: &str, extra: &[&str], host_resolv_conf: &str) -> Daemon {
-        let ns = Ns::new(tag);
+        Self::start_in(Ns::new(tag), tag, extra, host_resolv_conf)
+    }
+
+    /// In a namespace the caller prepared (a cluster node wired to an underlay).
+    pub fn start_in(ns: Ns, tag: &str, extra: &[&str], host_resolv_conf: &str) -> Daemon {
         let dir = TempDir::new(tag);
         let socket = dir.path().join("sdnet.sock");
         let resolv = dir.path().join("host-resolv.conf");

@@ -5,6 +5,7 @@
 //! Every name is unique per process and test, so tests run in parallel; everything is torn
 //! down in `Drop`.
 
+pub mod cluster;
 mod daemon;
 mod dig;
 mod fixtures;

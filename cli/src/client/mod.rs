@@ -14,7 +14,8 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::api::*;
 use crate::cli::{
-    ClientOpts, Command, DnsCommand, GlobalOpts, NetworkCommand, NetworkCreateArgs, RunArgs,
+    ClientOpts, Command, DnsCommand, GlobalOpts, NetworkCommand, NetworkCreateArgs, NodeCommand,
+    RunArgs,
 };
 use crate::enter::Enter;
 use http::{Client, seg};
@@ -64,6 +65,7 @@ fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
     match cmd {
         Command::Network { command } => network(client, command).await,
+        Command::Node { command } => node(client, command).await,
         Command::Services { command } => services::run(client, command).await,
         Command::Run(args) => run_sandbox(client, args).await,
         Command::Version => version(client).await,
@@ -229,6 +231,45 @@ fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
         ttl: a.dns_ttl,
         labels,
     })
+}
+
+async fn node(opts: &ClientOpts, cmd: NodeCommand) -> Result<i32> {
+    let c = Client::new(&opts.socket);
+    match cmd {
+        NodeCommand::Ls { out } => {
+            let list: Vec<NodeInfo> = c.get("/nodes").await?;
+            output::nodes(&list, &out);
+            Ok(0)
+        }
+        NodeCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            let mut failed = false;
+            for n in &names {
+                match c.get::<NodeInfo>(&format!("/nodes/{}", seg(n))).await {
+                    Ok(x) => all.push(x),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            Ok(i32::from(failed))
+        }
+        NodeCommand::Rm { names } => {
+            let mut failed = false;
+            for n in &names {
+                match c.delete::<Removed>(&format!("/nodes/{}", seg(n))).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("sdctl: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(i32::from(failed))
+        }
+    }
 }
 
 async fn network(opts: &ClientOpts, cmd: NetworkCommand) -> Result<i32> {

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use comfy_table::{Table, presets};
 
-use crate::api::{NetworkInfo, SandboxInfo, SandboxStatus, ServiceInfo, parse_rfc3339};
+use crate::api::{NetworkInfo, NodeInfo, SandboxInfo, SandboxStatus, ServiceInfo, parse_rfc3339};
 use crate::cli::{Format, OutputOpts};
 
 fn table(header: &[&str]) -> Table {
@@ -106,6 +106,35 @@ pub fn networks(list: &[NetworkInfo], out: &OutputOpts) {
             n.scope.clone(),
             subnets.join(","),
             if n.dns { "on".into() } else { "off".into() },
+        ]);
+    }
+    print(t);
+}
+
+pub fn nodes(list: &[NodeInfo], out: &OutputOpts) {
+    if out.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+        return;
+    }
+    if out.quiet {
+        for n in list {
+            println!("{}", &n.id[..12.min(n.id.len())]);
+        }
+        return;
+    }
+    let mut t = table(&["ID", "NAME", "STATUS", "ADDRESS", "ENDPOINTS"]);
+    for n in list {
+        let id = &n.id[..12.min(n.id.len())];
+        t.add_row(vec![
+            if n.is_self {
+                format!("{id} *")
+            } else {
+                id.to_string()
+            },
+            n.name.clone(),
+            n.status.clone(),
+            n.addr.to_string(),
+            n.endpoints.to_string(),
         ]);
     }
     print(t);

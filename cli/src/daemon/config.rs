@@ -10,9 +10,14 @@ use crate::daemon::store::schema::stable_hash;
 /// (Not Docker's `br-`/`veth`: a host running Docker too must never see its links collected.)
 pub const BRIDGE_PREFIX: &str = "sd-";
 pub const VETH_PREFIX: &str = "sdv";
+/// VXLAN devices of overlay networks (`sdx<vni>`): made in the node's namespace and moved into
+/// the network's at once, so one left here is a leftover.
+pub const VXLAN_PREFIX: &str = "sdx";
 
 pub fn our_link(name: &str) -> bool {
-    name.starts_with(BRIDGE_PREFIX) || name.starts_with(VETH_PREFIX)
+    name.starts_with(BRIDGE_PREFIX)
+        || name.starts_with(VETH_PREFIX)
+        || name.starts_with(VXLAN_PREFIX)
 }
 
 pub fn short(id: &str) -> &str {

@@ -26,12 +26,19 @@ pub struct Claim<'a> {
     pub items: Vec<(String, IpAddr)>,
 }
 
+impl Claim<'_> {
+    /// Gives back what this call picked so far (before it picks again).
+    pub fn clear(&mut self) {
+        let mut p = self.ipam.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for i in self.items.drain(..) {
+            p.remove(&i);
+        }
+    }
+}
+
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut p = self.ipam.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for i in &self.items {
-            p.remove(i);
-        }
+        self.clear();
     }
 }
 
@@ -63,6 +70,14 @@ fn allocator(
 }
 
 impl Ipam {
+    /// Whether a call in flight on this node has picked this address.
+    pub fn is_pending(&self, net: &str, ip: IpAddr) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(net.to_string(), ip))
+    }
+
     pub fn claim(&self) -> Claim<'_> {
         Claim {
             ipam: self,
@@ -148,14 +163,15 @@ pub struct SubnetReq {
     pub aux: BTreeMap<String, IpAddr>,
 }
 
-/// Subnets for a new network: requested ones checked, missing ones picked from the local
-/// pools (skipping `reserved`: host routes and nameservers); `ipv6` adds a ULA /64 if none
+/// Subnets for a new network: requested ones checked, missing ones picked from the pools of
+/// `scope` (local: Docker's bridge pools; swarm: 10.0.0.0/8 in /24s) (skipping `reserved`: host routes and nameservers); `ipv6` adds a ULA /64 if none
 /// was requested.
 pub fn plan_subnets(
     d: &Desired,
     reqs: &[SubnetReq],
     ipv6: bool,
     reserved: &[IpNet],
+    scope: ipam::Scope,
 ) -> Result<Vec<SubnetRec>, ApiError> {
     let taken: Vec<(IpNet, &str)> = d
         .networks
@@ -198,7 +214,7 @@ pub fn plan_subnets(
                     .map(|(t, _)| *t)
                     .chain(out.iter().map(|o| o.subnet))
                     .collect();
-                ipam::pick_subnet(ipam::Scope::Local, &all, reserved)
+                ipam::pick_subnet(scope, &all, reserved)
                     .map_err(|e| ApiError::Conflict(e.to_string()))?
             }
         };

@@ -12,6 +12,7 @@
 //! The keeper (keeper.rs) holds namespaces and resolver sockets across daemon restarts.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod dns_serve;
 pub mod drivers;
@@ -51,7 +52,10 @@ pub struct Node {
     /// This node's name (the host name by default).
     pub name: String,
     pub cfg: Config,
+    /// This node's store (local scope).
     pub store: Arc<dyn Store>,
+    /// The cluster this node belongs to, if any (its store holds swarm scope).
+    pub cluster: Option<Arc<cluster::Cluster>>,
     pub cache: Arc<StateCache>,
     pub resolver: Arc<Resolver>,
     pub host: Arc<Host>,
@@ -65,6 +69,22 @@ pub struct Node {
 }
 
 impl Node {
+    /// The store that holds records of `src`.
+    pub fn store_of(&self, src: state::Source) -> api::ApiResult<&Arc<dyn Store>> {
+        match (src, &self.cluster) {
+            (state::Source::Local, _) => Ok(&self.store),
+            (state::Source::Cluster, Some(c)) => Ok(&c.store),
+            (state::Source::Cluster, None) => Err(api::ApiError::BadRequest(
+                "this node is not in a cluster (start the daemon with --cluster-store)".into(),
+            )),
+        }
+    }
+
+    /// This node's ID in its cluster ("" alone).
+    pub fn node_id(&self) -> &str {
+        self.cluster.as_ref().map(|c| c.id.as_str()).unwrap_or("")
+    }
+
     /// The host's resolv.conf as last read (search domains and options for sandboxes).
     pub fn host_conf(&self) -> Arc<ResolvConf> {
         match self.resolver.forwarder.defaults() {
@@ -170,13 +190,32 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     }
     // The keeper hands back what it held for us: namespaces and sockets of our sandboxes.
     let run_dir = cfg.run_dir.clone();
-    let (keeper, kept) = tokio::task::spawn_blocking(move || -> Result<_> {
+    let (keeper, kept, kept_ov) = tokio::task::spawn_blocking(move || -> Result<_> {
         let k = Keeper::connect_or_start(&run_dir)?;
         let kept = k.list("sb/")?.into_iter().collect();
-        Ok((k, kept))
+        let kept_ov = k.list("ov/")?.into_iter().collect();
+        Ok((k, kept, kept_ov))
     })
     .await??;
     let host = Arc::new(Host::open().await?);
+    let cluster = match &args.cluster_store {
+        None => None,
+        Some(url) => {
+            let endpoints = store::etcd::parse_cluster_store(url)
+                .map_err(|e| anyhow::anyhow!("--cluster-store {e}"))?;
+            let advertise = args
+                .advertise_addr
+                .ok_or_else(|| anyhow::anyhow!("--cluster-store needs --advertise-addr"))?;
+            let a = cluster::ClusterArgs {
+                endpoints,
+                advertise,
+                node_name: args.node_name.clone().unwrap_or_else(node_name),
+                data_port: args.data_path_port,
+                ttl: args.node_ttl,
+            };
+            Some(cluster::Cluster::join(&a, &cfg.state_dir).await?)
+        }
+    };
     let resolver = Resolver::new(
         ResolverConfig::default(),
         DefaultUpstreams::Host(HostResolvConf::new(&args.resolv_conf)),
@@ -184,19 +223,35 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     resolver.set_log_queries(args.log_queries);
     let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(supervisor::status::run(store.clone(), obs_rx));
+    let keeper = Arc::new(keeper);
+    let overlay = cluster.as_ref().map(|c| {
+        drivers::overlay::OverlayDriver::new(
+            host.clone(),
+            cfg.run_dir.join("ov"),
+            c.addr,
+            c.data_port,
+            keeper.clone(),
+            kept_ov,
+        )
+    });
     let node = Arc::new(Node {
-        name: node_name(),
+        name: cluster
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_else(node_name),
         cfg: cfg.clone(),
         store: store.clone(),
+        cluster: cluster.clone(),
         cache: StateCache::new(),
         resolver,
         host: host.clone(),
         drivers: Drivers {
             bridge: BridgeDriver { host },
             null: NullDriver,
+            overlay,
         },
         supervisor: Supervisor::new(obs_tx),
-        keeper: Arc::new(keeper),
+        keeper,
         progress: Progress::default(),
         sched: SchedProgress::default(),
         live: Live::default(),
@@ -206,13 +261,30 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     // Desired state in, reconciler running; restored before the API answers.
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     node.cache
-        .start_feed(store.clone(), vec![tx])
+        .start_feed(state::Source::Local, store.clone(), tx.clone())
         .await
         .context("loading the store")?;
+    if let Some(c) = &cluster {
+        node.cache
+            .start_feed(state::Source::Cluster, c.store.clone(), tx.clone())
+            .await
+            .context("loading the cluster store")?;
+        tokio::spawn(c.clone().keep_alive());
+    }
+    drop(tx);
     tokio::spawn(Reconciler::new(node.clone(), kept).run(rx));
-    api::applied(&node, node.cache.rev())
+    api::applied(&node, node.cache.rev(state::Source::Local))
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
+    if cluster.is_some() {
+        api::applied_in(
+            &node,
+            state::Source::Cluster,
+            node.cache.rev(state::Source::Cluster),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring cluster state: {e}"))?;
+    }
     api::networks::ensure_defaults(&node).await?;
     {
         let d = node.cache.read();

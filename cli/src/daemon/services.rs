@@ -95,7 +95,7 @@ impl Scheduler {
                 r = rx.changed() => if r.is_err() { return },
                 _ = tick.tick() => {}
             }
-            let rev = *rx.borrow_and_update();
+            let rev = rx.borrow_and_update()[0];
             self.pass().await;
             self.node.sched.0.send_replace(rev);
         }

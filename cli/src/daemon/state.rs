@@ -1,7 +1,9 @@
 //! The desired-state cache: every record of the store, decoded, at one revision, with the
-//! indexes the API and the reconciler look things up by. One feed task fills it — a snapshot,
-//! then the watch from the snapshot's revision, a relist when the watch cannot resume — and
-//! tells the reconciler and the service scheduler which objects changed.
+//! indexes the API and the reconciler look things up by. One feed task per store fills it — a
+//! snapshot, then the watch from the snapshot's revision, a relist (diffed against what it had)
+//! when the watch cannot resume — and tells the reconciler and the service scheduler which
+//! objects changed. With a cluster, two stores feed it: this node's (local scope) and the
+//! cluster's (swarm scope); their revisions are counted apart.
 //!
 //! The maps are persistent (`imbl`), so a snapshot is one pointer copy: readers load the
 //! current `Arc<Desired>` without a lock and keep a consistent view for as long as they like
@@ -19,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::daemon::store::schema::{
-    self, EndpointRec, Key, NetworkRec, SandboxRec, ServiceRec, StatusRec,
+    self, EndpointRec, Key, NetworkRec, NodeRec, PeerRec, SandboxRec, ServiceRec, StatusRec,
 };
 use crate::daemon::store::{Event, EventKind, KeyValue, Rev, Store, StoreError};
 
@@ -39,17 +41,47 @@ impl<T> Clone for Entry<T> {
     }
 }
 
+/// Which store a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// This node's store (redb): local-scope objects, sandboxes, status.
+    Local,
+    /// The cluster store (etcd): swarm-scope objects, nodes, peers.
+    Cluster,
+}
+
+impl Source {
+    fn idx(self) -> usize {
+        match self {
+            Source::Local => 0,
+            Source::Cluster => 1,
+        }
+    }
+}
+
+/// Revisions of both stores.
+pub type Revs = [Rev; 2];
+
 /// An object whose desired state changed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Dirty {
     Network(String),
     Sandbox(String),
     Service(String),
+    /// Another node's endpoints on a network changed.
+    Peers(String),
+    /// Another node's sandbox (its names) changed.
+    Remote(String),
+    /// Cluster membership changed.
+    Nodes,
 }
 
 #[derive(Default, Debug, Clone)]
 pub struct Desired {
+    /// The local store's revision.
     pub rev: Rev,
+    /// The cluster store's revision (0 without a cluster).
+    pub cluster_rev: Rev,
     pub networks: OrdMap<String, Entry<NetworkRec>>,
     pub sandboxes: OrdMap<String, Entry<SandboxRec>>,
     /// sandbox → network → endpoint
@@ -65,8 +97,17 @@ pub struct Desired {
     net_names: OrdMap<String, String>,
     sb_names: OrdMap<String, String>,
     svc_names: OrdMap<String, String>,
-    /// Revision of the networks guard (every network create/remove bumps it).
-    pub networks_guard: Rev,
+    /// Revision of the networks guard (every network create/remove bumps it), per store.
+    pub networks_guard: Revs,
+    pub nodes: OrdMap<String, Entry<NodeRec>>,
+    /// Nodes whose lease is alive.
+    pub alive: OrdSet<String>,
+    /// VNI → overlay network.
+    pub vnis: OrdMap<u32, String>,
+    /// network → "node/sandbox" → another node's endpoint (and this node's, as published)
+    pub peers: OrdMap<String, OrdMap<String, Entry<PeerRec>>>,
+    /// Which keys each store holds (to diff a relist).
+    keys: [OrdSet<String>; 2],
 }
 
 /// How a reference (name, ID or unique ID prefix) failed to resolve.
@@ -175,11 +216,44 @@ impl Desired {
         }
     }
 
-    /// Applies one event; returns the object it changes, if any.
-    fn apply(&mut self, ev: &Event) -> Option<Dirty> {
+    /// The peers of a sandbox of another node, across networks, in attachment order.
+    pub fn remote_endpoints(&self, sandbox: &str) -> Vec<&Entry<PeerRec>> {
+        let mut v: Vec<&Entry<PeerRec>> = self
+            .peers
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|p| p.rec.sandbox == sandbox)
+            .collect();
+        v.sort_by_key(|p| p.rec.order);
+        v
+    }
+
+    /// Applies one event of store `src`; records the objects it changes in `dirty`.
+    fn apply(&mut self, ev: &Event, src: Source, dirty: &mut BTreeSet<Dirty>) {
         let key = ev.kv.key.as_str();
         let put = ev.kind == EventKind::Put;
         let rev = ev.kv.mod_rev;
+        if put {
+            self.keys[src.idx()].insert(key.to_string());
+        } else {
+            self.keys[src.idx()].remove(key);
+        }
+        if let Some(d) = self.apply_key(ev, src, key, put, rev) {
+            dirty.insert(d);
+        }
+        if let Key::Peer { sandbox, .. } = schema::parse(key) {
+            dirty.insert(Dirty::Remote(sandbox.to_string()));
+        }
+    }
+
+    fn apply_key(
+        &mut self,
+        ev: &Event,
+        src: Source,
+        key: &str,
+        put: bool,
+        rev: Rev,
+    ) -> Option<Dirty> {
         match schema::parse(key) {
             Key::Network(id) => {
                 if let Some(old) = self.networks.remove(id) {
@@ -267,9 +341,47 @@ impl Desired {
                 }
                 Some(Dirty::Sandbox(id.to_string()))
             }
+            Key::Node(id) => {
+                self.nodes.remove(id);
+                if put && let Some(rec) = decode::<NodeRec>(&ev.kv) {
+                    self.nodes.insert(id.to_string(), entry(rec, rev));
+                }
+                Some(Dirty::Nodes)
+            }
+            Key::Alive(id) => {
+                if put {
+                    self.alive.insert(id.to_string());
+                } else {
+                    self.alive.remove(id);
+                }
+                Some(Dirty::Nodes)
+            }
+            Key::Vni(v) => {
+                if put {
+                    let net = String::from_utf8_lossy(&ev.kv.value).into_owned();
+                    self.vnis.insert(v, net);
+                } else {
+                    self.vnis.remove(&v);
+                }
+                None
+            }
+            Key::Peer { net, node, sandbox } => {
+                let m = self.peers.entry(net.to_string()).or_default();
+                let k = format!("{node}/{sandbox}");
+                m.remove(&k);
+                if put && let Some(rec) = decode::<PeerRec>(&ev.kv) {
+                    m.insert(k, entry(rec, rev));
+                } else if m.is_empty() {
+                    self.peers.remove(net);
+                }
+                // The network's data path and the sandbox's names; both are told by the
+                // caller, which collects every dirty object of a batch.
+                let _ = sandbox;
+                Some(Dirty::Peers(net.to_string()))
+            }
             Key::Other => {
                 if key == schema::NETWORKS_GUARD {
-                    self.networks_guard = if put { rev } else { 0 };
+                    self.networks_guard[src.idx()] = if put { rev } else { 0 };
                 }
                 None
             }
@@ -295,24 +407,28 @@ fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
     }
 }
 
-/// What changed at one revision (sent to the reconciler and the scheduler).
+/// What changed at one revision of one store (sent to the reconciler).
 #[derive(Debug, Clone)]
 pub struct Changes {
+    pub source: Source,
     pub rev: Rev,
-    /// None: everything may have changed (start-up, relist).
+    /// None: everything may have changed (the first listing).
     pub dirty: Option<BTreeSet<Dirty>>,
 }
 
 pub struct StateCache {
     current: ArcSwap<Desired>,
-    rev: watch::Sender<Rev>,
+    revs: watch::Sender<Revs>,
+    /// Serializes the feeds' writes (each builds the next version from the latest).
+    write: std::sync::Mutex<()>,
 }
 
 impl StateCache {
     pub fn new() -> Arc<StateCache> {
         Arc::new(StateCache {
             current: ArcSwap::from_pointee(Desired::default()),
-            rev: watch::channel(0).0,
+            revs: watch::channel([0, 0]).0,
+            write: std::sync::Mutex::new(()),
         })
     }
 
@@ -321,91 +437,146 @@ impl StateCache {
         self.current.load_full()
     }
 
-    pub fn rev(&self) -> Rev {
-        *self.rev.borrow()
+    /// The revision of a store the cache has seen.
+    pub fn rev(&self, src: Source) -> Rev {
+        self.revs.borrow()[src.idx()]
     }
 
-    /// Notified on every new revision of the cache.
-    pub fn subscribe(&self) -> watch::Receiver<Rev> {
-        self.rev.subscribe()
+    /// Notified on every new revision of the cache (either store).
+    pub fn subscribe(&self) -> watch::Receiver<Revs> {
+        self.revs.subscribe()
     }
 
-    /// Waits until the cache has seen revision `rev`.
-    pub async fn wait_for(&self, rev: Rev) {
-        let mut rx = self.rev.subscribe();
-        let _ = rx.wait_for(|r| *r >= rev).await;
+    /// Waits until the cache has seen revision `rev` of store `src`.
+    pub async fn wait_for(&self, src: Source, rev: Rev) {
+        let mut rx = self.revs.subscribe();
+        let _ = rx.wait_for(|r| r[src.idx()] >= rev).await;
     }
 
-    /// Replaces everything with a fresh listing.
-    fn reset(&self, items: Vec<KeyValue>, rev: Rev) {
-        let mut d = Desired::default();
-        for kv in items {
-            d.apply(&Event {
-                kind: EventKind::Put,
-                kv,
-            });
-        }
-        d.rev = rev;
-        self.current.store(Arc::new(d));
-        self.rev.send_replace(rev);
-    }
-
-    fn apply(&self, rev: Rev, events: &[Event]) -> BTreeSet<Dirty> {
+    /// Applies events (a batch of one revision, or a relist's diff) of store `src`.
+    fn update(
+        &self,
+        src: Source,
+        rev: Rev,
+        f: impl FnOnce(&mut Desired, &mut BTreeSet<Dirty>),
+    ) -> BTreeSet<Dirty> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut dirty = BTreeSet::new();
-        // Only the feed writes: the version it copies is the latest.
         let mut d = Desired::clone(&self.current.load());
-        for ev in events {
-            if let Some(x) = d.apply(ev) {
-                dirty.insert(x);
-            }
+        f(&mut d, &mut dirty);
+        match src {
+            Source::Local => d.rev = rev,
+            Source::Cluster => d.cluster_rev = rev,
         }
-        d.rev = rev;
         self.current.store(Arc::new(d));
-        self.rev.send_replace(rev);
+        self.revs.send_modify(|r| r[src.idx()] = rev);
         dirty
     }
 
-    /// Loads the store and keeps following it; every change goes to `out` (bounded: a slow
+    /// A fresh listing of store `src`, diffed against what the cache had from it: what is
+    /// gone is deleted, everything listed is put.
+    fn reset(&self, src: Source, items: Vec<KeyValue>, rev: Rev) -> BTreeSet<Dirty> {
+        self.update(src, rev, |d, dirty| {
+            let listed: std::collections::HashSet<&str> =
+                items.iter().map(|kv| kv.key.as_str()).collect();
+            let gone: Vec<String> = d.keys[src.idx()]
+                .iter()
+                .filter(|k| !listed.contains(k.as_str()))
+                .cloned()
+                .collect();
+            for key in gone {
+                let ev = Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key,
+                        value: Vec::new(),
+                        create_rev: 0,
+                        mod_rev: rev,
+                        lease: 0,
+                    },
+                };
+                d.apply(&ev, src, dirty);
+            }
+            for kv in items {
+                d.apply(
+                    &Event {
+                        kind: EventKind::Put,
+                        kv,
+                    },
+                    src,
+                    dirty,
+                );
+            }
+        })
+    }
+
+    /// Loads store `src` and keeps following it; every change goes to `out` (bounded: a slow
     /// reconciler slows the feed, the watch buffers, and past that the feed relists).
     /// Returns after the first listing is in the cache, the following runs in a task.
     pub async fn start_feed(
         self: &Arc<Self>,
+        src: Source,
         store: Arc<dyn Store>,
-        out: Vec<mpsc::Sender<Changes>>,
+        out: mpsc::Sender<Changes>,
     ) -> Result<(), StoreError> {
         let (items, rev) = store.snapshot(schema::ROOT).await?;
-        self.reset(items, rev);
-        for o in &out {
-            let _ = o.send(Changes { rev, dirty: None }).await;
-        }
+        self.reset(src, items, rev);
+        let _ = out
+            .send(Changes {
+                source: src,
+                rev,
+                dirty: None,
+            })
+            .await;
         let me = self.clone();
-        tokio::spawn(async move { me.feed(store, out, rev).await });
+        tokio::spawn(async move { me.feed(src, store, out, rev).await });
         Ok(())
     }
 
     async fn feed(
         self: Arc<Self>,
+        src: Source,
         store: Arc<dyn Store>,
-        out: Vec<mpsc::Sender<Changes>>,
+        out: mpsc::Sender<Changes>,
         mut rev: Rev,
     ) {
         let mut backoff = Duration::from_millis(100);
+        let mut relist = false;
         loop {
+            if relist {
+                match store.snapshot(schema::ROOT).await {
+                    Ok((items, r)) => {
+                        let dirty = self.reset(src, items, r);
+                        rev = r;
+                        relist = false;
+                        if out
+                            .send(Changes {
+                                source: src,
+                                rev,
+                                dirty: Some(dirty),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(store = ?src, "relisting the store: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
             let mut w = match store.watch(schema::ROOT, rev + 1).await {
                 Ok(w) => w,
                 Err(StoreError::Compacted { .. }) => {
-                    match self.relist(&store, &out).await {
-                        Ok(r) => rev = r,
-                        Err(e) => {
-                            warn!("relisting the store: {e}");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
+                    relist = true;
                     continue;
                 }
                 Err(e) => {
-                    warn!("watching the store: {e}");
+                    warn!(store = ?src, "watching the store: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -416,47 +587,38 @@ impl StateCache {
                 match w.next().await {
                     Some(Ok(b)) => {
                         rev = b.rev;
-                        let dirty = self.apply(b.rev, &b.events);
-                        for o in &out {
-                            if o.send(Changes {
+                        let dirty = self.update(src, b.rev, |d, dirty| {
+                            for ev in &b.events {
+                                d.apply(ev, src, dirty);
+                            }
+                        });
+                        if out
+                            .send(Changes {
+                                source: src,
                                 rev: b.rev,
-                                dirty: Some(dirty.clone()),
+                                dirty: Some(dirty),
                             })
                             .await
                             .is_err()
-                            {
-                                return;
-                            }
+                        {
+                            return;
                         }
                     }
                     Some(Err(StoreError::Compacted { .. })) => {
-                        info!("store watch fell behind: relisting");
-                        match self.relist(&store, &out).await {
-                            Ok(r) => rev = r,
-                            Err(e) => warn!("relisting the store: {e}"),
-                        }
+                        info!(store = ?src, "store watch cannot resume: relisting");
+                        relist = true;
                         break;
                     }
                     Some(Err(e)) => {
-                        warn!("store watch: {e}");
+                        // The store went away: watch again from the last revision (etcd
+                        // keeps history), or relist if that is gone.
+                        warn!(store = ?src, "store watch: {e}");
+                        tokio::time::sleep(backoff).await;
                         break;
                     }
                     None => return,
                 }
             }
         }
-    }
-
-    async fn relist(
-        &self,
-        store: &Arc<dyn Store>,
-        out: &[mpsc::Sender<Changes>],
-    ) -> Result<Rev, StoreError> {
-        let (items, rev) = store.snapshot(schema::ROOT).await?;
-        self.reset(items, rev);
-        for o in out {
-            let _ = o.send(Changes { rev, dirty: None }).await;
-        }
-        Ok(rev)
     }
 }

@@ -9,6 +9,8 @@
 //! wait for a write or for kernel work.
 
 pub mod networks;
+pub mod nodes;
+pub mod overlay;
 pub mod routes;
 pub mod sandboxes;
 pub mod services;
@@ -18,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::daemon::Node;
 use crate::daemon::reconcile::Failure;
-use crate::daemon::state::{Dirty, Lookup};
+use crate::daemon::state::{Dirty, Lookup, Source};
 use crate::daemon::store::{Rev, StoreError, Txn, TxnResult};
 
 /// How often a transaction that lost a race is validated and tried again.
@@ -99,20 +101,31 @@ pub fn lookup_err(kind: &str, r: &str, e: Lookup) -> ApiError {
     }
 }
 
-/// Commits `build()`'s transaction, rebuilding it against the newer desired state each time
-/// it loses a race. `build` validates and may fail with a client error at any attempt.
+/// Commits `build()`'s transaction in this node's store, rebuilding it against the newer
+/// desired state each time it loses a race. `build` validates and may fail with a client
+/// error at any attempt.
 pub async fn write(
     node: &Node,
+    build: impl FnMut(&crate::daemon::state::Desired) -> ApiResult<Txn>,
+) -> ApiResult<Rev> {
+    write_in(node, Source::Local, build).await
+}
+
+/// [`write`] in store `src` (the cluster's for swarm-scope objects).
+pub async fn write_in(
+    node: &Node,
+    src: Source,
     mut build: impl FnMut(&crate::daemon::state::Desired) -> ApiResult<Txn>,
 ) -> ApiResult<Rev> {
+    let store = node.store_of(src)?;
     for _ in 0..ATTEMPTS {
         let d = node.cache.read();
         let txn = build(&d)?;
-        match node.store.txn(txn).await? {
+        match store.txn(txn).await? {
             TxnResult::Committed(rev) => return Ok(rev),
             TxnResult::Failed(current) => {
                 // Validate again against the state that beat us.
-                node.cache.wait_for(current).await;
+                node.cache.wait_for(src, current).await;
             }
         }
     }
@@ -121,27 +134,31 @@ pub async fn write(
     ))
 }
 
-/// Waits until the reconciler applied `rev`; the failure it recorded for `obj`, if any.
+/// Waits until the reconciler applied `rev` of this node's store; the failure it recorded for
+/// `obj`, if any.
 pub async fn settle(node: &Node, rev: Rev, obj: &Dirty) -> ApiResult<()> {
-    if !node.progress.wait(rev, APPLY_LIMIT).await {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "the change was stored (revision {rev}) but not applied within {}s; it will be",
-            APPLY_LIMIT.as_secs()
-        )));
-    }
-    match node.progress.error(obj, rev) {
+    settle_in(node, Source::Local, rev, obj).await
+}
+
+pub async fn settle_in(node: &Node, src: Source, rev: Rev, obj: &Dirty) -> ApiResult<()> {
+    applied_in(node, src, rev).await?;
+    match node.progress.error(obj, src, rev) {
         Some(f) => Err(f.into()),
         None => Ok(()),
     }
 }
 
-/// Waits until the reconciler applied `rev` (no per-object result).
+/// Waits until the reconciler applied `rev` of this node's store (no per-object result).
 pub async fn applied(node: &Node, rev: Rev) -> ApiResult<()> {
-    if node.progress.wait(rev, APPLY_LIMIT).await {
+    applied_in(node, Source::Local, rev).await
+}
+
+pub async fn applied_in(node: &Node, src: Source, rev: Rev) -> ApiResult<()> {
+    if node.progress.wait(src, rev, APPLY_LIMIT).await {
         Ok(())
     } else {
         Err(ApiError::Internal(anyhow::anyhow!(
-            "the change was stored (revision {rev}) but not applied within {}s; it will be",
+            "the change was stored ({src:?} store, revision {rev}) but not applied within {}s; it will be",
             APPLY_LIMIT.as_secs()
         )))
     }

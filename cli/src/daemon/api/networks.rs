@@ -15,20 +15,23 @@ use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::config::v6_mac;
 use crate::daemon::ipam::{SubnetReq, plan_subnets};
-use crate::daemon::state::{Desired, Dirty};
+use crate::daemon::state::{Desired, Dirty, Source};
 use crate::daemon::store::schema::{self, DriverKind, EndpointRec, NetworkRec, Scope};
 use crate::daemon::store::{Compare, Txn};
+use sdnet_netstack::ipam;
 
-fn guard(d: &Desired, txn: Txn, id: &str) -> Txn {
-    txn.when(Compare::ModRev(
-        schema::NETWORKS_GUARD.into(),
-        d.networks_guard,
-    ))
-    .put(schema::NETWORKS_GUARD, id.as_bytes().to_vec())
+/// The networks guard of store `src` (each store has its own).
+pub fn guard(d: &Desired, src: Source, txn: Txn, id: &str) -> Txn {
+    let rev = match src {
+        Source::Local => d.networks_guard[0],
+        Source::Cluster => d.networks_guard[1],
+    };
+    txn.when(Compare::ModRev(schema::NETWORKS_GUARD.into(), rev))
+        .put(schema::NETWORKS_GUARD, id.as_bytes().to_vec())
 }
 
 /// Host prefixes IPAM must not hand out: routes and nameservers of the daemon's namespace.
-async fn reserved(node: &Node) -> Vec<IpNet> {
+pub async fn reserved(node: &Node) -> Vec<IpNet> {
     let mut r = node.host.routes().await;
     r.extend(
         node.host_conf()
@@ -39,7 +42,7 @@ async fn reserved(node: &Node) -> Vec<IpNet> {
     r
 }
 
-fn put_network(txn: Txn, rec: &NetworkRec) -> Txn {
+pub fn put_network(txn: Txn, rec: &NetworkRec) -> Txn {
     let mut txn = txn
         .when(Compare::Absent(schema::network_name(&rec.name)))
         .put(schema::network(&rec.id), schema::encode(rec))
@@ -52,7 +55,7 @@ fn put_network(txn: Txn, rec: &NetworkRec) -> Txn {
     txn
 }
 
-fn delete_network(txn: Txn, rec: &NetworkRec) -> Txn {
+pub fn delete_network(txn: Txn, rec: &NetworkRec) -> Txn {
     let mut txn = txn
         .delete(schema::network(&rec.id))
         .delete(schema::network_name(&rec.name))
@@ -63,41 +66,54 @@ fn delete_network(txn: Txn, rec: &NetworkRec) -> Txn {
     txn
 }
 
+/// The subnets a `network create` asks for (one to be picked when none is given).
+pub fn subnet_reqs(req: &NetworkCreate) -> Vec<SubnetReq> {
+    if req.ipam.is_empty() {
+        return vec![SubnetReq {
+            subnet: None,
+            ip_range: None,
+            gateway: None,
+            aux: BTreeMap::new(),
+        }];
+    }
+    req.ipam
+        .iter()
+        .map(|r| SubnetReq {
+            subnet: r.subnet,
+            ip_range: r.ip_range,
+            gateway: r.gateway,
+            aux: r.aux.clone(),
+        })
+        .collect()
+}
+
+pub fn check_reqs(reqs: &[SubnetReq]) -> ApiResult<()> {
+    if reqs.iter().filter(|r| r.subnet.is_none()).count() > 1 {
+        return bad("--ip-range, --gateway and --aux-address need a --subnet each");
+    }
+    Ok(())
+}
+
 pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
     model::check_object_name("network", &req.name)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if req.driver != Driver::Bridge {
-        return bad(format!(
-            "only one {} network may exist, and it already does",
-            req.driver
-        ));
+    match req.driver {
+        Driver::Bridge => {}
+        Driver::Overlay => return super::overlay::create(node, req).await,
+        Driver::Host | Driver::None => {
+            return bad(format!(
+                "only one {} network may exist, and it already does",
+                req.driver
+            ));
+        }
     }
     if let Some(m) = req.mtu
         && !(68..=65535).contains(&m)
     {
         return bad(format!("invalid MTU {m}: must be 68-65535"));
     }
-    let reqs: Vec<SubnetReq> = if req.ipam.is_empty() {
-        vec![SubnetReq {
-            subnet: None,
-            ip_range: None,
-            gateway: None,
-            aux: BTreeMap::new(),
-        }]
-    } else {
-        req.ipam
-            .iter()
-            .map(|r| SubnetReq {
-                subnet: r.subnet,
-                ip_range: r.ip_range,
-                gateway: r.gateway,
-                aux: r.aux.clone(),
-            })
-            .collect()
-    };
-    if reqs.iter().filter(|r| r.subnet.is_none()).count() > 1 {
-        return bad("--ip-range, --gateway and --aux-address need a --subnet each");
-    }
+    let reqs = subnet_reqs(&req);
+    check_reqs(&reqs)?;
     let reserved = reserved(node).await;
     let id = random_id();
     let rev = write(node, |d| {
@@ -113,7 +129,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             driver: DriverKind::Bridge,
             scope: Scope::Local,
             created: now(),
-            subnets: plan_subnets(d, &reqs, req.ipv6, &reserved)?,
+            subnets: plan_subnets(d, &reqs, req.ipv6, &reserved, ipam::Scope::Local)?,
             internal: req.internal,
             // On one node every local network is attachable (by `run` and `connect`).
             attachable: true,
@@ -124,15 +140,16 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             labels: req.labels.clone(),
             options: BTreeMap::new(),
             predefined: false,
+            vni: None,
         };
-        Ok(guard(d, put_network(Txn::new(), &rec), &id))
+        Ok(guard(d, Source::Local, put_network(Txn::new(), &rec), &id))
     })
     .await?;
     if let Err(e) = settle(node, rev, &Dirty::Network(id.clone())).await {
         // The kernel refused: the network must not exist at all.
         let d = node.cache.read();
         if let Some(n) = d.networks.get(id.as_str()) {
-            let txn = guard(&d, delete_network(Txn::new(), &n.rec), &id);
+            let txn = guard(&d, Source::Local, delete_network(Txn::new(), &n.rec), &id);
             if let Ok(crate::daemon::store::TxnResult::Committed(r)) = node.store.txn(txn).await {
                 let _ = super::applied(node, r).await;
             }
@@ -149,13 +166,24 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
         .ok_or_else(|| ApiError::Conflict(format!("network {} was removed meanwhile", req.name)))
 }
 
-/// The pre-defined networks (`bridge`, `host`, `none`), created on first start.
+/// The name of the gateway bridge that gives sandboxes on overlay networks their egress
+/// (Docker's docker_gwbridge): a pre-defined bridge network of every cluster node.
+pub const GWBRIDGE: &str = "gwbridge";
+/// The option that turns communication between a bridge's sandboxes off (Docker's name).
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// The pre-defined networks (`bridge`, `host`, `none`; `gwbridge` in a cluster), created on
+/// first start.
 pub async fn ensure_defaults(node: &Node) -> anyhow::Result<()> {
-    for (name, driver) in [
+    let mut defaults = vec![
         ("bridge", DriverKind::Bridge),
         ("host", DriverKind::Host),
         ("none", DriverKind::None),
-    ] {
+    ];
+    if node.cluster.is_some() {
+        defaults.push((GWBRIDGE, DriverKind::Bridge));
+    }
+    for (name, driver) in defaults {
         if node.cache.read().network_by_name(name).is_some() {
             continue;
         }
@@ -171,15 +199,20 @@ pub async fn ensure_defaults(node: &Node) -> anyhow::Result<()> {
             }
             let subnets = if driver == DriverKind::Bridge {
                 let req = SubnetReq {
-                    subnet: node.cfg.default_bridge_subnet,
+                    subnet: node.cfg.default_bridge_subnet.filter(|_| name == "bridge"),
                     ip_range: None,
                     gateway: None,
                     aux: BTreeMap::new(),
                 };
-                plan_subnets(d, &[req], false, &reserved)?
+                plan_subnets(d, &[req], false, &reserved, ipam::Scope::Local)?
             } else {
                 Vec::new()
             };
+            let mut options = BTreeMap::new();
+            if name == GWBRIDGE {
+                // Sandboxes meet on their overlays, never through the gateway bridge.
+                options.insert(ICC_OPTION.to_string(), "false".to_string());
+            }
             let rec = NetworkRec {
                 id: id.clone(),
                 name: name.into(),
@@ -194,10 +227,11 @@ pub async fn ensure_defaults(node: &Node) -> anyhow::Result<()> {
                 dns_servers: Vec::new(),
                 ttl: None,
                 labels: BTreeMap::new(),
-                options: BTreeMap::new(),
+                options,
                 predefined: true,
+                vni: None,
             };
-            Ok(guard(d, put_network(Txn::new(), &rec), &id))
+            Ok(guard(d, Source::Local, put_network(Txn::new(), &rec), &id))
         })
         .await;
         r.map_err(|e| anyhow::anyhow!("creating the {name} network: {e}"))?;
@@ -223,8 +257,16 @@ pub fn inspect(node: &Node, r: &str) -> ApiResult<NetworkInfo> {
 }
 
 pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {
+    let src = {
+        let d = node.cache.read();
+        let id = d.network_id(r).map_err(|e| lookup_err("network", r, e))?;
+        match d.networks[id].rec.scope {
+            Scope::Local => Source::Local,
+            Scope::Swarm => Source::Cluster,
+        }
+    };
     let mut name = String::new();
-    let rev = write(node, |d| {
+    let rev = super::write_in(node, src, |d| {
         let id = d.network_id(r).map_err(|e| lookup_err("network", r, e))?;
         let n = &d.networks[id];
         name = n.rec.name.clone();
@@ -245,6 +287,26 @@ pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {
                 users.join(", ")
             )));
         }
+        let remote: std::collections::BTreeSet<String> = d
+            .peers
+            .get(id.as_str())
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|p| p.rec.node != node.node_id())
+            .map(|p| {
+                d.nodes
+                    .get(p.rec.node.as_str())
+                    .map(|x| x.rec.name.clone())
+                    .unwrap_or_else(|| p.rec.node.clone())
+            })
+            .collect();
+        if !remote.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} is in use by sandboxes on node(s): {}",
+                n.rec.name,
+                remote.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
         let svcs: Vec<&str> = d
             .services
             .values()
@@ -258,15 +320,22 @@ pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {
                 svcs.join(", ")
             )));
         }
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::ModRev(schema::network(id), n.rev))
-            .when(Compare::PrefixEmpty(schema::endpoints_of(id)))
             .when(Compare::PrefixEmpty(schema::service_nets_of(id)));
-        Ok(guard(d, delete_network(txn, &n.rec), id))
+        txn = match src {
+            Source::Local => txn.when(Compare::PrefixEmpty(schema::endpoints_of(id))),
+            // Every node's endpoint holds an address there: none may be left.
+            Source::Cluster => txn.when(Compare::PrefixEmpty(schema::ipam_of(id))),
+        };
+        if let Some(v) = n.rec.vni {
+            txn = txn.delete(schema::vni(v));
+        }
+        Ok(guard(d, src, delete_network(txn, &n.rec), id))
     })
     .await?;
     // The reconciler removes the bridge after the links of removed sandboxes: a barrier.
-    super::applied(node, rev).await?;
+    super::applied_in(node, src, rev).await?;
     info!(network = %name, "network removed");
     Ok(name)
 }
@@ -321,6 +390,37 @@ pub fn plan_endpoint(
     })
 }
 
+/// The endpoint of a sandbox on a swarm network, with the addresses claimed for it.
+pub fn swarm_endpoint(
+    sandbox: &str,
+    net: &NetworkRec,
+    index: u32,
+    a: &NetworkAttach,
+    c: &super::overlay::Claim,
+) -> EndpointRec {
+    EndpointRec {
+        network: net.id.clone(),
+        sandbox: sandbox.to_string(),
+        index,
+        order: index as u64,
+        ipv4: c.ipv4,
+        ipv6: c.ipv6,
+        mac: match c.ipv4 {
+            Some(v4) => sdnet_netstack::ipam::mac_from_ipv4(v4),
+            None => v6_mac(sandbox, &net.id),
+        },
+        aliases: a.aliases.clone(),
+    }
+}
+
+/// Puts an endpoint whose addresses are held elsewhere (a swarm network's, in the cluster
+/// store).
+pub fn put_endpoint_record(txn: Txn, ep: &EndpointRec) -> Txn {
+    let key = schema::endpoint(&ep.network, &ep.sandbox);
+    txn.when(Compare::Absent(key.clone()))
+        .put(key, schema::encode(ep))
+}
+
 /// Puts an endpoint and takes its addresses (only if nobody has them).
 pub fn put_endpoint(mut txn: Txn, ep: &EndpointRec) -> Txn {
     let key = schema::endpoint(&ep.network, &ep.sandbox);
@@ -351,13 +451,44 @@ pub fn delete_endpoint(mut txn: Txn, ep: &EndpointRec) -> Txn {
 }
 
 pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResult<SandboxInfo> {
+    // A swarm network's address is claimed in the cluster store first.
+    let mut pending = node.ipam.claim();
+    let claims = {
+        let (net_id, sb_id) = {
+            let d = node.cache.read();
+            let net_id = d
+                .network_id(net_ref)
+                .map_err(|e| lookup_err("network", net_ref, e))?;
+            let n = &d.networks[net_id];
+            let sb_id = d
+                .sandbox_id(&req.sandbox)
+                .map_err(|e| lookup_err("sandbox", &req.sandbox, e))?
+                .clone();
+            if n.rec.scope == Scope::Swarm && !n.rec.attachable {
+                return bad(format!(
+                    "network {} is not attachable: create it with --attachable to connect sandboxes",
+                    n.rec.name
+                ));
+            }
+            ((n.rec.scope == Scope::Swarm).then(|| net_id.clone()), sb_id)
+        };
+        match net_id {
+            Some(n) => {
+                let c =
+                    super::overlay::claim(node, &sb_id, &[(n, req.ipv4, req.ipv6)], &mut pending)
+                        .await?;
+                Some((sb_id, c))
+            }
+            None => None,
+        }
+    };
     let mut ids = (String::new(), String::new(), String::new());
-    let rev = write(node, |d| {
+    let written = write(node, |d| {
         let net_id = d
             .network_id(net_ref)
             .map_err(|e| lookup_err("network", net_ref, e))?;
         let net = &d.networks[net_id];
-        if net.rec.driver != DriverKind::Bridge {
+        if !matches!(net.rec.driver, DriverKind::Bridge | DriverKind::Overlay) {
             return bad(format!(
                 "cannot connect to network {} (driver {})",
                 net.rec.name,
@@ -391,8 +522,17 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
             ipv4: req.ipv4,
             ipv6: req.ipv6,
         };
-        let mut claim = node.ipam.claim();
-        let ep = plan_endpoint(node, d, sb_id, &net.rec, index, order, &attach, &mut claim)?;
+        let ep = match claims.as_ref().and_then(|(_, c)| c.first()) {
+            Some(c) => {
+                let mut ep = swarm_endpoint(sb_id, &net.rec, index, &attach, c);
+                ep.order = order;
+                ep
+            }
+            None => {
+                let mut claim = node.ipam.claim();
+                plan_endpoint(node, d, sb_id, &net.rec, index, order, &attach, &mut claim)?
+            }
+        };
         ids = (sb_id.clone(), sb.rec.name.clone(), net.rec.name.clone());
         // The sandbox's record is written again (unchanged): a removal of the sandbox decided
         // on a state without this endpoint then fails its compare and is decided again,
@@ -401,9 +541,23 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
             .when(Compare::ModRev(schema::sandbox(sb_id), sb.rev))
             .when(Compare::ModRev(schema::network(net_id), net.rev))
             .put(schema::sandbox(sb_id), schema::encode(&*sb.rec));
-        Ok(put_endpoint(txn, &ep))
+        Ok(if claims.is_some() {
+            put_endpoint_record(txn, &ep)
+        } else {
+            put_endpoint(txn, &ep)
+        })
     })
-    .await?;
+    .await;
+    drop(pending);
+    let rev = match written {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((sb, c)) = &claims {
+                let _ = super::overlay::release(node, sb, c).await;
+            }
+            return Err(e);
+        }
+    };
     let (sb_id, sb_name, net_name) = ids;
     if let Err(e) = settle(node, rev, &Dirty::Sandbox(sb_id.clone())).await {
         // Undo: the endpoint must not stay in the store if the kernel refused it.
@@ -424,6 +578,9 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
         {
             let _ = super::applied(node, r).await;
         }
+        if let Some((sb, c)) = &claims {
+            let _ = super::overlay::release(node, sb, c).await;
+        }
         return Err(match e {
             ApiError::Internal(e) => {
                 ApiError::Internal(e.context(format!("connecting to {net_name}")))
@@ -442,11 +599,13 @@ pub async fn disconnect(
     req: DisconnectRequest,
 ) -> ApiResult<SandboxInfo> {
     let mut sb_id = String::new();
+    let mut claims = Vec::new();
     let rev = write(node, |d| {
         let net_id = d
             .network_id(net_ref)
             .map_err(|e| lookup_err("network", net_ref, e))?;
         let net = &d.networks[net_id];
+        claims.clear();
         let id = d
             .sandbox_id(&req.sandbox)
             .map_err(|e| lookup_err("sandbox", &req.sandbox, e))?;
@@ -462,11 +621,19 @@ pub async fn disconnect(
             )));
         };
         sb_id = id.clone();
+        if net.rec.scope == Scope::Swarm {
+            claims.push(super::overlay::Claim {
+                network: net_id.clone(),
+                ipv4: ep.rec.ipv4,
+                ipv6: ep.rec.ipv6,
+            });
+        }
         let txn = Txn::new().when(Compare::ModRev(schema::endpoint(net_id, id), ep.rev));
         Ok(delete_endpoint(txn, &ep.rec))
     })
     .await?;
     settle(node, rev, &Dirty::Sandbox(sb_id.clone())).await?;
+    super::overlay::release(node, &sb_id, &claims).await?;
     views::sandbox(node, &node.cache.read(), &sb_id)
         .ok_or_else(|| ApiError::NotFound(format!("sandbox {} not found", req.sandbox)))
 }

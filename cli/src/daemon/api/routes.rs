@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::api::{ApiError, networks, sandboxes, services};
+use crate::daemon::api::{ApiError, networks, nodes, sandboxes, services};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -53,6 +53,8 @@ pub fn router(d: Arc<Node>) -> Router {
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/update", post(update_service))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}", get(node_info).delete(remove_node))
         .route("/v1/dns/query", post(dns_query))
         .with_state(d)
 }
@@ -113,6 +115,20 @@ async fn disconnect(
 struct AllQuery {
     #[serde(default)]
     all: bool,
+}
+
+async fn list_nodes(State(d): D) -> R<Vec<NodeInfo>> {
+    Ok(Json(nodes::list(&d)?))
+}
+
+async fn node_info(State(d): D, Path(name): Path<String>) -> R<NodeInfo> {
+    Ok(Json(nodes::inspect(&d, &name)?))
+}
+
+async fn remove_node(State(d): D, Path(name): Path<String>) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: vec![nodes::remove(&d, &name).await?],
+    }))
 }
 
 async fn list_sandboxes(State(d): D, Query(q): Query<AllQuery>) -> R<Vec<SandboxInfo>> {

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use sdnet_resolver::model;
 use tracing::info;
 
-use super::networks::{delete_endpoint, plan_endpoint, put_endpoint};
+use super::networks::{
+    delete_endpoint, plan_endpoint, put_endpoint, put_endpoint_record, swarm_endpoint,
+};
+use super::overlay;
 use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
 use crate::api::*;
 use crate::daemon::Node;
@@ -13,7 +16,7 @@ use crate::daemon::config::short;
 use crate::daemon::names;
 use crate::daemon::state::{Desired, Dirty, Entry};
 use crate::daemon::store::schema::{
-    self, DriverKind, NetMode, NetworkRec, PublishRec, SandboxRec, TaskRef,
+    self, DriverKind, NetMode, NetworkRec, PublishRec, SandboxRec, Scope, TaskRef,
 };
 use crate::daemon::store::{Compare, Txn};
 use crate::daemon::supervisor::{self, Proc};
@@ -78,8 +81,35 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
     } else {
         req.networks.clone()
     };
+    // Addresses on swarm (overlay) networks are claimed in the cluster store first.
+    let mut pending = node.ipam.claim();
+    let swarm: Vec<(
+        String,
+        Option<std::net::Ipv4Addr>,
+        Option<std::net::Ipv6Addr>,
+    )> = {
+        let d = node.cache.read();
+        let mut v = Vec::new();
+        for a in &attaches {
+            let Ok(nid) = d.network_id(&a.network) else {
+                continue; // reported below, with the others
+            };
+            let n = &d.networks[nid];
+            if n.rec.scope == Scope::Swarm {
+                if !n.rec.attachable && task.is_none() {
+                    return bad(format!(
+                        "network {} is not attachable: create it with --attachable to run sandboxes on it",
+                        n.rec.name
+                    ));
+                }
+                v.push((nid.clone(), a.ipv4, a.ipv6));
+            }
+        }
+        v
+    };
+    let claims = overlay::claim(node, &id, &swarm, &mut pending).await?;
     let mut name = String::new();
-    let rev = write(node, |d| {
+    let written = write(node, |d| {
         name = match &req.name {
             Some(n) => n.clone(),
             None => loop {
@@ -111,7 +141,7 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 }
                 DriverKind::Host => mode = NetMode::Host,
                 DriverKind::None => {}
-                DriverKind::Bridge => {
+                DriverKind::Bridge | DriverKind::Overlay => {
                     if nets.iter().any(|(x, _)| x.rec.id == n.rec.id) {
                         return bad(format!("network {} given twice", n.rec.name));
                     }
@@ -138,12 +168,28 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
         if !ports.is_empty() && !nets.iter().any(|(n, _)| !n.rec.internal) {
             return bad("published ports need a non-internal bridge network");
         }
+        // Egress of a sandbox only on overlays: the gateway bridge, last in order.
+        let gw = (node.cluster.is_some()
+            && nets
+                .iter()
+                .any(|(n, _)| n.rec.driver == DriverKind::Overlay && !n.rec.internal)
+            && !nets
+                .iter()
+                .any(|(n, _)| n.rec.driver == DriverKind::Bridge && !n.rec.internal))
+        .then(|| d.network_by_name(super::networks::GWBRIDGE))
+        .flatten();
+        let gw_attach = NetworkAttach::default();
+        if let Some(g) = gw {
+            nets.push((g, &gw_attach));
+        }
         let mut claim = node.ipam.claim();
         let mut eps = Vec::new();
         for (i, (n, a)) in nets.iter().enumerate() {
-            eps.push(plan_endpoint(
-                node, d, &id, &n.rec, i as u32, i as u64, a, &mut claim,
-            )?);
+            let ep = match claims.iter().find(|c| c.network == n.rec.id) {
+                Some(c) => swarm_endpoint(&id, &n.rec, i as u32, a, c),
+                None => plan_endpoint(node, d, &id, &n.rec, i as u32, i as u64, a, &mut claim)?,
+            };
+            eps.push(ep);
         }
         let rec = SandboxRec {
             id: id.clone(),
@@ -164,7 +210,7 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
             .when(Compare::Absent(schema::sandbox(&id)))
             .put(schema::sandbox(&id), schema::encode(&rec))
             .put(schema::sandbox_name(&name), id.as_bytes().to_vec());
-        for (n, _) in &nets {
+        for (n, _) in nets.iter().filter(|(n, _)| n.rec.scope == Scope::Local) {
             txn = txn.when(Compare::ModRev(schema::network(&n.rec.id), n.rev));
         }
         if let Some(t) = &task {
@@ -180,11 +226,23 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 .put(schema::service(&t.service), schema::encode(&*svc.rec));
         }
         for ep in &eps {
-            txn = put_endpoint(txn, ep);
+            txn = if claims.iter().any(|c| c.network == ep.network) {
+                put_endpoint_record(txn, ep)
+            } else {
+                put_endpoint(txn, ep)
+            };
         }
         Ok(txn)
     })
-    .await?;
+    .await;
+    drop(pending);
+    let rev = match written {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = overlay::release(node, &id, &claims).await;
+            return Err(e);
+        }
+    };
     let stored = started.elapsed();
     if let Err(e) = settle(node, rev, &Dirty::Sandbox(id.clone())).await {
         // Undo: a sandbox the kernel refused must not exist at all.
@@ -247,14 +305,35 @@ pub fn delete_txn(d: &Desired, id: &str) -> Option<Txn> {
     Some(txn)
 }
 
+/// What a sandbox holds on swarm networks (released after its removal).
+pub fn swarm_claims(d: &Desired, id: &str) -> Vec<overlay::Claim> {
+    d.endpoints_of(id)
+        .into_iter()
+        .filter(|e| {
+            d.networks
+                .get(e.rec.network.as_str())
+                .is_some_and(|n| n.rec.scope == Scope::Swarm)
+        })
+        .map(|e| overlay::Claim {
+            network: e.rec.network.clone(),
+            ipv4: e.rec.ipv4,
+            ipv6: e.rec.ipv6,
+        })
+        .collect()
+}
+
 /// Removes a sandbox (its process is killed); returns once it is out of DNS and its
 /// namespace is gone.
 pub async fn remove(node: &Node, r: &str, force: bool) -> ApiResult<String> {
     let mut name = String::new();
+    let mut claims = Vec::new();
+    let mut sb_id = String::new();
     let rev = write(node, |d| {
         let id = d.sandbox_id(r).map_err(|e| lookup_err("sandbox", r, e))?;
         let sb = &d.sandboxes[id];
         name = sb.rec.name.clone();
+        claims = swarm_claims(d, id);
+        sb_id = id.clone();
         if running(d, id).is_some() && !force {
             return Err(ApiError::Conflict(format!(
                 "sandbox {} has a running process: stop it or use -f",
@@ -265,13 +344,20 @@ pub async fn remove(node: &Node, r: &str, force: bool) -> ApiResult<String> {
     })
     .await?;
     super::applied(node, rev).await?;
+    overlay::release(node, &sb_id, &claims).await?;
     Ok(name)
 }
 
 /// Removal by ID, for the daemon's own use (undo, the scheduler, `--rm`): nothing to refuse.
 pub async fn remove_by_id(node: &Node, id: &str) -> ApiResult<()> {
-    let rev = write(node, |d| Ok(delete_txn(d, id).unwrap_or_default())).await?;
-    super::applied(node, rev).await
+    let mut claims = Vec::new();
+    let rev = write(node, |d| {
+        claims = swarm_claims(d, id);
+        Ok(delete_txn(d, id).unwrap_or_default())
+    })
+    .await?;
+    super::applied(node, rev).await?;
+    overlay::release(node, id, &claims).await
 }
 
 pub fn exec_info(node: &Node, r: &str) -> ApiResult<ExecInfo> {

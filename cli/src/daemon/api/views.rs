@@ -106,6 +106,7 @@ impl From<DriverKind> for Driver {
             DriverKind::Bridge => Driver::Bridge,
             DriverKind::Host => Driver::Host,
             DriverKind::None => Driver::None,
+            DriverKind::Overlay => Driver::Overlay,
         }
     }
 }

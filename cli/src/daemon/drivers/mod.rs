@@ -4,6 +4,7 @@
 //! missing and tolerates what is already there.
 
 pub mod bridge;
+pub mod overlay;
 
 use std::collections::HashMap;
 
@@ -92,6 +93,15 @@ pub struct SandboxNs<'a> {
 /// Links of ours in the daemon's namespace at one moment (one netlink dump per resync).
 pub type Links = HashMap<String, LinkInfo>;
 
+/// An endpoint of another node on a network, as the data path needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub mac: [u8; 6],
+    pub ips: Vec<std::net::IpAddr>,
+    /// The other node's tunnel endpoint.
+    pub vtep: std::net::IpAddr,
+}
+
 #[async_trait]
 pub trait NetworkDriver: Send + Sync {
     /// Creates or repairs the network's shared objects (a bridge, say).
@@ -112,6 +122,11 @@ pub trait NetworkDriver: Send + Sync {
     fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool;
     /// Same for an endpoint: false = call `attach` again.
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool;
+    /// A network across nodes: how many endpoints this node has on it, and every other
+    /// node's. Single-node drivers have nothing to do.
+    async fn sync_peers(&self, _net: &NetworkRec, _local: usize, _peers: &[Peer]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// `host` and `none`: nothing of their own in the kernel.
@@ -149,12 +164,18 @@ impl NetworkDriver for NullDriver {
 pub struct Drivers {
     pub bridge: bridge::BridgeDriver,
     pub null: NullDriver,
+    /// Only on a node of a cluster.
+    pub overlay: Option<overlay::OverlayDriver>,
 }
 
 impl Drivers {
     pub fn get(&self, kind: DriverKind) -> &dyn NetworkDriver {
         match kind {
             DriverKind::Bridge => &self.bridge,
+            DriverKind::Overlay => match &self.overlay {
+                Some(o) => o,
+                None => &self.null,
+            },
             DriverKind::Host | DriverKind::None => &self.null,
         }
     }

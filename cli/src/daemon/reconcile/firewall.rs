@@ -23,6 +23,14 @@ pub struct FwNetwork<'a> {
     pub bridge: &'a str,
     pub subnets: Vec<IpNet>,
     pub internal: bool,
+    /// Sandboxes of the network may talk to each other (off on the gateway bridge).
+    pub icc: bool,
+}
+
+/// A cluster node's VXLAN: its port and the nodes allowed to send to it.
+pub struct FwVxlan {
+    pub port: u16,
+    pub nodes: Vec<IpAddr>,
 }
 
 /// A published port: a sandbox's (one target) or a service's (its healthy tasks; none while
@@ -55,7 +63,7 @@ fn sock(ip: &IpAddr, port: u16) -> String {
 }
 
 /// The whole table as one nft transaction.
-pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
+pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>], vxlan: Option<&FwVxlan>) -> String {
     let mut s = String::new();
     let t = TABLE;
     // Create-then-delete makes the delete valid whether or not the table existed.
@@ -90,6 +98,33 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
     s.push_str(
         "  chain nat-postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    iifname vmap @post-out\n    oifname vmap @post-in\n  }\n",
     );
+    if let Some(v) = vxlan {
+        // Tunnelled packets only from the cluster's nodes: anyone else could inject frames
+        // into an overlay.
+        let (v4, v6): (Vec<&IpAddr>, Vec<&IpAddr>) = v.nodes.iter().partition(|a| a.is_ipv4());
+        s.push_str(
+            "  chain vxlan-in {\n    type filter hook input priority filter; policy accept;\n",
+        );
+        for (fam, list) in [("ip", v4), ("ip6", v6)] {
+            let nf = if fam == "ip" { "ipv4" } else { "ipv6" };
+            if list.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "    meta nfproto {nf} udp dport {} drop comment \"VXLAN FROM NO NODE\"",
+                    v.port
+                );
+            } else {
+                let set: Vec<String> = list.iter().map(|a| a.to_string()).collect();
+                let _ = writeln!(
+                    s,
+                    "    udp dport {} {fam} saddr != {{ {} }} drop comment \"VXLAN FROM NO NODE\"",
+                    v.port,
+                    set.join(", ")
+                );
+            }
+        }
+        s.push_str("  }\n");
+    }
     s.push_str(
         "  chain raw-prerouting {\n    type filter hook prerouting priority raw; policy accept;\n",
     );
@@ -155,7 +190,11 @@ pub fn ruleset(nets: &[FwNetwork<'_>], ports: &[FwPort<'_>]) -> String {
             );
             s.push_str("    accept comment \"ICC\"\n");
         } else {
-            let _ = writeln!(s, "    iifname \"{b}\" accept comment \"ICC\"");
+            if n.icc {
+                let _ = writeln!(s, "    iifname \"{b}\" accept comment \"ICC\"");
+            } else {
+                let _ = writeln!(s, "    iifname \"{b}\" drop comment \"ICC DISABLED\"");
+            }
             for p in ports.iter().filter(|p| p.bridge == b) {
                 for t in &p.targets {
                     let _ = writeln!(
@@ -241,8 +280,9 @@ pub fn delete_dns_redirect() -> String {
 
 /// The whole table for a desired state: every bridge network, every published port of a
 /// sandbox (its first non-internal bridge endpoint of the host IP's family) and of a service
-/// (spread over its visible tasks on its first non-internal network).
-pub fn for_desired(d: &Desired) -> String {
+/// (spread over its visible tasks on its first non-internal network); with `vxlan_port`
+/// (a cluster node), VXLAN accepted only from the cluster's nodes.
+pub fn for_desired(d: &Desired, vxlan_port: Option<u16>) -> String {
     let bridges: Vec<(String, &NetworkRec)> = d
         .networks
         .values()
@@ -255,6 +295,10 @@ pub fn for_desired(d: &Desired) -> String {
             bridge: b,
             subnets: n.subnets.iter().map(|s| s.subnet.trunc()).collect(),
             internal: n.internal,
+            icc: n
+                .options
+                .get(crate::daemon::api::networks::ICC_OPTION)
+                .is_none_or(|v| v != "false"),
         })
         .collect();
     let bridge_of = |net: &str| {
@@ -321,7 +365,11 @@ pub fn for_desired(d: &Desired) -> String {
             });
         }
     }
-    ruleset(&nets, &ports)
+    let vxlan = vxlan_port.map(|port| FwVxlan {
+        port,
+        nodes: d.nodes.values().map(|n| n.rec.addr).collect(),
+    });
+    ruleset(&nets, &ports, vxlan.as_ref())
 }
 
 #[cfg(test)]
@@ -337,11 +385,13 @@ mod tests {
                     "fd00:1::/64".parse().unwrap(),
                 ],
                 internal: false,
+                icc: true,
             },
             FwNetwork {
                 bridge: "sd-bbbbbbbbbbbb",
                 subnets: vec!["172.19.0.0/16".parse().unwrap()],
                 internal: true,
+                icc: true,
             },
         ];
         let ports = [
@@ -378,7 +428,7 @@ mod tests {
                 protocol: Protocol::Tcp,
             },
         ];
-        ruleset(&nets, &ports)
+        ruleset(&nets, &ports, None)
     }
 
     #[test]
@@ -411,7 +461,16 @@ mod tests {
             eprintln!("nft not installed: skipped");
             return;
         }
-        for text in [sample(), ruleset(&[], &[]), dns_redirect(40000, 40001)] {
+        let vx = FwVxlan {
+            port: 4789,
+            nodes: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+        };
+        for text in [
+            sample(),
+            ruleset(&[], &[], None),
+            ruleset(&[], &[], Some(&vx)),
+            dns_redirect(40000, 40001),
+        ] {
             let mut child = std::process::Command::new("nft")
                 .args(["-c", "-f", "-"])
                 .stdin(std::process::Stdio::piped())

@@ -34,7 +34,12 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Removes what is ours and not wanted by `d`.
-pub async fn collect(node: &Arc<Node>, d: &Desired, kept: &Mutex<Kept>) {
+pub async fn collect(
+    node: &Arc<Node>,
+    d: &Desired,
+    kept: &Mutex<Kept>,
+    overlays: &HashSet<String>,
+) {
     let cfg = &node.cfg;
     let own: Vec<&crate::daemon::state::Entry<_>> = d
         .sandboxes
@@ -93,6 +98,26 @@ pub async fn collect(node: &Arc<Node>, d: &Desired, kept: &Mutex<Kept>) {
         }
     })
     .await;
+
+    // Overlay data paths nobody uses any more (their network's namespace and VXLAN device).
+    {
+        let (ov_dir, keep, keeper) = (
+            cfg.run_dir.join("ov"),
+            overlays.clone(),
+            node.keeper.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in netns::list_netns(&ov_dir).unwrap_or_default() {
+                let name = file_name(&p);
+                if !keep.contains(&name) {
+                    info!(path = %p.display(), "removing an unused overlay namespace");
+                    let _ = keeper.drop_prefix(&format!("ov/{name}/"));
+                    let _ = Netns::delete(&p);
+                }
+            }
+        })
+        .await;
+    }
 
     let netns_dir = cfg.netns_dir();
     let files_root = cfg.files_root();
@@ -177,8 +202,10 @@ pub async fn cleanup_everything(cfg: &Config) -> Result<()> {
     let host = Host::open().await?;
     let c = cfg.clone();
     tokio::task::spawn_blocking(move || {
-        for p in netns::list_netns(&c.netns_dir()).unwrap_or_default() {
-            let _ = Netns::delete(&p);
+        for dir in [c.netns_dir(), c.run_dir.join("ov")] {
+            for p in netns::list_netns(&dir).unwrap_or_default() {
+                let _ = Netns::delete(&p);
+            }
         }
         for p in entries(&c.netns_dir()) {
             let _ = std::fs::remove_file(p);

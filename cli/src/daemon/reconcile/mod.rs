@@ -17,6 +17,7 @@
 //! relist — also checks the kernel for drift (a deleted veth, bridge or table of ours comes
 //! back) and removes objects of ours nobody wants.
 
+pub mod cluster;
 pub mod files;
 pub mod firewall;
 pub mod gc;
@@ -24,7 +25,7 @@ pub mod lb;
 pub mod model;
 pub mod sandbox;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,9 +36,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::daemon::Node;
-use crate::daemon::state::{Changes, Desired, Dirty};
+use crate::daemon::state::{Changes, Desired, Dirty, Revs, Source};
 use crate::daemon::store::Rev;
-use crate::daemon::store::schema::{NetworkRec, PublishRec, ServiceRec};
+use crate::daemon::store::schema::{NetworkRec, PublishRec, Scope, ServiceRec};
 use sandbox::{Kept, RealSb};
 
 /// How many sandboxes are realized at once.
@@ -67,37 +68,45 @@ impl Failure {
 
 /// What the reconciler has applied, for API handlers waiting on their writes.
 pub struct Progress {
-    applied: watch::Sender<Rev>,
-    outcomes: Mutex<HashMap<Dirty, (Rev, Option<Failure>)>>,
+    applied: watch::Sender<Revs>,
+    outcomes: Mutex<HashMap<Dirty, (Revs, Option<Failure>)>>,
 }
 
 impl Default for Progress {
     fn default() -> Self {
         Progress {
-            applied: watch::channel(0).0,
+            applied: watch::channel([0, 0]).0,
             outcomes: Mutex::new(HashMap::new()),
         }
     }
 }
 
+fn idx(src: Source) -> usize {
+    match src {
+        Source::Local => 0,
+        Source::Cluster => 1,
+    }
+}
+
 impl Progress {
-    /// Waits until revision `rev` is applied (false: not within `limit`).
-    pub async fn wait(&self, rev: Rev, limit: Duration) -> bool {
+    /// Waits until revision `rev` of store `src` is applied (false: not within `limit`).
+    pub async fn wait(&self, src: Source, rev: Rev, limit: Duration) -> bool {
         let mut rx = self.applied.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|r| *r >= rev))
+        tokio::time::timeout(limit, rx.wait_for(|r| r[idx(src)] >= rev))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The error of the last attempt on `obj` at or after `rev`, if it failed.
-    pub fn error(&self, obj: &Dirty, rev: Rev) -> Option<Failure> {
+    /// The error of the last attempt on `obj` at or after revision `rev` of `src`, if it
+    /// failed.
+    pub fn error(&self, obj: &Dirty, src: Source, rev: Rev) -> Option<Failure> {
         let o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         o.get(obj)
-            .filter(|(r, _)| *r >= rev)
+            .filter(|(r, _)| r[idx(src)] >= rev)
             .and_then(|(_, e)| e.clone())
     }
 
-    fn record(&self, obj: Dirty, rev: Rev, err: Option<Failure>) {
+    fn record(&self, obj: Dirty, rev: Revs, err: Option<Failure>) {
         let mut o = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
         o.insert(obj, (rev, err));
     }
@@ -146,6 +155,8 @@ pub struct Reconciler {
     published: HashMap<String, RealSvc>,
     /// Name-table models last applied.
     net_models: HashMap<String, sdnet_resolver::model::Network>,
+    /// Other nodes' sandboxes in the name tables.
+    remote_models: HashMap<String, sdnet_resolver::model::Sandbox>,
     svc_models: HashMap<String, sdnet_resolver::model::Service>,
     firewall: Option<String>,
     vips: Option<lb::VipMap>,
@@ -162,6 +173,7 @@ impl Reconciler {
             svcs: HashMap::new(),
             published: HashMap::new(),
             net_models: HashMap::new(),
+            remote_models: HashMap::new(),
             svc_models: HashMap::new(),
             firewall: None,
             vips: None,
@@ -179,7 +191,7 @@ impl Reconciler {
             let mut all = false;
             let mut full = false;
             let mut dirty = BTreeSet::new();
-            let mut rev = None;
+            let mut rev: [Option<Rev>; 2] = [None, None];
             tokio::select! {
                 c = rx.recv() => match c {
                     Some(c) => take(c, &mut rev, &mut dirty, &mut all),
@@ -191,14 +203,18 @@ impl Reconciler {
             while let Ok(c) = rx.try_recv() {
                 take(c, &mut rev, &mut dirty, &mut all);
             }
-            if all && rev.is_some() {
-                // Start-up or a relist: check the kernel too.
+            if all && rev.iter().any(Option::is_some) {
+                // Start-up: check the kernel too.
                 full = true;
             }
             self.round(if all { None } else { Some(dirty) }, full).await;
-            if let Some(r) = rev {
-                self.node.progress.applied.send_replace(r);
-            }
+            self.node.progress.applied.send_modify(|a| {
+                for (i, r) in rev.iter().enumerate() {
+                    if let Some(r) = r {
+                        a[i] = a[i].max(*r);
+                    }
+                }
+            });
         }
     }
 
@@ -206,8 +222,18 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let d = self.node.cache.read();
         let (mut nets, mut sbs, mut svcs) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let me = self.node.node_id().to_string();
+        let (mut remotes, mut peer_nets) = (BTreeSet::new(), BTreeSet::new());
         match &dirty {
             None => {
+                remotes.extend(cluster::remote_sandboxes(&d, &me));
+                remotes.extend(self.remote_models.keys().cloned());
+                peer_nets.extend(
+                    d.networks
+                        .values()
+                        .filter(|n| n.rec.scope == Scope::Swarm)
+                        .map(|n| n.rec.id.clone()),
+                );
                 nets.extend(d.networks.keys().cloned());
                 nets.extend(self.nets.keys().cloned());
                 sbs.extend(d.sandboxes.keys().cloned());
@@ -229,6 +255,21 @@ impl Reconciler {
                             svcs.insert(id.clone());
                             // Visibility of its tasks follows its health check.
                             sbs.extend(d.tasks_of(id).cloned());
+                        }
+                        Dirty::Peers(net) => {
+                            peer_nets.insert(net.clone());
+                        }
+                        Dirty::Remote(id) => {
+                            remotes.insert(id.clone());
+                        }
+                        Dirty::Nodes => {
+                            // A node's tunnel endpoint may have moved.
+                            peer_nets.extend(
+                                d.networks
+                                    .values()
+                                    .filter(|n| n.rec.scope == Scope::Swarm)
+                                    .map(|n| n.rec.id.clone()),
+                            );
                         }
                     }
                 }
@@ -271,11 +312,30 @@ impl Reconciler {
             }
             self.node
                 .progress
-                .record(Dirty::Network(id.clone()), d.rev, err);
+                .record(Dirty::Network(id.clone()), [d.rev, d.cluster_rev], err);
         }
 
         // 2. Names: additions and changes before kernel work, removals before teardown.
-        self.names(&d, &nets, &sbs, &svcs);
+        self.names(&d, &nets, &sbs, &svcs, &remotes, &me);
+
+        // Overlay networks whose local membership may change this round.
+        let swarm = |net: &str| {
+            d.networks
+                .get(net)
+                .is_some_and(|n| n.rec.scope == Scope::Swarm)
+                || self.nets.get(net).is_some_and(|n| n.scope == Scope::Swarm)
+        };
+        for id in &sbs {
+            peer_nets.extend(
+                d.endpoints_of(id)
+                    .into_iter()
+                    .map(|e| e.rec.network.clone())
+                    .filter(|n| swarm(n)),
+            );
+            if let Some(r) = self.sbs.get(id) {
+                peer_nets.extend(r.eps.keys().filter(|n| swarm(n)).cloned());
+            }
+        }
 
         // 3. Sandboxes.
         let mut work = Vec::new();
@@ -316,8 +376,42 @@ impl Reconciler {
             }
             self.node
                 .progress
-                .record(Dirty::Sandbox(id.clone()), d.rev, err);
+                .record(Dirty::Sandbox(id.clone()), [d.rev, d.cluster_rev], err);
             self.sbs.insert(id, r);
+        }
+
+        // 3b. Overlay data paths (made with the first local endpoint, gone with the last), then
+        // this node's endpoints published for the others.
+        if self.node.cluster.is_some() {
+            for net in &peer_nets {
+                let Some(n) = d
+                    .networks
+                    .get(net.as_str())
+                    .map(|n| n.rec.clone())
+                    .or_else(|| self.nets.get(net).cloned())
+                else {
+                    continue;
+                };
+                let local = self
+                    .sbs
+                    .values()
+                    .filter(|r| r.eps.contains_key(net))
+                    .count();
+                let peers = cluster::peers_of(&d, &me, net);
+                if let Err(e) = self
+                    .node
+                    .drivers
+                    .get(n.driver)
+                    .sync_peers(&n, local, &peers)
+                    .await
+                {
+                    warn!(network = %n.name, "overlay data path: {e:#}");
+                }
+            }
+            cluster::publish(&self.node, &d, cluster::wanted(&me, &self.sbs, &d)).await;
+            if full {
+                cluster::release_orphans(&self.node, &d).await;
+            }
         }
 
         // 4. Services' published ports, then removed networks.
@@ -341,7 +435,7 @@ impl Reconciler {
 
         // 5. VIP tables in client sandboxes, then the firewall.
         self.load_balancers(&d, &sbs, full).await;
-        let text = firewall::for_desired(&d);
+        let text = firewall::for_desired(&d, self.node.cluster.as_ref().map(|c| c.data_port));
         if full || self.firewall.as_ref() != Some(&text) {
             let host = self.node.host.clone();
             let t = text.clone();
@@ -355,7 +449,15 @@ impl Reconciler {
             }
         }
         if full {
-            gc::collect(&self.node, &d, &self.kept).await;
+            // Overlay data paths in use: those with a local endpoint.
+            let overlays: HashSet<String> = self
+                .sbs
+                .values()
+                .flat_map(|r| r.eps.values())
+                .filter(|(_, _, n)| n.scope == Scope::Swarm)
+                .map(|(_, _, n)| crate::daemon::config::short(&n.id).to_string())
+                .collect();
+            gc::collect(&self.node, &d, &self.kept, &overlays).await;
             self.rehold().await;
         }
         debug!(
@@ -413,6 +515,8 @@ impl Reconciler {
         nets: &BTreeSet<String>,
         sbs: &BTreeSet<String>,
         svcs: &BTreeSet<String>,
+        remotes: &BTreeSet<String>,
+        me: &str,
     ) {
         let mut adds = Vec::new();
         let mut removes = Vec::new();
@@ -466,6 +570,23 @@ impl Reconciler {
                 (None, None) => {}
             }
         }
+        for id in remotes {
+            if self.sbs.contains_key(id) {
+                continue; // one of ours (its published copy)
+            }
+            match cluster::remote_model(d, me, id) {
+                Some(m) if self.remote_models.get(id) == Some(&m) => {}
+                Some(m) => {
+                    self.remote_models.insert(id.clone(), m.clone());
+                    sb_changes.push((None, Change::UpsertSandbox(m)));
+                }
+                None => {
+                    if self.remote_models.remove(id).is_some() {
+                        sb_changes.push((None, Change::RemoveSandbox(id.clone())));
+                    }
+                }
+            }
+        }
         // Networks and services first, sandboxes, then removals of services and networks.
         let all: Vec<(Option<String>, Change)> =
             adds.into_iter().chain(sb_changes).chain(removes).collect();
@@ -503,7 +624,7 @@ impl Reconciler {
         {
             self.node
                 .progress
-                .record(Dirty::Service(id.to_string()), d.rev, None);
+                .record(Dirty::Service(id.to_string()), [d.rev, d.cluster_rev], None);
             return;
         }
         self.published.remove(id);
@@ -531,7 +652,7 @@ impl Reconciler {
         }
         self.node
             .progress
-            .record(Dirty::Service(id.to_string()), d.rev, err);
+            .record(Dirty::Service(id.to_string()), [d.rev, d.cluster_rev], err);
     }
 
     /// Brings every affected sandbox's VIP table in line with the visible tasks.
@@ -588,8 +709,9 @@ impl Reconciler {
     }
 }
 
-fn take(c: Changes, rev: &mut Option<Rev>, dirty: &mut BTreeSet<Dirty>, all: &mut bool) {
-    *rev = Some(rev.map_or(c.rev, |r| r.max(c.rev)));
+fn take(c: Changes, rev: &mut [Option<Rev>; 2], dirty: &mut BTreeSet<Dirty>, all: &mut bool) {
+    let r = &mut rev[idx(c.source)];
+    *r = Some(r.map_or(c.rev, |x| x.max(c.rev)));
     match c.dirty {
         Some(set) => dirty.extend(set),
         None => *all = true,

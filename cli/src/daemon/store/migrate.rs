@@ -220,6 +220,7 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
             labels: n.labels.clone(),
             options: BTreeMap::new(),
             predefined: n.predefined,
+            vni: None,
         };
         txn = txn
             .put(schema::network(&rec.id), schema::encode(&rec))

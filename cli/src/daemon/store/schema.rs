@@ -15,6 +15,13 @@
 //! | `svcnets/<net>/<service>` | empty: the service uses the network | API |
 //! | `status/<sandbox>` | [`StatusRec`]: observations of this node | supervisor |
 //! | `meta/networks` | a guard bumped by every network create/remove | API |
+//! | `nodes/<id>` | [`NodeRec`]: a cluster node (cluster store) | the node itself |
+//! | `alive/<id>` | empty, under the node's lease: the node is up | the node itself |
+//! | `vni/<vni>` | overlay network ID (a VNI taken) | API |
+//! | `peers/<net>/<node>/<sandbox>` | [`PeerRec`]: a node's endpoint on a swarm network, as the other nodes see it, under the node's lease | reconciler |
+//!
+//! With a cluster store (etcd), swarm-scope records — overlay networks, their addresses,
+//! subnets and VNIs, nodes, peers — live there; everything else stays in the node's own store.
 //!
 //! Records are separate from the API model (`crate::api`): they change only with a new
 //! layout version. Desired state (what the user asked for) and observations (`status/`) are
@@ -76,6 +83,18 @@ pub fn status(sandbox: &str) -> String {
     format!("{ROOT}status/{sandbox}")
 }
 pub const NETWORKS_GUARD: &str = "/sdnet/v1/meta/networks";
+pub fn node(id: &str) -> String {
+    format!("{ROOT}nodes/{id}")
+}
+pub fn alive(id: &str) -> String {
+    format!("{ROOT}alive/{id}")
+}
+pub fn vni(v: u32) -> String {
+    format!("{ROOT}vni/{v}")
+}
+pub fn peer(net: &str, node: &str, sandbox: &str) -> String {
+    format!("{ROOT}peers/{net}/{node}/{sandbox}")
+}
 
 /// What a key names, parsed back (for the state cache and the reconciler).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +111,14 @@ pub enum Key<'a> {
     },
     Service(&'a str),
     Status(&'a str),
+    Node(&'a str),
+    Alive(&'a str),
+    Vni(u32),
+    Peer {
+        net: &'a str,
+        node: &'a str,
+        sandbox: &'a str,
+    },
     /// Name indexes, subnet claims, service-network links, guards: bookkeeping only.
     Other,
 }
@@ -106,6 +133,16 @@ pub fn parse(key: &str) -> Key<'_> {
         "sandboxes" => Key::Sandbox(rest),
         "services" => Key::Service(rest),
         "status" => Key::Status(rest),
+        "nodes" => Key::Node(rest),
+        "alive" => Key::Alive(rest),
+        "vni" => rest.parse().map(Key::Vni).unwrap_or(Key::Other),
+        "peers" => {
+            let mut parts = rest.splitn(3, '/');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(net), Some(node), Some(sandbox)) => Key::Peer { net, node, sandbox },
+                _ => Key::Other,
+            }
+        }
         "endpoints" => match rest.split_once('/') {
             Some((net, sandbox)) => Key::Endpoint { net, sandbox },
             None => Key::Other,
@@ -147,6 +184,8 @@ pub enum DriverKind {
     Bridge,
     Host,
     None,
+    /// VXLAN across the nodes of a cluster (swarm scope).
+    Overlay,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -198,12 +237,15 @@ pub struct NetworkRec {
     /// One of the networks every node has (bridge, host, none): cannot be removed.
     #[serde(default)]
     pub predefined: bool,
+    /// The VXLAN network identifier of an overlay network.
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 impl NetworkRec {
     /// The embedded DNS serves this network.
     pub fn dns_on(&self) -> bool {
-        self.dns && self.driver == DriverKind::Bridge
+        self.dns && matches!(self.driver, DriverKind::Bridge | DriverKind::Overlay)
     }
     pub fn v4(&self) -> Option<&SubnetRec> {
         self.subnets
@@ -360,6 +402,38 @@ pub struct ServiceRec {
     pub drain_ms: u64,
     /// Bumped by updates that need new tasks.
     pub version: u64,
+}
+
+/// A node of a cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeRec {
+    pub id: String,
+    pub name: String,
+    /// The address other nodes reach it at (its VXLAN tunnel endpoint).
+    pub addr: IpAddr,
+    pub data_port: u16,
+    pub joined: u64,
+}
+
+/// A node's endpoint on a swarm network, with what other nodes need to answer its names and
+/// to reach it (its address behind the node's tunnel endpoint).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerRec {
+    pub network: String,
+    pub node: String,
+    pub sandbox: String,
+    pub name: String,
+    pub hostname: String,
+    /// Attachment order on the sandbox (names answer from the first shared network).
+    #[serde(default)]
+    pub order: u64,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    pub mac: [u8; 6],
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// What this node observed about a sandbox's process and health.

@@ -1,0 +1,227 @@
+//! Multi-host (issue 11), all real: etcd in a namespace of its own, three node daemons on an
+//! underlay bridge, VXLAN between them, dig inside the sandboxes.
+
+use std::time::Duration;
+
+use sdnet_tests::cluster::Cluster;
+use sdnet_tests::wait_for;
+
+fn ip_of(d: &sdnet_tests::Daemon, sandbox: &str, net: &str) -> String {
+    d.ip(sandbox, net)
+}
+
+/// dig +short from a sandbox (names that are not record types: dig reads `a` as type A), retried until `want` (or 10 s).
+fn resolves_to(d: &sdnet_tests::Daemon, sandbox: &str, name: &str, want: &str) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let out = d.exec(sandbox, &["dig", "+short", "+tries=1", "+time=2", name]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().any(|l| l.trim() == want).then_some(())
+    })
+    .is_some()
+}
+
+fn gone(d: &sdnet_tests::Daemon, sandbox: &str, name: &str) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let out = d.exec(sandbox, &["dig", "+short", "+tries=1", "+time=2", name]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    })
+    .is_some()
+}
+
+#[test]
+fn overlay_names_and_traffic_across_nodes() {
+    let c = Cluster::start("cl1", 3, &[]);
+    let (n0, n1, n2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov1"]);
+    // Every node sees it, with scope swarm.
+    for n in [n1, n2] {
+        let seen = wait_for(Duration::from_secs(10), || {
+            let ls = n.ok(&["network", "ls"]);
+            ls.lines()
+                .any(|l| l.contains("ov1") && l.contains("overlay") && l.contains("swarm"))
+                .then_some(())
+        });
+        assert!(seen.is_some(), "{}", n.ok(&["network", "ls"]));
+    }
+    n0.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "apple",
+        "--network",
+        "ov1",
+        "--network-alias",
+        "alpha",
+    ]);
+    n1.ok(&["run", "-d", "--name", "berry", "--network", "ov1"]);
+    n2.ok(&["run", "-d", "--name", "cherry", "--network", "ov1"]);
+    let a = ip_of(n0, "apple", "ov1");
+    let b = ip_of(n1, "berry", "ov1");
+    assert_ne!(a, b);
+    // Names across hosts: the name, name.network, an alias, the PTR.
+    assert!(
+        resolves_to(n1, "berry", "apple", &a),
+        "berry does not resolve apple\n{}\n{}",
+        n1.ok(&["dns", "query", "--from", "berry", "apple"]),
+        n1.log()
+    );
+    assert!(resolves_to(n2, "cherry", "apple.ov1", &a));
+    assert!(resolves_to(n2, "cherry", "alpha", &a));
+    assert!(resolves_to(n0, "apple", "berry", &b));
+    let ptr = n1.exec_ok("berry", &["dig", "+short", "-x", &a]);
+    assert_eq!(ptr.trim(), "apple.ov1.", "{ptr}");
+    // Traffic between nodes over VXLAN.
+    let pinged = wait_for(Duration::from_secs(10), || {
+        n1.exec("berry", &["ping", "-c1", "-W1", &a])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(pinged.is_some(), "no ping from b (n1) to a (n0)");
+    n2.exec_ok("cherry", &["ping", "-c1", "-W2", "berry"]);
+    // A removal on n0 takes effect everywhere.
+    n0.ok(&["rm", "-f", "apple"]);
+    assert!(gone(n1, "berry", "apple"), "a still answers on n1");
+    assert!(gone(n2, "cherry", "alpha"));
+    // Refused while any node has endpoints on it.
+    let err = n0.fails(&["network", "rm", "ov1"]);
+    assert!(err.contains("in use"), "{err}");
+    n1.ok(&["rm", "-f", "berry"]);
+    n2.ok(&["rm", "-f", "cherry"]);
+    let removed = wait_for(Duration::from_secs(10), || {
+        n0.sdctl(&["network", "rm", "ov1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(removed.is_some(), "{}", n0.log());
+    let gone_everywhere = wait_for(Duration::from_secs(10), || {
+        [n1, n2]
+            .iter()
+            .all(|n| !n.ok(&["network", "ls"]).contains("ov1"))
+            .then_some(())
+    });
+    assert!(gone_everywhere.is_some());
+}
+
+#[test]
+fn concurrent_runs_on_three_nodes_never_collide() {
+    let c = Cluster::start("cl2", 3, &[]);
+    c.nodes[0].ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--attachable",
+        "--subnet",
+        "10.5.7.0/24",
+        "ov",
+    ]);
+    wait_for(Duration::from_secs(10), || {
+        c.nodes
+            .iter()
+            .all(|n| n.ok(&["network", "ls"]).contains(" ov "))
+            .then_some(())
+    })
+    .expect("the overlay on every node");
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = c
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                s.spawn(move || {
+                    (0..8)
+                        .map(|k| {
+                            let name = format!("s{i}x{k}");
+                            n.ok(&["run", "-d", "--name", &name, "--network", "ov"]);
+                            n.ip(&name, "ov")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("node thread"))
+            .collect()
+    });
+    let mut sorted = ips.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ips.len(), "duplicate addresses: {ips:?}");
+    // Every name answers on another node.
+    assert!(resolves_to(
+        &c.nodes[1],
+        "s1x0",
+        "s2x7",
+        &c.nodes[2].ip("s2x7", "ov")
+    ));
+}
+
+#[test]
+fn a_lost_node_leaves_dns_and_comes_back_without_duplicates() {
+    let mut c = Cluster::start("cl3", 3, &["--node-ttl", "3s"]);
+    c.nodes[0].ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    wait_for(Duration::from_secs(10), || {
+        c.nodes[2]
+            .ok(&["network", "ls"])
+            .contains(" ov ")
+            .then_some(())
+    })
+    .expect("ov on n2");
+    c.nodes[0].ok(&["run", "-d", "--name", "apple", "--network", "ov"]);
+    c.nodes[2].ok(&["run", "-d", "--name", "zed", "--network", "ov"]);
+    let z = c.nodes[2].ip("zed", "ov");
+    assert!(resolves_to(&c.nodes[0], "apple", "zed", &z));
+    let ls = c.nodes[0].ok(&["node", "ls"]);
+    assert_eq!(
+        ls.lines().filter(|l| l.contains("ready")).count(),
+        3,
+        "{ls}"
+    );
+
+    // n2's daemon dies and stays dead: within the TTL (+ margin) z leaves DNS on n0, and n2
+    // is down.
+    c.nodes[2].kill9();
+    assert!(
+        gone(&c.nodes[0], "apple", "zed"),
+        "z still answers after its node died"
+    );
+    let down = wait_for(Duration::from_secs(10), || {
+        let ls = c.nodes[0].ok(&["node", "ls"]);
+        ls.lines()
+            .any(|l| l.contains("n2") && l.contains("down"))
+            .then_some(())
+    });
+    assert!(down.is_some(), "{}", c.nodes[0].ok(&["node", "ls"]));
+    // A ready node cannot be removed; a down one can, but it comes back first here.
+    let err = c.nodes[0].fails(&["node", "rm", "n1"]);
+    assert!(err.contains("ready"), "{err}");
+
+    // It comes back: it rejoins, publishes z again, nothing doubled.
+    c.nodes[2].restart();
+    assert!(
+        resolves_to(&c.nodes[0], "apple", "zed", &z),
+        "z did not come back\n{}",
+        c.nodes[2].log()
+    );
+    let ready = wait_for(Duration::from_secs(10), || {
+        let ls = c.nodes[0].ok(&["node", "ls"]);
+        (ls.lines().filter(|l| l.contains("ready")).count() == 3).then_some(())
+    });
+    assert!(ready.is_some(), "{}", c.nodes[0].ok(&["node", "ls"]));
+    let nodes: serde_json::Value =
+        serde_json::from_str(&c.nodes[0].ok(&["node", "ls", "--format", "json"])).unwrap();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{nodes}");
+    let n2 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n2")
+        .cloned()
+        .unwrap();
+    assert_eq!(n2["endpoints"], 1, "{n2}");
+}
