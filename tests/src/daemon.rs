@@ -107,7 +107,13 @@ impl Daemon {
                 .ok()
                 .map(|_| ())
         })
-        .unwrap_or_else(|| panic!("daemon did not start:\n{}", self.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "daemon did not start:\n{}\n--- its threads ---\n{}",
+                self.log(),
+                threads(self.pid)
+            )
+        });
     }
 
     pub fn log(&self) -> String {
@@ -392,4 +398,31 @@ impl Daemon {
     pub fn daemon_path(&self, p: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{p}", self.pid))
     }
+}
+
+/// What each thread of a process waits on (state, wait channel, kernel stack): for reports
+/// of a daemon that does not answer.
+fn threads(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(process {pid} is gone)");
+    };
+    for t in rd.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{} {} {} {}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }

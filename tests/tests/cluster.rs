@@ -225,3 +225,99 @@ fn a_lost_node_leaves_dns_and_comes_back_without_duplicates() {
         .unwrap();
     assert_eq!(n2["endpoints"], 1, "{n2}");
 }
+
+#[test]
+fn overlays_are_isolated_and_reach_out_through_the_gateway_bridge() {
+    let c = Cluster::start("cl4", 2, &[]);
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov1"]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov2"]);
+    wait_for(Duration::from_secs(10), || {
+        let ls = n1.ok(&["network", "ls"]);
+        (ls.contains(" ov1 ") && ls.contains(" ov2 ")).then_some(())
+    })
+    .expect("both overlays on n1");
+    n0.ok(&["run", "-d", "--name", "xray", "--network", "ov1"]);
+    n1.ok(&["run", "-d", "--name", "yankee", "--network", "ov2"]);
+    n1.ok(&["run", "-d", "--name", "xylo", "--network", "ov1"]);
+    let xray = n0.ip("xray", "ov1");
+    assert!(resolves_to(n1, "xylo", "xray", &xray));
+    // Not shared: no name, no packets (the overlays' addresses are from one pool).
+    let y = n1.ip("yankee", "ov2");
+    assert!(gone(n0, "xray", "yankee"));
+    assert!(!n0.exec("xray", &["ping", "-c1", "-W1", &y]).status.success());
+    assert!(
+        !n1.exec("yankee", &["ping", "-c1", "-W1", &xray])
+            .status
+            .success()
+    );
+    // Egress: a sandbox only on an overlay reaches a host outside through the node's gateway
+    // bridge (masquerade), as Docker's docker_gwbridge.
+    let out = sdnet_tests::Remote::attach(n0);
+    let ok = wait_for(Duration::from_secs(5), || {
+        n0.exec("xray", &["ping", "-c1", "-W1", out.ip])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(ok.is_some(), "no egress from an overlay sandbox");
+    // VXLAN is accepted only from the cluster's nodes.
+    let rules = n0.ns.run_ok("nft", &["list", "table", "inet", "sdnet"]);
+    let line = rules
+        .lines()
+        .find(|l| l.contains("VXLAN FROM NO NODE") && l.contains("ip saddr"))
+        .unwrap_or_else(|| panic!("no VXLAN filter:\n{rules}"));
+    for i in 0..2 {
+        assert!(line.contains(&Cluster::addr(i)), "{line}");
+    }
+    assert!(line.contains("udp dport 4789") && line.contains("drop"), "{line}");
+}
+
+#[test]
+fn etcd_unreachable_keeps_names_and_refuses_swarm_changes_clearly() {
+    let c = Cluster::start("cl5", 2, &["--node-ttl", "3s"]);
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    wait_for(Duration::from_secs(10), || {
+        n1.ok(&["network", "ls"]).contains(" ov ").then_some(())
+    })
+    .expect("ov on n1");
+    n0.ok(&["run", "-d", "--name", "anna", "--network", "ov"]);
+    n1.ok(&["run", "-d", "--name", "bert", "--network", "ov"]);
+    let bert = n1.ip("bert", "ov");
+    assert!(resolves_to(n0, "anna", "bert", &bert));
+
+    c.freeze_etcd(true);
+    // Names already known keep answering; local-scope work goes on.
+    assert!(resolves_to(n0, "anna", "bert", &bert));
+    n0.ok(&["network", "create", "--subnet", "10.86.0.0/24", "local1"]);
+    n0.ok(&["run", "-d", "--name", "loco", "--network", "local1"]);
+    // Swarm-scope changes fail with a clear error (bounded by the store's timeout).
+    let started = std::time::Instant::now();
+    let err = n0.fails(&["network", "create", "-d", "overlay", "ov2"]);
+    assert!(err.contains("unavailable"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = n0.fails(&["run", "-d", "--name", "carl", "--network", "ov"]);
+    assert!(err.contains("unavailable"), "{err}");
+    assert!(!n0.ok(&["ps", "-a"]).contains("carl"), "a refused run left a sandbox");
+
+    // etcd is back: watching resumes (the leases expired meanwhile: nodes register and
+    // publish again), swarm changes work, names of new sandboxes cross nodes again.
+    c.freeze_etcd(false);
+    let created = wait_for(Duration::from_secs(20), || {
+        n0.sdctl(&["network", "create", "-d", "overlay", "--attachable", "ov2"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(created.is_some(), "{}", n0.log());
+    n1.ok(&["run", "-d", "--name", "dora", "--network", "ov"]);
+    let dora = n1.ip("dora", "ov");
+    assert!(resolves_to(n0, "anna", "dora", &dora), "{}", n0.log());
+    assert!(resolves_to(n0, "anna", "bert", &bert), "{}", n0.log());
+    let ls = n0.ok(&["node", "ls"]);
+    let ready = wait_for(Duration::from_secs(15), || {
+        (n0.ok(&["node", "ls"]).matches("ready").count() == 2).then_some(())
+    });
+    assert!(ready.is_some(), "{ls}");
+}

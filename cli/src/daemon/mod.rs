@@ -121,25 +121,85 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         .block_on(serve(args))
 }
 
-/// Holds an exclusive lock on the run directory for the daemon's lifetime.
-struct RunLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+/// Holds an exclusive lock on the run directory for the daemon's lifetime. A POSIX record
+/// lock, not flock: it belongs to this process alone, so a child forked at the moment the
+/// daemon dies cannot keep it held (an flock is shared with every process holding the file).
+struct RunLock(#[allow(dead_code)] std::fs::File);
 
 fn lock_run_dir(run_dir: &Path) -> Result<RunLock> {
     let path = run_dir.join("sdnet.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Ok(RunLock(l)),
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        f.metadata().map(|m| m.ino()).unwrap_or(0)
+    };
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    match nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETLK(&lock)) {
+        Ok(_) => Ok(RunLock(f)),
         Err(_) => bail!(
-            "another sdnet daemon is running with run dir {} (lock {} is held)",
+            "another sdnet daemon is running with run dir {} (lock {} is held{})",
             run_dir.display(),
-            path.display()
+            path.display(),
+            lock_holder(ino)
         ),
     }
+}
+
+/// Processes that have `path` open (", open in PID n (cmd)…"), for an error about its lock.
+fn holders(path: &Path) -> String {
+    let mut out = String::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t == path))
+        {
+            let cmd = std::fs::read_to_string(p.path().join("cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            out.push_str(&format!(", open in PID {pid}: {}", cmd.trim()));
+        }
+    }
+    out
+}
+
+/// Who holds a lock on inode `ino`, from /proc/locks (", by PID n (name)"), for the error.
+fn lock_holder(ino: u64) -> String {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    for l in locks.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
+        if w.len() >= 6 && w[5].rsplit(':').next() == Some(&ino.to_string())
+        {
+            let pid = w[4];
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ");
+            return format!(", by PID {pid}: {}", comm.trim());
+        }
+    }
+    String::new()
 }
 
 /// Two sockets per sandbox: lift the soft descriptor limit to the hard one.
@@ -181,10 +241,13 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         return cleanup(&cfg, &store_path, &socket).await;
     }
 
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&store_path)
-            .with_context(|| format!("opening the store {}", store_path.display()))?,
-    );
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&store_path).with_context(|| {
+        format!(
+            "opening the store {}{}",
+            store_path.display(),
+            holders(&store_path)
+        )
+    })?);
     for d in [cfg.netns_dir(), cfg.logs_dir(), cfg.etc_netns_dir.clone()] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -273,6 +336,25 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     }
     drop(tx);
     tokio::spawn(Reconciler::new(node.clone(), kept).run(rx));
+    {
+        let d = node.cache.read();
+        info!(
+            networks = d.networks.len(),
+            sandboxes = d.sandboxes.len(),
+            "restoring state"
+        );
+    }
+    let restoring = std::time::Instant::now();
+    let slow = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            warn!(
+                applied = ?node.progress.applied_revs(),
+                "restoring state is taking long (the kernel may be slow: see the slow realization warnings)"
+            );
+        })
+    };
     api::applied(&node, node.cache.rev(state::Source::Local))
         .await
         .map_err(|e| anyhow::anyhow!("restoring state: {e}"))?;
@@ -292,9 +374,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             networks = d.networks.len(),
             sandboxes = d.sandboxes.len(),
             services = d.services.len(),
+            ms = restoring.elapsed().as_secs_f64() * 1000.0,
             "state restored"
         );
     }
+    slow.abort();
     tokio::spawn(Scheduler::new(node.clone()).run());
     tokio::spawn(async {
         // Bursts (many sandboxes created or removed at once) leave freed heap that glibc
@@ -306,6 +390,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         }
     });
 
+    // The API answers once the state is restored: a daemon that answers has applied it.
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }

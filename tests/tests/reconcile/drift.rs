@@ -80,8 +80,8 @@ fn resync_repairs_deleted_veth_bridge_and_nft_tables() {
         .expect("s1's host end")
         .name
         .clone();
+    // (ip's success says it is gone; a resync may bring it back before a check here.)
     d.ns.run_ok("ip", &["link", "del", &veth]);
-    assert!(!attached(&s1_ns));
     restored("s1's veth", &|| attached(&s1_ns));
     assert!(
         d.our_links().contains(&veth),
@@ -96,8 +96,9 @@ fn resync_repairs_deleted_veth_bridge_and_nft_tables() {
     works("deleting the bridge");
 
     // (c) The firewall table in the daemon's namespace (published ports go with it).
+    // (nft's success says it existed and is gone: the next resync may restore it before
+    // any check here could see it missing.)
     d.ns.run_ok("nft", &["delete", "table", "inet", "sdnet"]);
-    assert!(!d.nft_tables().contains("table inet sdnet"));
     restored("table inet sdnet", &|| {
         d.nft_tables().contains("table inet sdnet")
     });

@@ -89,6 +89,11 @@ fn idx(src: Source) -> usize {
 }
 
 impl Progress {
+    /// The revisions applied so far (local, cluster).
+    pub fn applied_revs(&self) -> Revs {
+        *self.applied.borrow()
+    }
+
     /// Waits until revision `rev` of store `src` is applied (false: not within `limit`).
     pub async fn wait(&self, src: Source, rev: Rev, limit: Duration) -> bool {
         let mut rx = self.applied.subscribe();

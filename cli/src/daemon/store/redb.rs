@@ -106,7 +106,18 @@ impl RedbStore {
     /// Opens (or creates) the store file. Spawns the lease reaper when called inside a tokio
     /// runtime.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path).map_err(backend)?;
+        // A child the previous daemon was forking when it died shares the file (and its
+        // lock) until it execs: wait a moment for that, not for a second daemon.
+        let mut tries = 0;
+        let db = loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => break r.map_err(backend)?,
+            }
+        };
         let tx = db.begin_write().map_err(backend)?;
         let rev = {
             tx.open_table(KV).map_err(backend)?;

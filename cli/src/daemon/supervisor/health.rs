@@ -3,11 +3,10 @@
 //! changes: healthy after a passed check, unhealthy after `retries` failures in a row
 //! (failures during the start period do not count).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::daemon::store::schema::HealthRec;
-use crate::enter::Enter;
 
 use super::{Observation, Supervisor};
 
@@ -83,30 +82,17 @@ impl Supervisor {
 }
 
 async fn run_check(t: &CheckTarget, cmd: &str, timeout: Duration) -> bool {
-    let resolv = t.files_dir.join("resolv.conf");
-    let hosts = t.files_dir.join("hosts");
-    let enter = match Enter::prepare(
-        Some(&t.netns),
-        &t.hostname,
-        &[
-            (&resolv, Path::new("/etc/resolv.conf")),
-            (&hosts, Path::new("/etc/hosts")),
-        ],
-    ) {
-        Ok(e) => e,
-        Err(_) => return false,
+    // Entered by the gate after exec (see `gate_main`), not in the forked child.
+    let std_cmd = {
+        let mut c = super::gate_command(Some(&t.netns), &t.hostname, &t.files_dir, false);
+        c.arg("/bin/sh").arg("-c").arg(cmd);
+        c
     };
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(cmd)
-        .stdin(std::process::Stdio::null())
+    let mut c = tokio::process::Command::from(std_cmd);
+    c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    // SAFETY: Enter::apply only makes system calls prepared before fork.
-    unsafe {
-        c.pre_exec(move || enter.apply());
-    }
     let Ok(mut child) = c.spawn() else {
         return false;
     };

@@ -143,21 +143,98 @@ pub fn resolve_program(argv0: &str, env: &[String]) -> io::Result<PathBuf> {
     ))
 }
 
-/// `sdctl __gate PROGRAM ARGS…`: waits for the daemon's go, then becomes PROGRAM.
-pub fn gate_main(args: &[OsString]) -> std::process::ExitCode {
-    let mut gate = {
-        // SAFETY: descriptor 3 was set up for us by the daemon (dup2 in pre_exec); we own it.
-        let fd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(GATE_FD) };
-        std::fs::File::from(fd)
+/// The arguments of `sdctl __gate`: where to enter, whether to wait at the gate, what to run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct GateArgs {
+    netns: Option<PathBuf>,
+    hostname: String,
+    files: Option<PathBuf>,
+    wait: bool,
+    argv: Vec<OsString>,
+}
+
+fn gate_args(args: &[OsString]) -> Option<GateArgs> {
+    let mut g = GateArgs {
+        wait: true,
+        ..GateArgs::default()
     };
-    let mut b = [0u8; 1];
-    match gate.read(&mut b) {
-        Ok(1) if b[0] == b'g' => {}
-        // The daemon died before it recorded us: run nothing.
-        _ => return std::process::ExitCode::from(125),
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--netns") => g.netns = Some(it.next()?.into()),
+            Some("--hostname") => g.hostname = it.next()?.to_str()?.to_string(),
+            Some("--files") => g.files = Some(it.next()?.into()),
+            Some("--no-wait") => g.wait = false,
+            Some("--") => {
+                g.argv = it.cloned().collect();
+                break;
+            }
+            _ => return None,
+        }
     }
-    drop(gate);
-    let Some((prog, rest)) = args.split_first() else {
+    (!g.argv.is_empty() && !g.hostname.is_empty()).then_some(g)
+}
+
+/// The gate's command line for `argv` entering `netns` (None: stay, `--network host`).
+pub(super) fn gate_command(netns: Option<&Path>, hostname: &str, files: &Path, wait: bool) -> Command {
+    // The daemon's own binary, even if an upgrade replaced the file meanwhile.
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__gate");
+    if let Some(n) = netns {
+        cmd.arg("--netns").arg(n);
+    }
+    cmd.arg("--hostname").arg(hostname).arg("--files").arg(files);
+    if !wait {
+        cmd.arg("--no-wait");
+    }
+    cmd.arg("--");
+    cmd
+}
+
+/// `sdctl __gate [--netns P] --hostname H [--files DIR] [--no-wait] -- PROGRAM ARGS…`: enters
+/// the sandbox (network namespace, hostname, resolv.conf and hosts), waits for the daemon's go
+/// on descriptor 3 (unless `--no-wait`), then becomes PROGRAM.
+///
+/// Entering happens here, after exec, not in the forked child before it: until exec a child
+/// shares every descriptor of the daemon — its store's and its run directory's locks among
+/// them — and entering can wait on the kernel (remounting /sys while namespaces are being torn
+/// down); a daemon killed meanwhile would find its own locks held when it comes back.
+pub fn gate_main(args: &[OsString]) -> std::process::ExitCode {
+    let Some(g) = gate_args(args) else {
+        eprintln!("sdctl __gate: bad arguments");
+        return std::process::ExitCode::from(125);
+    };
+    let files = g.files.unwrap_or_default();
+    let resolv = files.join("resolv.conf");
+    let hosts = files.join("hosts");
+    let enter = Enter::prepare(
+        g.netns.as_deref(),
+        &g.hostname,
+        &[
+            (&resolv, Path::new("/etc/resolv.conf")),
+            (&hosts, Path::new("/etc/hosts")),
+        ],
+    )
+    .and_then(|e| e.apply());
+    if let Err(e) = enter {
+        eprintln!("sdctl: entering the sandbox: {e}");
+        return std::process::ExitCode::from(126);
+    }
+    if g.wait {
+        let mut gate = {
+            // SAFETY: descriptor 3 was set up for us by the daemon (dup2 before exec); we own
+            // it.
+            let fd: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(GATE_FD) };
+            std::fs::File::from(fd)
+        };
+        let mut b = [0u8; 1];
+        match gate.read(&mut b) {
+            Ok(1) if b[0] == b'g' => {}
+            // The daemon died before it recorded us: run nothing.
+            _ => return std::process::ExitCode::from(125),
+        }
+    }
+    let Some((prog, rest)) = g.argv.split_first() else {
         return std::process::ExitCode::from(125);
     };
     let err = Command::new(prog).args(rest).exec();
@@ -184,16 +261,6 @@ impl Supervisor {
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
         let program = resolve_program(argv0, spec.env)?;
-        let resolv = spec.files_dir.join("resolv.conf");
-        let hosts = spec.files_dir.join("hosts");
-        let enter = Enter::prepare(
-            spec.netns,
-            spec.hostname,
-            &[
-                (&resolv, Path::new("/etc/resolv.conf")),
-                (&hosts, Path::new("/etc/hosts")),
-            ],
-        )?;
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,10 +274,8 @@ impl Supervisor {
                 unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
             },
         )?;
-        // The daemon's own binary, even if an upgrade replaced the file meanwhile.
-        let mut cmd = Command::new("/proc/self/exe");
-        cmd.arg("__gate")
-            .arg(&program)
+        let mut cmd = gate_command(spec.netns, spec.hostname, spec.files_dir, true);
+        cmd.arg(&program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -222,11 +287,10 @@ impl Supervisor {
             };
         }
         let rd_raw = rd.as_raw_fd();
-        // SAFETY: the closure makes system calls only (Enter::apply is async-signal-safe,
-        // setsid, dup2, fcntl); everything it touches was prepared before fork.
+        // SAFETY: the closure makes two system calls (setsid, dup2) on values prepared before
+        // fork.
         unsafe {
             cmd.pre_exec(move || {
-                enter.apply()?;
                 // Its own session: signals for the daemon's process group do not reach it.
                 let _ = nix::unistd::setsid();
                 libc_dup2(rd_raw, GATE_FD)?;
@@ -368,6 +432,20 @@ mod tests {
             pid: me,
             start_ticks: 1
         }));
+    }
+
+    #[test]
+    fn gate_arguments_round_trip() {
+        let cmd = gate_command(Some(Path::new("/run/x/netns/a")), "h1", Path::new("/run/x/etc/1"), false);
+        let args: Vec<OsString> = cmd.get_args().skip(1).map(OsString::from).chain(
+            ["/bin/sh", "-c", "true"].map(OsString::from),
+        ).collect();
+        let g = gate_args(&args).unwrap();
+        assert_eq!(g.netns.as_deref(), Some(Path::new("/run/x/netns/a")));
+        assert_eq!((g.hostname.as_str(), g.wait), ("h1", false));
+        assert_eq!(g.argv.len(), 3);
+        assert!(gate_args(&["--bogus".into()]).is_none());
+        assert!(gate_args(&["--hostname".into(), "h".into(), "--".into()]).is_none());
     }
 
     #[test]
