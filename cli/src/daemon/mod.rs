@@ -190,8 +190,7 @@ fn lock_holder(ino: u64) -> String {
     for l in locks.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
         // "1: POSIX  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
-        if w.len() >= 6 && w[5].rsplit(':').next() == Some(&ino.to_string())
-        {
+        if w.len() >= 6 && w[5].rsplit(':').next() == Some(&ino.to_string()) {
             let pid = w[4];
             let comm = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
                 .unwrap_or_default()

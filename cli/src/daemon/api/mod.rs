@@ -49,9 +49,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => {
-                ApiError::Unavailable(format!("the store is unavailable ({m}): nothing changed"))
-            }
+            StoreError::Unavailable(m) => ApiError::Unavailable(format!(
+                "the store is unavailable ({m}); the change may still take effect when it is back (check before trying again)"
+            )),
             other => ApiError::Internal(other.into()),
         }
     }

@@ -26,7 +26,7 @@ use crate::daemon::Node;
 use crate::daemon::drivers::{Links, SandboxNs};
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{
-    self, EndpointRec, NetMode, NetworkRec, PublishRec, SandboxRec, StatusRec,
+    self, DriverKind, EndpointRec, NetMode, NetworkRec, PublishRec, SandboxRec, StatusRec,
 };
 use crate::daemon::store::{Compare, Txn, TxnResult};
 use crate::daemon::supervisor::health::CheckTarget;
@@ -259,7 +259,9 @@ async fn realize_inner(
     let mut nl: Option<Netlink> = None;
     let mut default_done = false;
     for (ep, net) in &eps {
-        let default_route = !default_done && !net.internal;
+        // The default route goes through the first network with a way out: a bridge (an
+        // overlay's egress is the gateway bridge).
+        let default_route = !default_done && !net.internal && net.driver == DriverKind::Bridge;
         default_done |= default_route;
         let driver = node.drivers.get(net.driver);
         let same = r

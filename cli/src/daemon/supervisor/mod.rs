@@ -176,14 +176,22 @@ fn gate_args(args: &[OsString]) -> Option<GateArgs> {
 }
 
 /// The gate's command line for `argv` entering `netns` (None: stay, `--network host`).
-pub(super) fn gate_command(netns: Option<&Path>, hostname: &str, files: &Path, wait: bool) -> Command {
+pub(super) fn gate_command(
+    netns: Option<&Path>,
+    hostname: &str,
+    files: &Path,
+    wait: bool,
+) -> Command {
     // The daemon's own binary, even if an upgrade replaced the file meanwhile.
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__gate");
     if let Some(n) = netns {
         cmd.arg("--netns").arg(n);
     }
-    cmd.arg("--hostname").arg(hostname).arg("--files").arg(files);
+    cmd.arg("--hostname")
+        .arg(hostname)
+        .arg("--files")
+        .arg(files);
     if !wait {
         cmd.arg("--no-wait");
     }
@@ -436,10 +444,18 @@ mod tests {
 
     #[test]
     fn gate_arguments_round_trip() {
-        let cmd = gate_command(Some(Path::new("/run/x/netns/a")), "h1", Path::new("/run/x/etc/1"), false);
-        let args: Vec<OsString> = cmd.get_args().skip(1).map(OsString::from).chain(
-            ["/bin/sh", "-c", "true"].map(OsString::from),
-        ).collect();
+        let cmd = gate_command(
+            Some(Path::new("/run/x/netns/a")),
+            "h1",
+            Path::new("/run/x/etc/1"),
+            false,
+        );
+        let args: Vec<OsString> = cmd
+            .get_args()
+            .skip(1)
+            .map(OsString::from)
+            .chain(["/bin/sh", "-c", "true"].map(OsString::from))
+            .collect();
         let g = gate_args(&args).unwrap();
         assert_eq!(g.netns.as_deref(), Some(Path::new("/run/x/netns/a")));
         assert_eq!((g.hostname.as_str(), g.wait), ("h1", false));
