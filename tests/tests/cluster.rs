@@ -82,6 +82,17 @@ fn overlay_names_and_traffic_across_nodes() {
     });
     assert!(pinged.is_some(), "no ping from b (n1) to a (n0)");
     n2.exec_ok("cherry", &["ping", "-c1", "-W2", "berry"]);
+    // Connect and disconnect on n0 take effect on n1; a sandbox on a bridge and an overlay.
+    n0.ok(&["network", "create", "--subnet", "10.87.0.0/24", "br0net"]);
+    n0.ok(&["run", "-d", "--name", "dual", "--network", "br0net"]);
+    n0.ok(&["network", "connect", "--alias", "twin", "ov1", "dual"]);
+    let dual = ip_of(n0, "dual", "ov1");
+    assert!(resolves_to(n1, "berry", "dual", &dual));
+    assert!(resolves_to(n1, "berry", "twin", &dual));
+    n1.exec_ok("berry", &["ping", "-c1", "-W2", &dual]);
+    n0.ok(&["network", "disconnect", "ov1", "dual"]);
+    assert!(gone(n1, "berry", "twin"));
+    n0.ok(&["rm", "-f", "dual"]);
     // A removal on n0 takes effect everywhere.
     n0.ok(&["rm", "-f", "apple"]);
     assert!(gone(n1, "berry", "apple"), "a still answers on n1");

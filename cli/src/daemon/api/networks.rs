@@ -537,10 +537,13 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
         // The sandbox's record is written again (unchanged): a removal of the sandbox decided
         // on a state without this endpoint then fails its compare and is decided again,
         // instead of leaving the endpoint (and its address) behind without a sandbox.
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::ModRev(schema::sandbox(sb_id), sb.rev))
-            .when(Compare::ModRev(schema::network(net_id), net.rev))
             .put(schema::sandbox(sb_id), schema::encode(&*sb.rec));
+        if net.rec.scope == Scope::Local {
+            // (A swarm network's record is in the cluster store: the claim compared it.)
+            txn = txn.when(Compare::ModRev(schema::network(net_id), net.rev));
+        }
         Ok(if claims.is_some() {
             put_endpoint_record(txn, &ep)
         } else {
