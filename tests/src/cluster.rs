@@ -8,17 +8,23 @@ use std::time::Duration;
 
 use crate::{Daemon, Ns, TempDir, run_ok, unique, wait_for};
 
-/// The underlay: 100.64.0.0/24 (nodes .1…, etcd .250).
-pub const ETCD_ADDR: &str = "100.64.0.250";
+/// The underlay: 100.64.0.0/24 (nodes .1…, etcd's members .250…).
 
 pub struct Cluster {
     /// Dropped first: the daemons leave before etcd and the underlay.
     pub nodes: Vec<Daemon>,
-    pub etcd: Ns,
+    /// etcd's members, each in a namespace of its own (the first is `etcd`).
+    pub members: Vec<(Ns, u32)>,
     pub etcd_pid: u32,
     _etcd_dir: TempDir,
     pub underlay: Ns,
     tag: String,
+    store: String,
+}
+
+/// The underlay address of etcd member `i` (100.64.0.250, .251, …).
+pub fn etcd_addr(i: usize) -> String {
+    format!("100.64.0.{}", 250 + i)
 }
 
 /// Connects `ns` to the underlay bridge with address `addr`/24.
@@ -52,6 +58,11 @@ pub fn have_etcd() -> bool {
 impl Cluster {
     /// `n` nodes named n0, n1…; `extra`: more daemon flags for every node.
     pub fn start(tag: &str, n: usize, extra: &[&str]) -> Cluster {
+        Self::start_with(tag, n, 1, extra)
+    }
+
+    /// With an etcd of `members` members (each node is told all of them).
+    pub fn start_with(tag: &str, n: usize, members: usize, extra: &[&str]) -> Cluster {
         assert!(
             have_etcd(),
             "etcd is not installed (Debian: etcd-server; scripts/test-all.sh installs it)"
@@ -59,46 +70,71 @@ impl Cluster {
         let underlay = Ns::new(&format!("{tag}u"));
         underlay.run_ok("ip", &["link", "add", "ul", "type", "bridge"]);
         underlay.run_ok("ip", &["link", "set", "ul", "up"]);
-        let etcd = Ns::new(&format!("{tag}e"));
-        wire(&underlay, &etcd, ETCD_ADDR);
-        let dir = TempDir::new(&format!("{tag}-etcd"));
-        let client = format!("http://{ETCD_ADDR}:2379");
-        let cmd = etcd.cmd(
-            "etcd",
-            &[
-                "--name",
-                "e0",
-                "--data-dir",
-                dir.path().join("data").to_str().unwrap_or_default(),
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "e0=http://127.0.0.1:2380",
-                "--auto-compaction-mode",
-                "revision",
-                "--auto-compaction-retention",
-                "10000",
-            ],
+        let dir = TempDir::in_memory(&format!("{tag}-etcd"));
+        let initial: Vec<String> = (0..members)
+            .map(|i| format!("e{i}=http://{}:2380", etcd_addr(i)))
+            .collect();
+        // One token for all members (a member with another token is another cluster).
+        let token = format!("{tag}-{}", unique());
+        let mut ms = Vec::new();
+        for i in 0..members {
+            let ns = Ns::new(&format!("{tag}e{i}"));
+            wire(&underlay, &ns, &etcd_addr(i));
+            let client = format!("http://{}:2379", etcd_addr(i));
+            let peer = format!("http://{}:2380", etcd_addr(i));
+            let data = dir.path().join(format!("data{i}"));
+            let cmd = ns.cmd(
+                "etcd",
+                &[
+                    "--name",
+                    &format!("e{i}"),
+                    "--data-dir",
+                    data.to_str().unwrap_or_default(),
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-token",
+                    &token,
+                    "--auto-compaction-mode",
+                    "revision",
+                    "--auto-compaction-retention",
+                    "10000",
+                ],
+            );
+            let pid = ns.spawn(cmd, Some(&dir.path().join(format!("etcd{i}.log"))));
+            ms.push((ns, pid));
+        }
+        for (i, (ns, _)) in ms.iter().enumerate() {
+            let a = etcd_addr(i);
+            let up = wait_for(Duration::from_secs(30), || {
+                ns.enter(|| TcpStream::connect((a.as_str(), 2379)).ok())
+                    .map(|_| ())
+            });
+            assert!(up.is_some(), "etcd member {i} did not start");
+        }
+        let store = format!(
+            "etcd://{}",
+            (0..members)
+                .map(|i| format!("{}:2379", etcd_addr(i)))
+                .collect::<Vec<_>>()
+                .join(",")
         );
-        let etcd_pid = etcd.spawn(cmd, Some(&dir.path().join("etcd.log")));
-        let up = wait_for(Duration::from_secs(20), || {
-            etcd.enter(|| TcpStream::connect((ETCD_ADDR, 2379)).ok())
-                .map(|_| ())
-        });
-        assert!(up.is_some(), "etcd did not start");
+        let etcd_pid = ms[0].1;
         let mut c = Cluster {
             nodes: Vec::new(),
-            etcd,
+            members: ms,
             etcd_pid,
             _etcd_dir: dir,
             underlay,
             tag: tag.to_string(),
+            store,
         };
         for i in 0..n {
             c.add_node(i, extra);
@@ -114,7 +150,7 @@ impl Cluster {
     fn add_node(&mut self, i: usize, extra: &[&str]) {
         let ns = Ns::new(&format!("{}n{i}", self.tag));
         wire(&self.underlay, &ns, &Self::addr(i));
-        let store = format!("etcd://{ETCD_ADDR}:2379");
+        let store = self.store.clone();
         let addr = Self::addr(i);
         let name = format!("n{i}");
         let mut args = vec![
@@ -133,6 +169,12 @@ impl Cluster {
             "nameserver 127.0.0.53\noptions edns0\n",
         );
         self.nodes.push(d);
+    }
+
+    /// Kills etcd member `i` (by its PID).
+    pub fn kill_member(&self, i: usize) {
+        // SAFETY: signalling an etcd this cluster started.
+        unsafe { libc::kill(self.members[i].1 as i32, libc::SIGKILL) };
     }
 
     /// Freezes etcd (SIGSTOP): it neither answers nor refuses.

@@ -207,6 +207,18 @@ impl TempDir {
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }
+    /// In memory (/dev/shm) where there is one: for etcd, whose every write waits for
+    /// an fsync that a busy test machine's disk can stretch past the daemon's timeouts.
+    /// A killed process's files survive there as on disk.
+    pub fn in_memory(tag: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return TempDir::new(tag);
+        }
+        let p = shm.join(format!("sdnet-test-{tag}-{}", unique()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
     pub fn path(&self) -> &Path {
         &self.0
     }

@@ -345,3 +345,34 @@ fn etcd_unreachable_keeps_names_and_refuses_swarm_changes_clearly() {
     });
     assert!(ready.is_some(), "{ls}");
 }
+
+#[test]
+fn one_etcd_member_of_three_dies_and_everything_keeps_working() {
+    let c = Cluster::start_with("cl6", 2, 3, &[]);
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    wait_for(Duration::from_secs(10), || {
+        n1.ok(&["network", "ls"]).contains(" ov ").then_some(())
+    })
+    .expect("ov on n1");
+    n0.ok(&["run", "-d", "--name", "anna", "--network", "ov"]);
+    c.kill_member(0);
+    // Writes and watches go on through the other two members.
+    let ok = wait_for(Duration::from_secs(30), || {
+        n1.sdctl(&["run", "-d", "--name", "bert", "--network", "ov"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(ok.is_some(), "{}", n1.log());
+    let bert = n1.ip("bert", "ov");
+    assert!(resolves_to(n0, "anna", "bert", &bert), "{}", n0.log());
+    // Nothing written before the loss is lost.
+    let anna = n0.ip("anna", "ov");
+    assert!(resolves_to(n1, "bert", "anna", &anna), "{}", n1.log());
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov2"]);
+    let ready = wait_for(Duration::from_secs(15), || {
+        (n0.ok(&["node", "ls"]).matches("ready").count() == 2).then_some(())
+    });
+    assert!(ready.is_some(), "{}", n0.ok(&["node", "ls"]));
+}
