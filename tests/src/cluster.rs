@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use crate::{Daemon, Ns, TempDir, run_ok, unique, wait_for};
 
-/// The underlay: 100.64.0.0/24 (nodes .1…, etcd's members .250…).
-
+/// A cluster on an underlay bridge, 100.64.0.0/24 (nodes .1…, etcd's members .250…).
 pub struct Cluster {
     /// Dropped first: the daemons leave before etcd and the underlay.
     pub nodes: Vec<Daemon>,
