@@ -182,4 +182,20 @@ impl Cluster {
         // SAFETY: signalling the etcd this cluster started.
         unsafe { libc::kill(self.etcd_pid as i32, sig) };
     }
+
+    /// Cuts node `i` off the underlay (its link down) or joins it again: a partition, the
+    /// daemon keeps running.
+    pub fn cut(&self, i: usize, off: bool) {
+        let ns = &self.nodes[i].ns;
+        let out = ns.run_ok("ip", &["-o", "-4", "addr", "show", "to", &Self::addr(i)]);
+        let dev = out
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no underlay link on n{i}: {out}"))
+            .to_string();
+        ns.run_ok(
+            "ip",
+            &["link", "set", &dev, if off { "down" } else { "up" }],
+        );
+    }
 }

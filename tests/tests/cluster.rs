@@ -20,6 +20,24 @@ fn resolves_to(d: &sdnet_tests::Daemon, sandbox: &str, name: &str, want: &str) -
     .is_some()
 }
 
+/// What the kernel holds for remote endpoints in a node's overlay namespaces: `ip neigh` and
+/// `bridge fdb` of every namespace under the daemon's run dir `ov/`.
+fn overlay_tables(d: &sdnet_tests::Daemon) -> String {
+    let dir = d.daemon_path(&format!("{}/run/ov", d.dir.path().display()));
+    let mut out = String::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for cmd in [&["ip", "neigh", "show"][..], &["bridge", "fdb", "show"][..]] {
+            let o = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", e.path().display()))
+                .args(cmd)
+                .output()
+                .expect("nsenter");
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    out
+}
+
 fn gone(d: &sdnet_tests::Daemon, sandbox: &str, name: &str) -> bool {
     wait_for(Duration::from_secs(10), || {
         let out = d.exec(sandbox, &["dig", "+short", "+tries=1", "+time=2", name]);
@@ -82,6 +100,57 @@ fn overlay_names_and_traffic_across_nodes() {
     });
     assert!(pinged.is_some(), "no ping from b (n1) to a (n0)");
     n2.exec_ok("cherry", &["ping", "-c1", "-W2", "berry"]);
+    // TCP and UDP by name across nodes (socat resolves through 127.0.0.11 like any program).
+    n2.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "tcpecho",
+        "--network",
+        "ov1",
+        "--",
+        "socat",
+        "TCP-LISTEN:80,fork,reuseaddr",
+        "SYSTEM:echo tcp from $SOCAT_PEERADDR",
+    ]);
+    n2.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "udpecho",
+        "--network",
+        "ov1",
+        "--",
+        "socat",
+        "UDP-RECVFROM:81,fork",
+        "SYSTEM:echo udp from $SOCAT_PEERADDR",
+    ]);
+    let tcp = wait_for(Duration::from_secs(10), || {
+        let o = n0.exec(
+            "apple",
+            &["socat", "-T2", "-", "TCP:tcpecho:80,connect-timeout=2"],
+        );
+        let t = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (!t.is_empty()).then_some(t)
+    });
+    assert_eq!(
+        tcp,
+        Some(format!("tcp from {a}")),
+        "TCP apple (n0) → tcpecho (n2)"
+    );
+    let udp = wait_for(Duration::from_secs(10), || {
+        let o = n0.exec(
+            "apple",
+            &["sh", "-c", "echo hi | socat -T2 - UDP:udpecho:81"],
+        );
+        let t = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (!t.is_empty()).then_some(t)
+    });
+    assert_eq!(
+        udp,
+        Some(format!("udp from {a}")),
+        "UDP apple (n0) → udpecho (n2)"
+    );
     // Connect and disconnect on n0 take effect on n1; a sandbox on a bridge and an overlay.
     n0.ok(&["network", "create", "--subnet", "10.87.0.0/24", "br0net"]);
     n0.ok(&["run", "-d", "--name", "dual", "--network", "br0net"]);
@@ -101,7 +170,7 @@ fn overlay_names_and_traffic_across_nodes() {
     let err = n0.fails(&["network", "rm", "ov1"]);
     assert!(err.contains("in use"), "{err}");
     n1.ok(&["rm", "-f", "berry"]);
-    n2.ok(&["rm", "-f", "cherry"]);
+    n2.ok(&["rm", "-f", "cherry", "tcpecho", "udpecho"]);
     let removed = wait_for(Duration::from_secs(10), || {
         n0.sdctl(&["network", "rm", "ov1"])
             .status
@@ -196,11 +265,23 @@ fn a_lost_node_leaves_dns_and_comes_back_without_duplicates() {
 
     // n2's daemon dies and stays dead: within the TTL (+ margin) z leaves DNS on n0, and n2
     // is down.
+    let n2_addr = Cluster::addr(2);
+    let tables = overlay_tables(&c.nodes[0]);
+    assert!(
+        tables.contains(&z) && tables.contains(&format!("dst {n2_addr}")),
+        "no neighbour/FDB entries for zed on n0:\n{tables}"
+    );
     c.nodes[2].kill9();
     assert!(
         gone(&c.nodes[0], "apple", "zed"),
         "z still answers after its node died"
     );
+    // …and leaves the neighbour and FDB tables.
+    let cleared = wait_for(Duration::from_secs(5), || {
+        let t = overlay_tables(&c.nodes[0]);
+        (!t.contains(&format!("{z} ")) && !t.contains(&format!("dst {n2_addr}"))).then_some(())
+    });
+    assert!(cleared.is_some(), "{}", overlay_tables(&c.nodes[0]));
     let down = wait_for(Duration::from_secs(10), || {
         let ls = c.nodes[0].ok(&["node", "ls"]);
         ls.lines()
@@ -276,6 +357,23 @@ fn overlays_are_isolated_and_reach_out_through_the_gateway_bridge() {
             .then_some(())
     });
     assert!(ok.is_some(), "no egress from an overlay sandbox");
+    // An --internal overlay has no way out.
+    n0.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--internal",
+        "--attachable",
+        "ovi",
+    ]);
+    n0.ok(&["run", "-d", "--name", "inner", "--network", "ovi"]);
+    assert!(
+        !n0.exec("inner", &["ping", "-c1", "-W1", out.ip])
+            .status
+            .success(),
+        "a sandbox on an internal overlay reached outside"
+    );
     // VXLAN is accepted only from the cluster's nodes.
     let rules = n0.ns.run_ok("nft", &["list", "table", "inet", "sdnet"]);
     let line = rules
@@ -348,7 +446,8 @@ fn etcd_unreachable_keeps_names_and_refuses_swarm_changes_clearly() {
 
 #[test]
 fn one_etcd_member_of_three_dies_and_everything_keeps_working() {
-    let c = Cluster::start_with("cl6", 2, 3, &[]);
+    // Also: a data path port other than 4789 (--data-path-port).
+    let c = Cluster::start_with("cl6", 2, 3, &["--data-path-port", "4790"]);
     let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
     n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
     wait_for(Duration::from_secs(10), || {
@@ -370,9 +469,73 @@ fn one_etcd_member_of_three_dies_and_everything_keeps_working() {
     // Nothing written before the loss is lost.
     let anna = n0.ip("anna", "ov");
     assert!(resolves_to(n1, "bert", "anna", &anna), "{}", n1.log());
+    n1.exec_ok("bert", &["ping", "-c1", "-W2", &anna]);
+    let rules = n0.ns.run_ok("nft", &["list", "table", "inet", "sdnet"]);
+    assert!(rules.contains("udp dport 4790"), "{rules}");
     n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov2"]);
     let ready = wait_for(Duration::from_secs(15), || {
         (n0.ok(&["node", "ls"]).matches("ready").count() == 2).then_some(())
     });
+    assert!(
+        ready.is_some(),
+        "{}\n--- n0 ---\n{}\n--- n1 ---\n{}",
+        n0.ok(&["node", "ls"]),
+        n0.log(),
+        n1.log()
+    );
+}
+
+#[test]
+fn a_node_cut_off_expires_and_returns_when_the_underlay_heals() {
+    let c = Cluster::start("cl7", 2, &["--node-ttl", "3s"]);
+    let (n0, n1) = (&c.nodes[0], &c.nodes[1]);
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    wait_for(Duration::from_secs(10), || {
+        n1.ok(&["network", "ls"]).contains(" ov ").then_some(())
+    })
+    .expect("ov on n1");
+    n0.ok(&["run", "-d", "--name", "hugo", "--network", "ov"]);
+    n1.ok(&["run", "-d", "--name", "ida", "--network", "ov"]);
+    let ida = n1.ip("ida", "ov");
+    let hugo = n0.ip("hugo", "ov");
+    assert!(resolves_to(n0, "hugo", "ida", &ida));
+    // n1 loses the underlay (etcd and n0 with it); its daemon runs on.
+    c.cut(1, true);
+    assert!(
+        gone(n0, "hugo", "ida"),
+        "ida still answers on n0 with n1 cut off"
+    );
+    let down = wait_for(Duration::from_secs(10), || {
+        n0.ok(&["node", "ls"])
+            .lines()
+            .any(|l| l.contains("n1") && l.contains("down"))
+            .then_some(())
+    });
+    assert!(down.is_some(), "{}", n0.ok(&["node", "ls"]));
+    // On n1 its own names keep answering, and what it knew of n0.
+    assert!(resolves_to(n1, "ida", "ida", &ida));
+    assert!(resolves_to(n1, "ida", "hugo", &hugo));
+    // Healed: n1 registers again under a new lease and publishes ida again, once.
+    c.cut(1, false);
+    assert!(
+        resolves_to(n0, "hugo", "ida", &ida),
+        "ida did not come back\n{}",
+        n1.log()
+    );
+    let ready = wait_for(Duration::from_secs(15), || {
+        (n0.ok(&["node", "ls"]).matches("ready").count() == 2).then_some(())
+    });
     assert!(ready.is_some(), "{}", n0.ok(&["node", "ls"]));
+    let ans = n0.exec_ok("hugo", &["dig", "+short", "ida"]);
+    assert_eq!(ans.trim(), ida, "{ans}");
+    let pinged = wait_for(Duration::from_secs(10), || {
+        n0.exec("hugo", &["ping", "-c1", "-W1", &ida])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        pinged.is_some(),
+        "no ping hugo (n0) → ida (n1) after healing"
+    );
 }

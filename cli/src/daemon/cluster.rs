@@ -35,6 +35,8 @@ pub struct Cluster {
     pub data_port: u16,
     pub ttl: Duration,
     lease: AtomicI64,
+    /// Held while registering, so a lost lease is replaced once however many notice.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 /// This node's ID: made once, kept in the state directory.
@@ -83,6 +85,7 @@ impl Cluster {
             data_port: args.data_port,
             ttl: args.ttl,
             lease: AtomicI64::new(0),
+            renewing: tokio::sync::Mutex::new(()),
         });
         c.register().await.context("registering this node")?;
         info!(node = %c.name, id = %&c.id[..12], addr = %c.addr, "joined the cluster");
@@ -114,18 +117,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Registers again under a new lease, unless that was done already since `lost` was
+    /// found gone (by the keep-alive loop or a writer that got "lease not found").
+    pub async fn renew(&self, lost: LeaseId) -> Result<(), StoreError> {
+        let _one = self.renewing.lock().await;
+        if self.lease() != lost {
+            return Ok(());
+        }
+        warn!("this node's lease expired (the cluster store was unreachable): registering again");
+        self.register().await?;
+        info!(node = %self.name, "registered again under a new lease");
+        Ok(())
+    }
+
     /// Keeps the lease alive; registers again (a new lease) when it was lost.
     pub async fn keep_alive(self: Arc<Self>) {
         let every = (self.ttl / 3).max(Duration::from_millis(300));
         loop {
             tokio::time::sleep(every).await;
-            match self.store.keep_alive(self.lease()).await {
+            let lease = self.lease();
+            match self.store.keep_alive(lease).await {
                 Ok(()) => {}
                 Err(StoreError::LeaseNotFound(_)) => {
-                    warn!(
-                        "this node's lease expired (the cluster store was unreachable): registering again"
-                    );
-                    if let Err(e) = self.register().await {
+                    if let Err(e) = self.renew(lease).await {
                         warn!("registering again: {e}");
                     }
                 }

@@ -13,7 +13,7 @@ use crate::daemon::Node;
 use crate::daemon::drivers::Peer;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{self, PeerRec, Scope};
-use crate::daemon::store::{Compare, Txn};
+use crate::daemon::store::{Compare, StoreError, Txn};
 
 /// Another node's sandbox as the name tables see it (None: no endpoint of it is left).
 pub fn remote_model(d: &Desired, me: &str, sandbox: &str) -> Option<model::Sandbox> {
@@ -126,27 +126,43 @@ pub async fn publish(node: &Node, d: &Desired, want: BTreeMap<String, PeerRec>) 
             )
         })
         .collect();
-    let lease = c.lease();
-    let mut txn = Txn::new();
-    let mut n = 0;
-    for (k, p) in &want {
-        if have.get(k) != Some(&p) {
-            txn = txn.put_leased(k.clone(), schema::encode(p), lease);
-            n += 1;
+    // Twice at most: a lease found gone (it expired while the store was out of reach) is
+    // replaced at once and everything published under the new one, not at the next resync.
+    for _ in 0..2 {
+        let lease = c.lease();
+        let mut txn = Txn::new();
+        let mut n = 0;
+        for (k, p) in &want {
+            if have.get(k) != Some(&p) {
+                txn = txn.put_leased(k.clone(), schema::encode(p), lease);
+                n += 1;
+            }
         }
-    }
-    for k in have.keys() {
-        if !want.contains_key(k) {
-            txn = txn.delete(k.clone());
-            n += 1;
+        for k in have.keys() {
+            if !want.contains_key(k) {
+                txn = txn.delete(k.clone());
+                n += 1;
+            }
         }
-    }
-    if n == 0 {
-        return;
-    }
-    match c.store.txn(txn).await {
-        Ok(_) => info!(changes = n, "published this node's endpoints"),
-        Err(e) => warn!("publishing this node's endpoints: {e}"),
+        if n == 0 {
+            return;
+        }
+        match c.store.txn(txn).await {
+            Ok(_) => {
+                info!(changes = n, "published this node's endpoints");
+                return;
+            }
+            Err(StoreError::LeaseNotFound(_)) => {
+                if let Err(e) = c.renew(lease).await {
+                    warn!("publishing this node's endpoints: registering again: {e}");
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!("publishing this node's endpoints: {e}");
+                return;
+            }
+        }
     }
 }
 

@@ -85,6 +85,19 @@ pub struct EtcdStore {
     timeout: Duration,
     /// The endpoints, for error messages.
     at: String,
+    /// Keeps the channel to the members that answer (with more than one endpoint).
+    members: Option<std::sync::Arc<members::Watcher>>,
+}
+
+/// Whether a call failed before it reached any member (its connection was refused), so that
+/// making it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect error")
+        }
+        _ => false,
+    }
 }
 
 /// The first key and the range end etcd needs for "every key under `prefix`".
@@ -207,28 +220,43 @@ impl EtcdStore {
             .with_connect_timeout(timeout)
             .with_keep_alive(KEEPALIVE_INTERVAL, timeout)
             .with_require_leader(true);
-        let client =
-            match tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await {
-                Ok(r) => r.map_err(|e| map_err(&at, "connect", 0, e))?,
-                Err(_) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd at {at}: no connection within {timeout:?}"
-                    )));
-                }
-            };
+        // Only members that answer go into the channel (a dead one would take a share of
+        // the calls); `members` keeps it so.
+        let inside = members::initial(endpoints, timeout.min(Duration::from_secs(2))).await;
+        let client = match tokio::time::timeout(timeout, Client::connect(&inside, Some(opts))).await
+        {
+            Ok(r) => r.map_err(|e| map_err(&at, "connect", 0, e))?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd at {at}: no connection within {timeout:?}"
+                )));
+            }
+        };
+        let watcher = members::watch(
+            client.clone(),
+            endpoints,
+            inside,
+            timeout.min(Duration::from_secs(2)),
+        );
         let store = EtcdStore {
             client,
             timeout,
             at,
+            members: watcher,
         };
-        let mut m = store.client.maintenance_client();
-        let status = store.call("status", 0, m.status()).await?;
+        let m = store.client.maintenance_client();
+        let status = store
+            .call("status", 0, || {
+                let mut m = m.clone();
+                async move { m.status().await }
+            })
+            .await?;
         info!(endpoints = %store.at, version = status.version(), "connected to etcd");
         Ok(store)
     }
 
-    /// Runs one unary etcd call within the timeout.
-    async fn call<T>(
+    /// Runs one etcd call within the timeout, once (a call that may have been sent).
+    async fn once<T>(
         &self,
         what: &str,
         lease: LeaseId,
@@ -243,10 +271,43 @@ impl EtcdStore {
         }
     }
 
+    /// Runs one unary etcd call within the timeout. With several members, a call that found
+    /// its member refusing connections was never sent: the member watch is asked to look now
+    /// and the call is made again (on a member that answers) until the timeout.
+    async fn call<T, F, Fut>(&self, what: &str, lease: LeaseId, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match tokio::time::timeout_at(deadline, f()).await {
+                Ok(Err(e))
+                    if not_sent(&e)
+                        && tokio::time::Instant::now() + pause < deadline
+                        && let Some(m) = &self.members =>
+                {
+                    debug!(what, error = %e, "etcd member refused the connection: again");
+                    m.kick();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(r) => return r.map_err(|e| map_err(&self.at, what, lease, e)),
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {}: {what}: no answer within {:?}",
+                        self.at, self.timeout
+                    )));
+                }
+            }
+        }
+    }
+
     /// Every key in [key, end), page by page, all pages at the first one's revision; and
     /// that revision.
     async fn list(&self, key: &[u8], end: &[u8]) -> Result<(Vec<KeyValue>, Rev), StoreError> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let mut out = Vec::new();
         let mut rev: Rev = 0;
         let mut from = key.to_vec();
@@ -256,7 +317,10 @@ impl EtcdStore {
                 .with_limit(PAGE)
                 .with_revision(rev);
             let mut resp = self
-                .call("list", 0, kv.get(from.clone(), Some(opts)))
+                .call("list", 0, || {
+                    let (mut kv, from, opts) = (kv.clone(), from.clone(), opts.clone());
+                    async move { kv.get(from, Some(opts)).await }
+                })
                 .await?;
             if rev == 0 {
                 rev = header_rev(resp.header(), "list")?;
@@ -279,10 +343,13 @@ impl EtcdStore {
     /// `--auto-compaction-*`; tests use this).
     #[cfg(test)]
     async fn compact(&self, rev: Rev) -> Result<(), StoreError> {
-        let mut kv = self.client.kv_client();
-        self.call("compact", 0, kv.compact(rev, None))
-            .await
-            .map(|_| ())
+        let kv = self.client.kv_client();
+        self.call("compact", 0, || {
+            let mut kv = kv.clone();
+            async move { kv.compact(rev, None).await }
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -312,8 +379,13 @@ impl Store for EtcdStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call("get", 0, kv.get(key, None)).await?;
+        let kv = self.client.kv_client();
+        let resp = self
+            .call("get", 0, || {
+                let mut kv = kv.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(to_kv))
     }
 
@@ -330,8 +402,13 @@ impl Store for EtcdStore {
         let t = EtcdTxn::new()
             .when(txn.compares.iter().map(to_compare).collect::<Vec<_>>())
             .and_then(txn.ops.iter().map(to_op).collect::<Vec<_>>());
-        let mut kv = self.client.kv_client();
-        let resp = self.call("txn", lease, kv.txn(t)).await?;
+        let kv = self.client.kv_client();
+        let resp = self
+            .call("txn", lease, || {
+                let (mut kv, t) = (kv.clone(), t.clone());
+                async move { kv.txn(t).await }
+            })
+            .await?;
         let rev = header_rev(resp.header(), "txn")?;
         Ok(if resp.succeeded() {
             TxnResult::Committed(rev)
@@ -345,12 +422,15 @@ impl Store for EtcdStore {
         let opts = WatchOptions::new()
             .with_range(end.clone())
             .with_start_revision(from.max(0));
-        let mut wc = self.client.watch_client();
+        let wc = self.client.watch_client();
         let mut stream = self
-            .call("watch", 0, wc.watch(key.clone(), Some(opts)))
+            .call("watch", 0, || {
+                let (mut wc, key, opts) = (wc.clone(), key.clone(), opts.clone());
+                async move { wc.watch(key, Some(opts)).await }
+            })
             .await?;
         // etcd answers a new watch with a "created" response first.
-        let created = self.call("watch", 0, stream.message()).await?;
+        let created = self.once("watch", 0, stream.message()).await?;
         match created {
             Some(r) if r.created() && !r.canceled() => {}
             Some(r) if r.compact_revision() > 0 => {
@@ -377,13 +457,17 @@ impl Store for EtcdStore {
         // store): a read at `from` fails the same way. A future revision is fine (the watch
         // waits for it).
         if from > 0 {
-            let mut kv = self.client.kv_client();
+            let kv = self.client.kv_client();
             let probe = GetOptions::new()
                 .with_range(end)
                 .with_revision(from)
                 .with_count_only();
-            if let Err(StoreError::Compacted { .. }) =
-                self.call("watch", 0, kv.get(key, Some(probe))).await
+            if let Err(StoreError::Compacted { .. }) = self
+                .call("watch", 0, || {
+                    let (mut kv, key, probe) = (kv.clone(), key.clone(), probe.clone());
+                    async move { kv.get(key, Some(probe)).await }
+                })
+                .await
             {
                 // The watch itself reports the compaction revision shortly after.
                 let compacted = self.compaction_of(&mut stream).await.unwrap_or(from);
@@ -405,8 +489,13 @@ impl Store for EtcdStore {
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         // etcd leases count whole seconds (and etcd raises a TTL below its minimum).
         let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let mut l = self.client.lease_client();
-        let resp = self.call("lease grant", 0, l.grant(secs, None)).await?;
+        let l = self.client.lease_client();
+        let resp = self
+            .call("lease grant", 0, || {
+                let mut l = l.clone();
+                async move { l.grant(secs, None).await }
+            })
+            .await?;
         if !resp.error().is_empty() {
             return Err(StoreError::Backend(format!(
                 "etcd at {}: lease grant: {}",
@@ -420,15 +509,24 @@ impl Store for EtcdStore {
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         // One keep-alive on a short-lived stream: the client sends it and waits for the
         // answer, whose TTL is 0 when the lease is gone.
-        let mut l = self.client.lease_client();
-        self.call("lease keep-alive", lease, l.keep_alive(lease))
-            .await
-            .map(|_| ())
+        let l = self.client.lease_client();
+        self.call("lease keep-alive", lease, || {
+            let mut l = l.clone();
+            async move { l.keep_alive(lease).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut l = self.client.lease_client();
-        match self.call("lease revoke", lease, l.revoke(lease)).await {
+        let l = self.client.lease_client();
+        match self
+            .call("lease revoke", lease, || {
+                let mut l = l.clone();
+                async move { l.revoke(lease).await }
+            })
+            .await
+        {
             // Already ended (expired or revoked): its keys are gone, as asked.
             Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
             Err(e) => Err(e),
@@ -542,6 +640,8 @@ async fn pump(
     warn!(prefix, "etcd watch ended: {end}");
     let _ = tx.send(Err(end)).await;
 }
+
+mod members;
 
 #[cfg(test)]
 mod tests;
