@@ -119,6 +119,10 @@ impl IndexKey for std::net::IpAddr {
     type Query = std::net::IpAddr;
 }
 
+impl IndexKey for u32 {
+    type Query = u32;
+}
+
 #[derive(Clone)]
 pub(crate) struct FlatIndex<K: IndexKey, V: Clone> {
     base: Arc<Flat<K, V>>,
@@ -197,12 +201,13 @@ impl<K: IndexKey, V: Clone> FlatIndex<K, V> {
     }
 }
 
-/// An immutable open-addressing hash table with linear probing, at most 2/3 full (so a probe
-/// always ends at an empty slot).
+/// An immutable open-addressing hash table with linear probing, 2/3 full (so a probe always
+/// ends at an empty slot). The table has exactly 1.5 × its entries' slots, not the next power
+/// of two (which wastes up to half of the biggest allocation of the tables): the home slot is
+/// the hash scaled to the table (`home`), one multiplication instead of a mask.
 struct Flat<K, V> {
     hasher: foldhash::fast::RandomState,
     slots: Box<[Option<Slot<K, V>>]>,
-    mask: usize,
     len: usize,
 }
 
@@ -215,28 +220,18 @@ struct Slot<K, V> {
 impl<K: IndexKey, V> Flat<K, V> {
     fn build(entries: Vec<(K, V)>) -> Self {
         let len = entries.len();
-        let cap = if len == 0 {
-            0
-        } else {
-            (len + len / 2 + 1).next_power_of_two()
-        };
+        let cap = if len == 0 { 0 } else { len + len / 2 + 1 };
         let mut slots: Box<[Option<Slot<K, V>>]> = (0..cap).map(|_| None).collect();
         let hasher = foldhash::fast::RandomState::default();
-        let mask = cap.wrapping_sub(1);
         for (key, value) in entries {
             let hash = hasher.hash_one::<&K::Query>(key.borrow());
-            let mut i = hash as usize & mask;
+            let mut i = home(hash, cap);
             while slots[i].is_some() {
-                i = (i + 1) & mask;
+                i = next(i, cap);
             }
             slots[i] = Some(Slot { hash, key, value });
         }
-        Flat {
-            hasher,
-            slots,
-            mask,
-            len,
-        }
+        Flat { hasher, slots, len }
     }
 
     #[inline]
@@ -245,15 +240,28 @@ impl<K: IndexKey, V> Flat<K, V> {
             return None;
         }
         let hash = self.hasher.hash_one(key);
-        let mut i = hash as usize & self.mask;
+        let cap = self.slots.len();
+        let mut i = home(hash, cap);
         loop {
             match &self.slots[i] {
                 None => return None,
                 Some(s) if s.hash == hash && s.key.borrow() == key => return Some(&s.value),
-                Some(_) => i = (i + 1) & self.mask,
+                Some(_) => i = next(i, cap),
             }
         }
     }
+}
+
+/// The home slot of a hash in a table of `cap` slots: the hash as a fraction of 2^64, times
+/// `cap` (its high bits decide, and foldhash mixes those well).
+#[inline]
+fn home(hash: u64, cap: usize) -> usize {
+    ((hash as u128 * cap as u128) >> 64) as usize
+}
+
+#[inline]
+fn next(i: usize, cap: usize) -> usize {
+    if i + 1 == cap { 0 } else { i + 1 }
 }
 
 #[cfg(test)]
