@@ -16,7 +16,7 @@ fi
 need=()
 for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq named:bind9 nft:nftables ip:iproute2 \
             ping:iputils-ping socat:socat curl:curl busybox:busybox-static nsenter:util-linux \
-            unshare:util-linux conntrack:conntrack dnsperf:dnsperf etcd:etcd-server \
+            unshare:util-linux conntrack:conntrack dnsperf:dnsperf etcd:etcd-server etcdctl:etcd-client \
             protoc:protobuf-compiler; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done

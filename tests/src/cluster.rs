@@ -176,6 +176,16 @@ impl Cluster {
         unsafe { libc::kill(self.members[i].1 as i32, libc::SIGKILL) };
     }
 
+    /// The keys under `prefix` in etcd, one per line (etcdctl, from the first member's
+    /// namespace).
+    pub fn etcd_keys(&self, prefix: &str) -> String {
+        let ep = format!("http://{}:2379", etcd_addr(0));
+        self.members[0].0.run_ok(
+            "etcdctl",
+            &["--endpoints", &ep, "get", "--prefix", "--keys-only", prefix],
+        )
+    }
+
     /// Freezes etcd (SIGSTOP): it neither answers nor refuses.
     pub fn freeze_etcd(&self, on: bool) {
         let sig = if on { libc::SIGSTOP } else { libc::SIGCONT };

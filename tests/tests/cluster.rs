@@ -26,7 +26,11 @@ fn overlay_tables(d: &sdnet_tests::Daemon) -> String {
     let dir = d.daemon_path(&format!("{}/run/ov", d.dir.path().display()));
     let mut out = String::new();
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        for cmd in [&["ip", "neigh", "show"][..], &["bridge", "fdb", "show"][..]] {
+        for cmd in [
+            &["ip", "neigh", "show"][..],
+            &["bridge", "fdb", "show"][..],
+            &["ip", "-d", "link", "show"][..],
+        ] {
             let o = std::process::Command::new("nsenter")
                 .arg(format!("--net={}", e.path().display()))
                 .args(cmd)
@@ -78,6 +82,22 @@ fn overlay_names_and_traffic_across_nodes() {
     n2.ok(&["run", "-d", "--name", "cherry", "--network", "ov1"]);
     let a = ip_of(n0, "apple", "ov1");
     let b = ip_of(n1, "berry", "ov1");
+    // The data path: a VXLAN device without learning, MTU = the underlay's (1500) − 50.
+    let links = overlay_tables(n0);
+    // (`ip -d link`: a link's block starts with "N: name…", its details follow indented.)
+    let mut blocks: Vec<String> = Vec::new();
+    for l in links.lines() {
+        match blocks.last_mut() {
+            Some(b) if l.starts_with(' ') => b.push_str(l),
+            _ => blocks.push(l.to_string()),
+        }
+    }
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b.contains("vxlan id") && b.contains("mtu 1450") && b.contains("nolearning")),
+        "{links}"
+    );
     assert_ne!(a, b);
     // Names across hosts: the name, name.network, an alias, the PTR.
     assert!(
@@ -198,6 +218,10 @@ fn concurrent_runs_on_three_nodes_never_collide() {
         "--attachable",
         "--subnet",
         "10.5.7.0/24",
+        "--gateway",
+        "10.5.7.254",
+        "--ip-range",
+        "10.5.7.128/26",
         "ov",
     ]);
     wait_for(Duration::from_secs(10), || {
@@ -232,6 +256,22 @@ fn concurrent_runs_on_three_nodes_never_collide() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), ips.len(), "duplicate addresses: {ips:?}");
+    // All from --ip-range (10.5.7.128/26), none the gateway; every node sees the gateway.
+    for ip in &ips {
+        let last: u8 = ip
+            .rsplit('.')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            ip.starts_with("10.5.7.") && (128..192).contains(&last),
+            "{ip} outside --ip-range: {ips:?}"
+        );
+    }
+    for n in &c.nodes {
+        let inspect = n.ok(&["network", "inspect", "ov"]);
+        assert!(inspect.contains("10.5.7.254"), "{inspect}");
+    }
     // Every name answers on another node.
     assert!(resolves_to(
         &c.nodes[1],
@@ -289,9 +329,25 @@ fn a_lost_node_leaves_dns_and_comes_back_without_duplicates() {
             .then_some(())
     });
     assert!(down.is_some(), "{}", c.nodes[0].ok(&["node", "ls"]));
-    // A ready node cannot be removed; a down one can, but it comes back first here.
+    let inspect = c.nodes[0].ok(&["node", "inspect", "n2"]);
+    assert!(
+        inspect.contains("down") && inspect.contains(&n2_addr),
+        "{inspect}"
+    );
+    // A ready node cannot be removed; a down one can, and its records go with it.
     let err = c.nodes[0].fails(&["node", "rm", "n1"]);
     assert!(err.contains("ready"), "{err}");
+    c.nodes[1].ok(&["node", "rm", "n2"]);
+    let ls = c.nodes[0].ok(&["node", "ls"]);
+    assert!(!ls.contains("n2"), "{ls}");
+    let claimed = |c: &Cluster| {
+        c.etcd_keys("/sdnet/v1/ipam/")
+            .lines()
+            .any(|k| k.ends_with(&format!("/{z}")))
+    };
+    assert!(!claimed(&c), "z's address still claimed after node rm");
+    let err = c.nodes[0].fails(&["node", "inspect", "n2"]);
+    assert!(err.contains("n2"), "{err}");
 
     // It comes back: it rejoins, publishes z again, nothing doubled.
     c.nodes[2].restart();
@@ -316,6 +372,9 @@ fn a_lost_node_leaves_dns_and_comes_back_without_duplicates() {
         .cloned()
         .unwrap();
     assert_eq!(n2["endpoints"], 1, "{n2}");
+    // Its sandbox's address is claimed again (nobody else may be given it).
+    let again = wait_for(Duration::from_secs(10), || claimed(&c).then_some(()));
+    assert!(again.is_some(), "{}", c.etcd_keys("/sdnet/v1/"));
 }
 
 #[test]

@@ -199,3 +199,47 @@ pub async fn release_orphans(node: &Node, d: &Desired) {
         }
     }
 }
+
+/// Addresses this node's sandboxes hold on swarm networks that the cluster store no longer
+/// records (the node was removed with `node rm` while it was down, then came back): claimed
+/// again, so no other node hands them out. One already taken by another owner meanwhile is
+/// reported; the endpoint keeps it until it is reconnected.
+pub async fn reclaim(node: &Node, d: &Desired, sbs: &std::collections::HashMap<String, RealSb>) {
+    let Some(c) = &node.cluster else { return };
+    let mut txn = Txn::new();
+    let mut n = 0;
+    for (id, r) in sbs {
+        if !d.sandboxes.contains_key(id.as_str()) {
+            continue;
+        }
+        let owner = crate::daemon::api::overlay::owner(node, id);
+        for (net, (ep, _, rec)) in &r.eps {
+            if rec.scope != Scope::Swarm {
+                continue;
+            }
+            let ips = [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)];
+            for ip in ips.into_iter().flatten() {
+                match d.ipam.get(net.as_str()).and_then(|m| m.get(&ip)) {
+                    Some(o) if *o == owner => {}
+                    Some(o) => warn!(
+                        sandbox = %id, network = %rec.name, %ip, holder = %o,
+                        "this sandbox's address is held by another owner in the cluster store"
+                    ),
+                    None => {
+                        let k = schema::ipam(net, ip);
+                        txn = txn
+                            .when(Compare::Absent(k.clone()))
+                            .put(k, owner.clone().into_bytes());
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    if n > 0 {
+        match c.store.txn(txn).await {
+            Ok(_) => info!(addresses = n, "claimed this node's addresses again"),
+            Err(e) => warn!("claiming this node's addresses again: {e}"),
+        }
+    }
+}

@@ -416,6 +416,7 @@ impl Reconciler {
             cluster::publish(&self.node, &d, cluster::wanted(&me, &self.sbs, &d)).await;
             if full {
                 cluster::release_orphans(&self.node, &d).await;
+                cluster::reclaim(&self.node, &d, &self.sbs).await;
             }
         }
 
