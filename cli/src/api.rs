@@ -123,6 +123,9 @@ pub struct NetworkInfo {
     pub ttl: Option<u32>,
     /// Kernel bridge device (bridge driver).
     pub bridge: Option<String>,
+    /// VXLAN network identifier (overlay driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
     pub labels: BTreeMap<String, String>,
     /// Sandboxes attached, with their addresses.
     pub endpoints: Vec<EndpointInfo>,

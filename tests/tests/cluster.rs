@@ -82,6 +82,16 @@ fn overlay_names_and_traffic_across_nodes() {
     n2.ok(&["run", "-d", "--name", "cherry", "--network", "ov1"]);
     let a = ip_of(n0, "apple", "ov1");
     let b = ip_of(n1, "berry", "ov1");
+    // VNI from 4096 up, subnet from the swarm pool (10.0.0.0/8 in /24s).
+    let inspect: serde_json::Value =
+        serde_json::from_str(&n1.ok(&["network", "inspect", "ov1"])).expect("inspect json");
+    let vni = inspect[0]["vni"].as_u64().unwrap_or(0);
+    assert!(vni >= 4096, "{inspect}");
+    let subnet = inspect[0]["subnets"][0]["subnet"].as_str().unwrap_or("");
+    assert!(
+        subnet.starts_with("10.") && subnet.ends_with("/24") && a.starts_with("10."),
+        "{inspect}"
+    );
     // The data path: a VXLAN device without learning, MTU = the underlay's (1500) − 50.
     let links = overlay_tables(n0);
     // (`ip -d link`: a link's block starts with "N: name…", its details follow indented.)

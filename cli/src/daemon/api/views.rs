@@ -163,6 +163,7 @@ pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
         dns_servers: n.dns_servers.iter().copied().map(Upstream).collect(),
         ttl: n.ttl,
         bridge: (n.driver == DriverKind::Bridge).then(|| bridge_name(&n.id)),
+        vni: n.vni,
         labels: n.labels.clone(),
         endpoints: d
             .members(id)
