@@ -366,6 +366,12 @@ pub struct NodeInfo {
     /// Its endpoints on swarm networks.
     pub endpoints: usize,
     pub joined: String,
+    /// It dispatches the swarm services' task slots (Docker's "Leader").
+    #[serde(default)]
+    pub leader: bool,
+    /// Task slots of swarm services assigned to it.
+    #[serde(default)]
+    pub tasks: usize,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -537,6 +543,12 @@ pub struct ServiceCreate {
     #[serde(default)]
     pub restart: RestartPolicy,
     pub drain_ms: u64,
+    /// One task per node (`--mode global`) instead of `replicas`.
+    #[serde(default)]
+    pub global: bool,
+    /// `node.name==N`, `node.name!=N` (also node.id, node.addr): where tasks may run.
+    #[serde(default)]
+    pub constraints: Vec<String>,
 }
 
 /// Changes to a service; absent fields stay as they are.
@@ -581,6 +593,14 @@ pub struct ServiceInfo {
     pub health: Option<HealthSpec>,
     pub restart: RestartPolicy,
     pub drain_ms: u64,
+    /// One task per node (`replicas` is then the number of nodes that run one).
+    #[serde(default)]
+    pub global: bool,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// `local` (this node's bridge networks) or `swarm` (overlay networks, every node).
+    #[serde(default)]
+    pub scope: String,
     pub tasks: Vec<TaskView>,
 }
 

@@ -559,6 +559,12 @@ pub struct ServiceCreateArgs {
     pub name: String,
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
+    /// replicated (`--replicas` tasks) or global (one task per node).
+    #[arg(long, value_enum, default_value = "replicated")]
+    pub mode: ServiceModeArg,
+    /// Where tasks may run: node.name==N, node.name!=N (also node.id, node.addr); repeatable.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
     /// NET[,alias=A]… (repeat for several networks).
     #[arg(long = "network", required = true)]
     pub networks: Vec<ServiceNetworkReq>,
@@ -607,6 +613,12 @@ pub struct ServiceUpdateArgs {
     /// New command (rolls tasks over); starts at `--` or at the first word that is not a flag.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceModeArg {
+    Replicated,
+    Global,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -122,7 +122,15 @@ pub fn nodes(list: &[NodeInfo], out: &OutputOpts) {
         }
         return;
     }
-    let mut t = table(&["ID", "NAME", "STATUS", "ADDRESS", "ENDPOINTS"]);
+    let mut t = table(&[
+        "ID",
+        "NAME",
+        "STATUS",
+        "MANAGER STATUS",
+        "ADDRESS",
+        "ENDPOINTS",
+        "TASKS",
+    ]);
     for n in list {
         let id = &n.id[..12.min(n.id.len())];
         t.add_row(vec![
@@ -133,8 +141,10 @@ pub fn nodes(list: &[NodeInfo], out: &OutputOpts) {
             },
             n.name.clone(),
             n.status.clone(),
+            if n.leader { "Leader" } else { "" }.into(),
             n.addr.to_string(),
             n.endpoints.to_string(),
+            n.tasks.to_string(),
         ]);
     }
     print(t);

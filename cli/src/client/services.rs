@@ -82,6 +82,8 @@ pub async fn run(opts: &ClientOpts, cmd: ServicesCommand) -> Result<i32> {
                 health: health_spec(&a.health),
                 restart: a.restart,
                 drain_ms: a.drain.as_millis() as u64,
+                global: a.mode == crate::cli::ServiceModeArg::Global,
+                constraints: a.constraints,
             };
             let s: ServiceInfo = c.post("/services", &req).await?;
             if !a.detach {

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod dispatch;
 pub mod dns_serve;
 pub mod drivers;
 pub mod ipam;
@@ -94,8 +95,8 @@ impl Node {
     }
 
     /// Waits until the scheduler has acted on revision `rev` (and its writes are applied).
-    pub async fn scheduler_pass(&self, rev: store::Rev) -> api::ApiResult<()> {
-        if self.sched.wait(rev, Duration::from_secs(120)).await {
+    pub async fn scheduler_pass(&self, src: state::Source, rev: store::Rev) -> api::ApiResult<()> {
+        if self.sched.wait(src, rev, Duration::from_secs(120)).await {
             Ok(())
         } else {
             Err(api::ApiError::Internal(anyhow::anyhow!(
@@ -332,6 +333,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             .await
             .context("loading the cluster store")?;
         tokio::spawn(c.clone().keep_alive());
+        tokio::spawn(dispatch::run(node.clone(), c.clone()));
     }
     drop(tx);
     tokio::spawn(Reconciler::new(node.clone(), kept).run(rx));

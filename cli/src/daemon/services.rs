@@ -18,26 +18,46 @@ use tracing::{info, warn};
 use crate::api::{NetworkAttach, SandboxCreate};
 use crate::daemon::Node;
 use crate::daemon::api::{self, ApiResult, sandboxes};
-use crate::daemon::state::Desired;
+use crate::daemon::state::{Desired, Revs, Source};
 use crate::daemon::store::schema::{self, Restart, SandboxRec, ServiceRec, TaskRef};
 use crate::daemon::store::{Compare, Rev, Txn};
 
-/// Which cache revision the scheduler has fully acted on.
-pub struct SchedProgress(watch::Sender<Rev>);
+/// Which cache revisions (of both stores) the scheduler has fully acted on.
+pub struct SchedProgress(watch::Sender<Revs>);
 
 impl Default for SchedProgress {
     fn default() -> Self {
-        SchedProgress(watch::channel(0).0)
+        SchedProgress(watch::channel([0, 0]).0)
     }
 }
 
 impl SchedProgress {
-    pub async fn wait(&self, rev: Rev, limit: Duration) -> bool {
+    pub async fn wait(&self, src: Source, rev: Rev, limit: Duration) -> bool {
         let mut rx = self.0.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|r| *r >= rev))
+        tokio::time::timeout(limit, rx.wait_for(|r| r[src.idx()] >= rev))
             .await
             .is_ok_and(|r| r.is_ok())
     }
+}
+
+/// The task slots of a service this node must run: all of them for a service of this node
+/// alone (bridge networks), the ones the dispatcher assigned to this node for a swarm one.
+pub fn my_slots(d: &Desired, svc: &ServiceRec, me: &str) -> Vec<u32> {
+    if !d.swarm_service(svc) {
+        let n = if svc.placement.global {
+            1
+        } else {
+            svc.replicas
+        };
+        return (1..=n).collect();
+    }
+    d.assign
+        .get(svc.id.as_str())
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .filter(|(_, a)| a.rec.node == me)
+        .map(|(slot, _)| *slot)
+        .collect()
 }
 
 fn hex12() -> String {
@@ -95,9 +115,9 @@ impl Scheduler {
                 r = rx.changed() => if r.is_err() { return },
                 _ = tick.tick() => {}
             }
-            let rev = rx.borrow_and_update()[0];
+            let revs = *rx.borrow_and_update();
             self.pass().await;
-            self.node.sched.0.send_replace(rev);
+            self.node.sched.0.send_replace(revs);
         }
     }
 
@@ -144,6 +164,8 @@ impl Scheduler {
         else {
             return;
         };
+        let me = self.node.node_id().to_string();
+        let slots = my_slots(&self.node.cache.read(), &svc, &me);
         // Exited tasks: replaced as the restart policy says (the dead one goes first).
         let all = tasks(&self.node.cache.read(), svc_id);
         for t in all.iter().filter(|t| t.exited) {
@@ -152,14 +174,14 @@ impl Scheduler {
                 Restart::OnFailure => t.code != Some(0),
                 Restart::None => false,
             };
-            if (replace || t.slot > svc.replicas)
+            if (replace || !slots.contains(&t.slot))
                 && let Err(e) = sandboxes::remove_by_id(&self.node, &t.id).await
             {
                 warn!(service = %svc.name, "removing an exited task: {e}");
             }
         }
         let all = tasks(&self.node.cache.read(), svc_id);
-        for slot in 1..=svc.replicas {
+        for &slot in &slots {
             if !all.iter().any(|t| t.slot == slot) {
                 self.create_task(&svc, slot).await;
             }
@@ -168,7 +190,10 @@ impl Scheduler {
         // the new one is in DNS.
         let all = tasks(&self.node.cache.read(), svc_id);
         let live: Vec<&Task> = all.iter().filter(|t| !t.exited && !t.draining).collect();
-        let rolling = (1..=svc.replicas).find(|s| live.iter().filter(|t| t.slot == *s).count() > 1);
+        let rolling = slots
+            .iter()
+            .copied()
+            .find(|s| live.iter().filter(|t| t.slot == *s).count() > 1);
         match rolling {
             Some(slot) => {
                 let ready = live
@@ -186,18 +211,18 @@ impl Scheduler {
             None => {
                 if let Some(old) = live
                     .iter()
-                    .filter(|t| t.slot <= svc.replicas && t.version < svc.version)
+                    .filter(|t| slots.contains(&t.slot) && t.version < svc.version)
                     .min_by_key(|t| t.slot)
                 {
                     self.create_task(&svc, old.slot).await;
                 }
             }
         }
-        // Scale down: the highest slots drain.
+        // Scale down (or a slot moved to another node): tasks of slots not ours drain.
         let all = tasks(&self.node.cache.read(), svc_id);
         for t in all
             .iter()
-            .filter(|t| t.slot > svc.replicas && !t.draining && !t.exited)
+            .filter(|t| !slots.contains(&t.slot) && !t.draining && !t.exited)
         {
             self.drain(&t.id, svc.drain_ms).await;
         }

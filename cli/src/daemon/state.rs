@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::daemon::store::schema::{
-    self, EndpointRec, Key, NetworkRec, NodeRec, PeerRec, SandboxRec, ServiceRec, StatusRec,
+    self, AssignRec, EndpointRec, Key, NetworkRec, NodeRec, PeerRec, SandboxRec, Scope, ServiceRec,
+    StatusRec,
 };
 use crate::daemon::store::{Event, EventKind, KeyValue, Rev, Store, StoreError};
 
@@ -51,7 +52,7 @@ pub enum Source {
 }
 
 impl Source {
-    fn idx(self) -> usize {
+    pub fn idx(self) -> usize {
         match self {
             Source::Local => 0,
             Source::Cluster => 1,
@@ -106,6 +107,10 @@ pub struct Desired {
     pub vnis: OrdMap<u32, String>,
     /// network → "node/sandbox" → another node's endpoint (and this node's, as published)
     pub peers: OrdMap<String, OrdMap<String, Entry<PeerRec>>>,
+    /// swarm service → slot → the node that runs it
+    pub assign: OrdMap<String, OrdMap<u32, Entry<AssignRec>>>,
+    /// The node whose dispatcher assigns slots, and the revision of that key.
+    pub leader: Option<(String, Rev)>,
     /// Which keys each store holds (to diff a relist).
     keys: [OrdSet<String>; 2],
 }
@@ -188,6 +193,33 @@ impl Desired {
     /// The task sandboxes of a service.
     pub fn tasks_of(&self, svc: &str) -> impl Iterator<Item = &String> {
         self.tasks.get(svc).into_iter().flatten()
+    }
+
+    /// Whether a service lives in the cluster store (its networks are swarm-scope).
+    pub fn swarm_service(&self, svc: &ServiceRec) -> bool {
+        svc.networks.iter().any(|n| {
+            self.networks
+                .get(n.network.as_str())
+                .is_some_and(|x| x.rec.scope == Scope::Swarm)
+        })
+    }
+
+    /// Other nodes' tasks of a service, as they published them (one per task sandbox).
+    pub fn remote_tasks<'a>(
+        &'a self,
+        svc: &'a str,
+        me: &'a str,
+    ) -> impl Iterator<Item = &'a PeerRec> + 'a {
+        let mut seen = std::collections::HashSet::new();
+        self.peers
+            .values()
+            .flat_map(|m| m.values())
+            .map(|p| p.rec.as_ref())
+            .filter(move |p| {
+                p.node != me
+                    && p.task.as_ref().is_some_and(|t| t.service == svc)
+                    && seen.insert(p.sandbox.clone())
+            })
     }
 
     pub fn status_of(&self, sandbox: &str) -> Option<&StatusRec> {
@@ -378,6 +410,21 @@ impl Desired {
                 // caller, which collects every dirty object of a batch.
                 let _ = sandbox;
                 Some(Dirty::Peers(net.to_string()))
+            }
+            Key::Assign { svc, slot } => {
+                let m = self.assign.entry(svc.to_string()).or_default();
+                m.remove(&slot);
+                if put && let Some(rec) = decode::<AssignRec>(&ev.kv) {
+                    m.insert(slot, entry(rec, rev));
+                } else if m.is_empty() {
+                    self.assign.remove(svc);
+                }
+                Some(Dirty::Service(svc.to_string()))
+            }
+            Key::Leader => {
+                self.leader =
+                    put.then(|| (String::from_utf8_lossy(&ev.kv.value).into_owned(), rev));
+                None
             }
             Key::Other => {
                 if key == schema::NETWORKS_GUARD {

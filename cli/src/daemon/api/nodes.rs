@@ -30,6 +30,13 @@ fn info(node: &Node, d: &Desired, n: &NodeRec) -> NodeInfo {
             .filter(|p| p.rec.node == n.id)
             .count(),
         joined: rfc3339(n.joined),
+        leader: d.leader.as_ref().is_some_and(|(id, _)| *id == n.id),
+        tasks: d
+            .assign
+            .values()
+            .flat_map(|m| m.values())
+            .filter(|a| a.rec.node == n.id)
+            .count(),
     }
 }
 

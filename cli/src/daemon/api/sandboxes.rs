@@ -220,10 +220,14 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 .ok_or_else(|| ApiError::NotFound("service vanished".into()))?;
             // The service's record is written again (unchanged): a removal of the service
             // decided on a state without this task then fails its compare and is decided
-            // again, instead of leaving the task behind without its service.
-            txn = txn
-                .when(Compare::ModRev(schema::service(&t.service), svc.rev))
-                .put(schema::service(&t.service), schema::encode(&*svc.rec));
+            // again, instead of leaving the task behind without its service. (A swarm
+            // service lives in the cluster store: a task that outlives it there is removed
+            // by its node's scheduler.)
+            if !d.swarm_service(&svc.rec) {
+                txn = txn
+                    .when(Compare::ModRev(schema::service(&t.service), svc.rev))
+                    .put(schema::service(&t.service), schema::encode(&*svc.rec));
+            }
         }
         for ep in &eps {
             txn = if claims.iter().any(|c| c.network == ep.network) {

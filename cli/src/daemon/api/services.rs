@@ -8,12 +8,13 @@ use sdnet_resolver::model::{self, EndpointMode};
 use tracing::info;
 
 use super::sandboxes::{delete_txn, port_owner};
-use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
+use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle_in, views, write_in};
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::state::Dirty;
+use crate::daemon::state::{Dirty, Source};
 use crate::daemon::store::schema::{
-    self, DeclaredPortRec, DriverKind, HealthRec, PublishRec, ServiceNetRec, ServiceRec,
+    self, ConstraintRec, DeclaredPortRec, DriverKind, HealthRec, PlacementRec, PublishRec, Scope,
+    ServiceNetRec, ServiceRec,
 };
 use crate::daemon::store::{Compare, Txn};
 
@@ -46,8 +47,23 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
             return bad(format!("port {} given twice", req.publish[i]));
         }
     }
+    let mut constraints = Vec::new();
+    for c in &req.constraints {
+        constraints.push(ConstraintRec::parse(c).map_err(ApiError::BadRequest)?);
+    }
+    let src = scope_of(node, &req)?;
+    if src == Source::Local && !constraints.is_empty() {
+        return bad(
+            "--constraint places tasks on the nodes of a cluster: only services on overlay networks have them",
+        );
+    }
+    if src == Source::Cluster && !publish.is_empty() {
+        return bad(
+            "-p on a service of overlay networks needs the ingress routing mesh, which sdnet does not have yet; publish from a service on a bridge network",
+        );
+    }
     let id = random_id();
-    let rev = write(node, |d| {
+    let rev = write_in(node, src, |d| {
         if d.service_by_name(&req.name).is_some() {
             return Err(ApiError::Conflict(format!(
                 "service {} already exists",
@@ -62,9 +78,13 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
                 .network_id(&n.network)
                 .map_err(|e| lookup_err("network", &n.network, e))?;
             let net = &d.networks[nid];
-            if net.rec.driver != DriverKind::Bridge || net.rec.predefined {
+            let fits = match src {
+                Source::Local => net.rec.driver == DriverKind::Bridge,
+                Source::Cluster => net.rec.driver == DriverKind::Overlay,
+            };
+            if !fits || net.rec.predefined {
                 return bad(format!(
-                    "network {}: services need a user-defined bridge network",
+                    "network {}: services need a user-defined bridge or overlay network",
                     net.rec.name
                 ));
             }
@@ -118,6 +138,10 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
             restart: req.restart.into(),
             drain_ms: req.drain_ms,
             version: 1,
+            placement: PlacementRec {
+                global: req.global,
+                constraints: constraints.clone(),
+            },
         };
         Ok(txn
             .when(Compare::Absent(schema::service_name(&req.name)))
@@ -125,7 +149,7 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
             .put(schema::service_name(&req.name), id.as_bytes().to_vec()))
     })
     .await?;
-    if let Err(e) = settle(node, rev, &Dirty::Service(id.clone())).await {
+    if let Err(e) = settle_in(node, src, rev, &Dirty::Service(id.clone())).await {
         let _ = remove_by_id(node, &id).await;
         return Err(e);
     }
@@ -133,6 +157,33 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
     // The scheduler starts the tasks; the client follows their progress.
     views::service(node, &node.cache.read(), &id)
         .ok_or_else(|| ApiError::NotFound(format!("service {} was removed meanwhile", req.name)))
+}
+
+/// Which store a new service goes to: this node's for bridge networks, the cluster's for
+/// overlay networks (a service is on one kind or the other).
+fn scope_of(node: &Node, req: &ServiceCreate) -> ApiResult<Source> {
+    let d = node.cache.read();
+    let mut kinds = Vec::new();
+    for n in &req.networks {
+        let nid = d
+            .network_id(&n.network)
+            .map_err(|e| lookup_err("network", &n.network, e))?;
+        kinds.push(d.networks[nid].rec.scope);
+    }
+    let swarm = kinds.iter().filter(|k| **k == Scope::Swarm).count();
+    match swarm {
+        0 => Ok(Source::Local),
+        n if n == kinds.len() => Ok(Source::Cluster),
+        _ => bad("a service is on overlay networks or on bridge networks, not both"),
+    }
+}
+
+/// The store a service lives in.
+fn source_of(d: &crate::daemon::state::Desired, id: &str) -> Source {
+    match d.services.get(id) {
+        Some(s) if d.swarm_service(&s.rec) => Source::Cluster,
+        _ => Source::Local,
+    }
 }
 
 pub fn list(node: &Node) -> Vec<ServiceInfo> {
@@ -160,7 +211,12 @@ pub async fn update(node: &Node, r: &str, u: ServiceUpdate) -> ApiResult<Service
         return bad("the command cannot be empty");
     }
     let mut id = String::new();
-    let rev = write(node, |d| {
+    let src = {
+        let d = node.cache.read();
+        let sid = d.service_id(r).map_err(|e| lookup_err("service", r, e))?;
+        source_of(&d, sid)
+    };
+    let rev = write_in(node, src, |d| {
         let sid = d.service_id(r).map_err(|e| lookup_err("service", r, e))?;
         let cur = &d.services[sid];
         let mut rec = (*cur.rec).clone();
@@ -194,9 +250,10 @@ pub async fn update(node: &Node, r: &str, u: ServiceUpdate) -> ApiResult<Service
             .put(schema::service(sid), schema::encode(&rec)))
     })
     .await?;
-    settle(node, rev, &Dirty::Service(id.clone())).await?;
-    // Scale-down drains and the first step of a roll happen before the call returns.
-    node.scheduler_pass(rev).await?;
+    settle_in(node, src, rev, &Dirty::Service(id.clone())).await?;
+    // Scale-down drains and the first step of a roll happen before the call returns (on
+    // this node; other nodes' tasks follow the dispatcher's assignments).
+    node.scheduler_pass(src, rev).await?;
     let d = node.cache.read();
     if let Some(s) = d.services.get(id.as_str()) {
         info!(service = %s.rec.name, replicas = s.rec.replicas, version = s.rec.version, "service updated");
@@ -205,7 +262,9 @@ pub async fn update(node: &Node, r: &str, u: ServiceUpdate) -> ApiResult<Service
         .ok_or_else(|| ApiError::NotFound(format!("service {r} not found")))
 }
 
-/// The transaction removing a service, its tasks and what it holds in the store.
+/// The transaction removing a service, its tasks and what it holds in the store. A swarm
+/// service's tasks are sandboxes of the nodes that run them: each node's scheduler removes
+/// its own once the service is gone.
 fn delete_service(d: &crate::daemon::state::Desired, id: &str) -> Option<Txn> {
     let s = d.services.get(id)?;
     let mut txn = Txn::new()
@@ -217,6 +276,9 @@ fn delete_service(d: &crate::daemon::state::Desired, id: &str) -> Option<Txn> {
         if let Some(v) = n.vip {
             txn = txn.delete(schema::ipam(&n.network, IpAddr::V4(v)));
         }
+    }
+    if d.swarm_service(&s.rec) {
+        return Some(txn.delete_prefix(schema::assigns_of(id)));
     }
     // Tasks go with it (out of DNS and the LB in the same revision).
     for t in d.tasks_of(id) {
@@ -230,18 +292,24 @@ fn delete_service(d: &crate::daemon::state::Desired, id: &str) -> Option<Txn> {
 
 pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {
     let mut name = String::new();
-    let rev = write(node, |d| {
+    let src = {
+        let d = node.cache.read();
+        let id = d.service_id(r).map_err(|e| lookup_err("service", r, e))?;
+        source_of(&d, id)
+    };
+    let rev = write_in(node, src, |d| {
         let id = d.service_id(r).map_err(|e| lookup_err("service", r, e))?;
         name = d.services[id].rec.name.clone();
         delete_service(d, id).ok_or_else(|| ApiError::NotFound(format!("service {r} not found")))
     })
     .await?;
-    super::applied(node, rev).await?;
+    super::applied_in(node, src, rev).await?;
     info!(service = %name, "service removed");
     Ok(name)
 }
 
 async fn remove_by_id(node: &Node, id: &str) -> ApiResult<()> {
-    let rev = write(node, |d| Ok(delete_service(d, id).unwrap_or_default())).await?;
-    super::applied(node, rev).await
+    let src = source_of(&node.cache.read(), id);
+    let rev = write_in(node, src, |d| Ok(delete_service(d, id).unwrap_or_default())).await?;
+    super::applied_in(node, src, rev).await
 }

@@ -260,13 +260,60 @@ pub fn service(node: &Node, d: &Desired, id: &str) -> Option<ServiceInfo> {
             })
         })
         .collect();
+    // Tasks on other nodes, as they published them.
+    let me = node.node_id();
+    for p in d.remote_tasks(id, me) {
+        let Some(t) = &p.task else { continue };
+        let ips = d
+            .remote_endpoints(&p.sandbox)
+            .into_iter()
+            .filter_map(|e| {
+                let n = d.networks.get(e.rec.network.as_str())?;
+                Some(format!("{}={}", n.rec.name, e.rec.ipv4?))
+            })
+            .collect();
+        tasks.push(TaskView {
+            name: p.name.clone(),
+            id: p.sandbox.clone(),
+            slot: t.slot,
+            state: if t.healthy { "running" } else { "not ready" }.into(),
+            health: String::new(),
+            node: d
+                .nodes
+                .get(p.node.as_str())
+                .map(|n| n.rec.name.clone())
+                .unwrap_or_else(|| p.node.clone()),
+            ips,
+            exit_code: None,
+        });
+    }
     tasks.sort_by(|a, b| a.slot.cmp(&b.slot).then(a.name.cmp(&b.name)));
+    let swarm = d.swarm_service(r);
+    // Global: one per live node that satisfies the constraints.
+    let replicas = match (swarm, r.placement.global) {
+        (true, true) => d
+            .nodes
+            .values()
+            .filter(|n| d.alive.contains(&n.rec.id))
+            .filter(|n| r.placement.constraints.iter().all(|c| c.allows(&n.rec)))
+            .count() as u32,
+        (false, true) => 1,
+        (_, false) => r.replicas,
+    };
     Some(ServiceInfo {
         id: r.id.clone(),
         name: r.name.clone(),
         created: rfc3339(r.created),
         mode: r.mode,
-        replicas: r.replicas,
+        replicas,
+        global: r.placement.global,
+        constraints: r
+            .placement
+            .constraints
+            .iter()
+            .map(|c| format!("{}{}{}", c.key, if c.equal { "==" } else { "!=" }, c.value))
+            .collect(),
+        scope: if swarm { "swarm" } else { "local" }.into(),
         running: tasks.iter().filter(|t| t.state == "running").count() as u32,
         command: r.command.clone(),
         networks: r

@@ -12,7 +12,7 @@ use super::sandbox::RealSb;
 use crate::daemon::Node;
 use crate::daemon::drivers::Peer;
 use crate::daemon::state::Desired;
-use crate::daemon::store::schema::{self, PeerRec, Scope};
+use crate::daemon::store::schema::{self, PeerRec, PeerTask, Scope};
 use crate::daemon::store::{Compare, StoreError, Txn};
 
 /// Another node's sandbox as the name tables see it (None: no endpoint of it is left).
@@ -38,7 +38,11 @@ pub fn remote_model(d: &Desired, me: &str, sandbox: &str) -> Option<model::Sandb
             })
             .collect(),
         upstreams: Vec::new(),
-        task: None,
+        task: first.task.as_ref().map(|t| model::TaskInfo {
+            service: t.service.clone(),
+            slot: t.slot,
+            healthy: t.healthy,
+        }),
     })
 }
 
@@ -102,6 +106,11 @@ pub fn wanted(
                     ipv6: ep.ipv6,
                     mac: ep.mac,
                     aliases: ep.aliases.clone(),
+                    task: sb.rec.task.as_ref().map(|t| PeerTask {
+                        service: t.service.clone(),
+                        slot: t.slot,
+                        healthy: d.visible(id),
+                    }),
                 },
             );
         }

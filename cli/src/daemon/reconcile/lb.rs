@@ -16,7 +16,9 @@ use crate::daemon::state::Desired;
 /// Every VIP with its network and visible backends.
 pub type VipMap = HashMap<Ipv4Addr, (String, Vec<Ipv4Addr>)>;
 
-pub fn vip_map(d: &Desired) -> VipMap {
+/// `me`: this node's ID in a cluster (other nodes' tasks of swarm services are backends
+/// too, reached over the overlay).
+pub fn vip_map(d: &Desired, me: &str) -> VipMap {
     let mut out = HashMap::new();
     for svc in d
         .services
@@ -27,12 +29,28 @@ pub fn vip_map(d: &Desired) -> VipMap {
             let Some(vip) = sn.vip else {
                 continue;
             };
-            let backends: Vec<Ipv4Addr> = d
+            let mut backends: Vec<Ipv4Addr> = d
                 .tasks_of(&svc.rec.id)
                 .filter(|t| d.visible(t))
                 .filter_map(|t| d.endpoints.get(t.as_str())?.get(sn.network.as_str()))
                 .filter_map(|e| e.rec.ipv4)
                 .collect();
+            if let Some(peers) = d.peers.get(sn.network.as_str()) {
+                backends.extend(
+                    peers
+                        .values()
+                        .map(|p| p.rec.as_ref())
+                        .filter(|p| {
+                            p.node != me
+                                && p.task
+                                    .as_ref()
+                                    .is_some_and(|t| t.service == svc.rec.id && t.healthy)
+                        })
+                        .filter_map(|p| p.ipv4),
+                );
+                backends.sort();
+                backends.dedup();
+            }
             out.insert(vip, (sn.network.clone(), backends));
         }
     }

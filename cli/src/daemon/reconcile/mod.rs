@@ -663,7 +663,7 @@ impl Reconciler {
 
     /// Brings every affected sandbox's VIP table in line with the visible tasks.
     async fn load_balancers(&mut self, d: &Arc<Desired>, sbs: &BTreeSet<String>, full: bool) {
-        let vips = lb::vip_map(d);
+        let vips = lb::vip_map(d, self.node.node_id());
         let changed = self.vips.as_ref() != Some(&vips);
         let ids: Vec<String> = if changed || full {
             self.sbs.keys().cloned().collect()

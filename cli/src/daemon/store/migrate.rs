@@ -262,6 +262,7 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
             restart: s.restart,
             drain_ms: s.drain_ms,
             version: s.version.max(1),
+            placement: Default::default(),
         };
         txn = txn
             .put(schema::service(&rec.id), schema::encode(&rec))

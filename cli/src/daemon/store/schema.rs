@@ -19,9 +19,13 @@
 //! | `alive/<id>` | empty, under the node's lease: the node is up | the node itself |
 //! | `vni/<vni>` | overlay network ID (a VNI taken) | API |
 //! | `peers/<net>/<node>/<sandbox>` | [`PeerRec`]: a node's endpoint on a swarm network, as the other nodes see it, under the node's lease | reconciler |
+//! | `assign/<service>/<slot>` | [`AssignRec`]: the node that runs a task slot of a swarm service | dispatcher (the leader) |
+//! | `leader` | the ID of the node whose dispatcher assigns task slots, under its lease | dispatcher |
 //!
 //! With a cluster store (etcd), swarm-scope records — overlay networks, their addresses,
-//! subnets and VNIs, nodes, peers — live there; everything else stays in the node's own store.
+//! subnets and VNIs, nodes, peers, services on overlay networks and their slot assignments —
+//! live there; everything else (tasks included: a task is a sandbox of the node that runs it)
+//! stays in the node's own store.
 //!
 //! Records are separate from the API model (`crate::api`): they change only with a new
 //! layout version. Desired state (what the user asked for) and observations (`status/`) are
@@ -95,6 +99,13 @@ pub fn vni(v: u32) -> String {
 pub fn peer(net: &str, node: &str, sandbox: &str) -> String {
     format!("{ROOT}peers/{net}/{node}/{sandbox}")
 }
+pub fn assign(svc: &str, slot: u32) -> String {
+    format!("{ROOT}assign/{svc}/{slot}")
+}
+pub fn assigns_of(svc: &str) -> String {
+    format!("{ROOT}assign/{svc}/")
+}
+pub const LEADER: &str = "/sdnet/v1/leader";
 
 /// What a key names, parsed back (for the state cache and the reconciler).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +130,11 @@ pub enum Key<'a> {
         node: &'a str,
         sandbox: &'a str,
     },
+    Assign {
+        svc: &'a str,
+        slot: u32,
+    },
+    Leader,
     /// Name indexes, subnet claims, service-network links, guards: bookkeeping only.
     Other,
 }
@@ -143,6 +159,14 @@ pub fn parse(key: &str) -> Key<'_> {
                 _ => Key::Other,
             }
         }
+        "assign" => match rest
+            .split_once('/')
+            .and_then(|(svc, slot)| Some((svc, slot.parse().ok()?)))
+        {
+            Some((svc, slot)) => Key::Assign { svc, slot },
+            None => Key::Other,
+        },
+        "leader" if rest.is_empty() => Key::Leader,
         "endpoints" => match rest.split_once('/') {
             Some((net, sandbox)) => Key::Endpoint { net, sandbox },
             None => Key::Other,
@@ -402,6 +426,9 @@ pub struct ServiceRec {
     pub drain_ms: u64,
     /// Bumped by updates that need new tasks.
     pub version: u64,
+    /// Where its tasks run (swarm services: `--mode global`, `--constraint`).
+    #[serde(default)]
+    pub placement: PlacementRec,
 }
 
 /// A node of a cluster.
@@ -434,6 +461,82 @@ pub struct PeerRec {
     pub mac: [u8; 6],
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The service task it is, if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<PeerTask>,
+}
+
+/// A task of a swarm service on another node, as DNS and the LB need it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerTask {
+    pub service: String,
+    pub slot: u32,
+    /// Visible: running, healthy if checked, not draining (in DNS and the LB only then).
+    pub healthy: bool,
+}
+
+/// Which node runs a task slot of a swarm service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AssignRec {
+    pub node: String,
+}
+
+/// Where a service's tasks may run (swarm services).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct PlacementRec {
+    /// One task per (eligible) node instead of `replicas`.
+    #[serde(default)]
+    pub global: bool,
+    #[serde(default)]
+    pub constraints: Vec<ConstraintRec>,
+}
+
+/// `node.name==N`, `node.name!=N` (also `node.id`, `node.addr`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConstraintRec {
+    pub key: String,
+    pub equal: bool,
+    pub value: String,
+}
+
+impl ConstraintRec {
+    /// Parses `KEY==VALUE` or `KEY!=VALUE`.
+    pub fn parse(s: &str) -> Result<ConstraintRec, String> {
+        let (key, equal, value) = if let Some((k, v)) = s.split_once("==") {
+            (k, true, v)
+        } else if let Some((k, v)) = s.split_once("!=") {
+            (k, false, v)
+        } else {
+            return Err(format!(
+                "constraint {s:?}: expected KEY==VALUE or KEY!=VALUE (KEY: node.name, node.id, node.addr)"
+            ));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !matches!(key, "node.name" | "node.id" | "node.addr") {
+            return Err(format!(
+                "constraint {s:?}: unknown key {key:?} (node.name, node.id or node.addr)"
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("constraint {s:?}: no value"));
+        }
+        Ok(ConstraintRec {
+            key: key.to_string(),
+            equal,
+            value: value.to_string(),
+        })
+    }
+
+    /// Whether node `n` satisfies it (a node ID matches by prefix, as `node inspect` does).
+    pub fn allows(&self, n: &NodeRec) -> bool {
+        let hit = match self.key.as_str() {
+            "node.name" => n.name == self.value,
+            "node.id" => n.id.starts_with(&self.value),
+            "node.addr" => n.addr.to_string() == self.value,
+            _ => false,
+        };
+        hit == self.equal
+    }
 }
 
 /// What this node observed about a sandbox's process and health.

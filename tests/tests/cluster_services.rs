@@ -1,0 +1,310 @@
+//! Swarm services across nodes: services on overlay networks live in etcd, one node (the
+//! dispatcher, elected through a lease) assigns their task slots to live nodes, each node runs
+//! its own; `web`, `tasks.web` and the VIP answer and balance the same on every node; node loss
+//! moves tasks and the dispatcher's role. Real etcd, real daemons, real VXLAN, dig and TCP from
+//! sandboxes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use sdnet_tests::cluster::Cluster;
+use sdnet_tests::{Daemon, helper_bin, wait_for};
+
+fn whoami() -> String {
+    helper_bin("whoami-server").display().to_string()
+}
+
+/// Running tasks of a service per node name, as `services ps` on `d` shows them.
+fn per_node(d: &Daemon, svc: &str) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in d.tasks(svc).iter().filter(|t| t["state"] == "running") {
+        *m.entry(t["node"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// The running tasks' addresses on `net`, sorted.
+fn task_ips(d: &Daemon, svc: &str, net: &str) -> Vec<String> {
+    let prefix = format!("{net}=");
+    let mut v: Vec<String> = d
+        .tasks(svc)
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .flat_map(|t| t["ips"].as_array().cloned().unwrap_or_default())
+        .filter_map(|ip| ip.as_str()?.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+fn vip(d: &Daemon, svc: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["services", "inspect", svc])).expect("inspect JSON");
+    v[0]["networks"][0]["vip"]
+        .as_str()
+        .expect("a VIP")
+        .to_string()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn tally(lines: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for l in lines {
+        let host = l.split_whitespace().next().unwrap_or("").to_string();
+        *m.entry(host).or_insert(0) += 1;
+    }
+    m
+}
+
+/// An overlay `ov` seen by every node.
+fn overlay(c: &Cluster) {
+    c.nodes[0].ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    wait_for(Duration::from_secs(10), || {
+        c.nodes
+            .iter()
+            .all(|n| n.ok(&["network", "ls"]).contains(" ov "))
+            .then_some(())
+    })
+    .expect("ov on every node");
+}
+
+#[test]
+fn swarm_services_spread_answer_and_balance_on_every_node() {
+    let c = Cluster::start("cs1", 3, &[]);
+    overlay(&c);
+    let server = whoami();
+    // Created on n1; the call returns once the three tasks run (wherever they run).
+    c.nodes[1].ok(&[
+        "services",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "ov",
+        "--drain",
+        "200ms",
+        "--",
+        &server,
+        "80",
+    ]);
+    let spread = per_node(&c.nodes[0], "web");
+    assert_eq!(
+        spread,
+        BTreeMap::from([("n0".into(), 1), ("n1".into(), 1), ("n2".into(), 1)]),
+        "{:?}",
+        c.nodes[0].tasks("web")
+    );
+    // Every node shows the same service, scope swarm, 3/3.
+    for n in &c.nodes {
+        let ls = n.ok(&["services", "ls"]);
+        assert!(ls.contains("web") && ls.contains("3/3"), "{ls}");
+    }
+    let v = vip(&c.nodes[0], "web");
+    let ips = task_ips(&c.nodes[0], "web", "ov");
+    assert_eq!(ips.len(), 3);
+    // A client on each node: `web` is the VIP, `tasks.web` every task on every node.
+    for (i, n) in c.nodes.iter().enumerate() {
+        let cl = format!("c{i}");
+        n.ok(&["run", "-d", "--name", &cl, "--network", "ov"]);
+        assert_eq!(vip(n, "web"), v);
+        let got = wait_for(Duration::from_secs(10), || {
+            let a = sorted(n.dig(&cl, &["tasks.web"]).data("A"));
+            (a == ips).then_some(a)
+        });
+        assert!(
+            got.is_some(),
+            "tasks.web on n{i}: {:?}",
+            n.dig(&cl, &["tasks.web"])
+        );
+        assert_eq!(n.dig(&cl, &["web"]).data("A"), vec![v.clone()]);
+    }
+    // The VIP from n0 reaches the tasks on all three nodes, evenly, with the client's address.
+    let c0_ip = c.nodes[0].ip("c0", "ov");
+    let target = format!("{v}:80");
+    let lines = c.nodes[0].connect_many("c0", &target, 300);
+    let t = tally(&lines);
+    assert!(!t.contains_key(""), "failed connections: {t:?}");
+    assert_eq!(t.len(), 3, "{t:?}");
+    for (host, n) in &t {
+        assert!((60..=140).contains(n), "{host} got {n} of 300: {t:?}");
+    }
+    assert!(
+        lines.iter().all(|l| l.ends_with(&format!(" {c0_ip}"))),
+        "{:?}",
+        &lines[..3]
+    );
+
+    // Scale from another node: five tasks, two nodes with two.
+    c.nodes[2].ok(&["services", "scale", "web=5"]);
+    let five = wait_for(Duration::from_secs(20), || {
+        let m = per_node(&c.nodes[0], "web");
+        (m.values().sum::<usize>() == 5 && m.values().all(|k| (1..=2).contains(k))).then_some(m)
+    });
+    assert!(five.is_some(), "{:?}", c.nodes[0].tasks("web"));
+    let ips5 = task_ips(&c.nodes[0], "web", "ov");
+    let got = wait_for(Duration::from_secs(10), || {
+        (sorted(c.nodes[1].dig("c1", &["tasks.web"]).data("A")) == ips5).then_some(())
+    });
+    assert!(got.is_some(), "{:?}", c.nodes[1].dig("c1", &["tasks.web"]));
+    let t = tally(&c.nodes[1].connect_many("c1", &target, 200));
+    assert!(!t.contains_key("") && t.len() == 5, "{t:?}");
+
+    // Constraints and global mode.
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "pinned",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.name==n2",
+        "--network",
+        "ov",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(
+        per_node(&c.nodes[1], "pinned"),
+        BTreeMap::from([("n2".into(), 2)])
+    );
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "agent",
+        "--mode",
+        "global",
+        "--network",
+        "ov",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(
+        per_node(&c.nodes[2], "agent"),
+        BTreeMap::from([("n0".into(), 1), ("n1".into(), 1), ("n2".into(), 1)])
+    );
+    let err = c.nodes[0].fails(&[
+        "services",
+        "create",
+        "--name",
+        "bad",
+        "--constraint",
+        "node.role==manager",
+        "--network",
+        "ov",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    assert!(err.contains("unknown key"), "{err}");
+
+    // Removal on any node takes every node's tasks away.
+    c.nodes[2].ok(&["services", "rm", "web"]);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let cl = format!("c{i}");
+        let gone = wait_for(Duration::from_secs(10), || {
+            let no_tasks = !n.ok(&["ps", "-a"]).contains("web.");
+            (no_tasks && n.dig(&cl, &["tasks.web"]).answer.is_empty()).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "web's tasks still on n{i}:\n{}",
+            n.ok(&["ps", "-a"])
+        );
+    }
+}
+
+#[test]
+fn a_lost_node_hands_its_tasks_and_the_dispatcher_role_to_the_others() {
+    let mut c = Cluster::start("cs2", 3, &["--node-ttl", "3s"]);
+    overlay(&c);
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--network",
+        "ov",
+        "--drain",
+        "200ms",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    // The dispatcher is one of the nodes; it is the one that dies.
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&c.nodes[0].ok(&["node", "ls", "--format", "json"])).unwrap();
+    let leaders: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["leader"] == true).collect();
+    assert_eq!(leaders.len(), 1, "{nodes:?}");
+    let dead: usize = leaders[0]["name"].as_str().unwrap()[1..].parse().unwrap();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != dead).collect();
+    let watcher = &c.nodes[alive[0]];
+    watcher.ok(&["run", "-d", "--name", "cl", "--network", "ov"]);
+    c.nodes[dead].kill9();
+
+    // Within the TTL (+ margin) its task runs on a live node, tasks.web has three live
+    // addresses, and another node dispatches.
+    let dead_name = format!("n{dead}");
+    let moved = wait_for(Duration::from_secs(20), || {
+        let m = per_node(watcher, "web");
+        (m.values().sum::<usize>() == 3 && !m.contains_key(&dead_name)).then_some(m)
+    });
+    assert!(
+        moved.is_some(),
+        "{:?}\n{}",
+        watcher.tasks("web"),
+        watcher.log()
+    );
+    let ips = task_ips(watcher, "web", "ov");
+    let answers = wait_for(Duration::from_secs(10), || {
+        (sorted(watcher.dig("cl", &["tasks.web"]).data("A")) == ips).then_some(())
+    });
+    assert!(answers.is_some(), "{:?}", watcher.dig("cl", &["tasks.web"]));
+    let new_leader = wait_for(Duration::from_secs(10), || {
+        let nodes: Vec<serde_json::Value> =
+            serde_json::from_str(&watcher.ok(&["node", "ls", "--format", "json"])).ok()?;
+        nodes
+            .iter()
+            .find(|n| n["leader"] == true && n["name"] != dead_name.as_str())
+            .map(|n| n["name"].as_str().unwrap_or("").to_string())
+    });
+    assert!(new_leader.is_some(), "{}", watcher.ok(&["node", "ls"]));
+    // The new dispatcher works: scaling places the new slot on a live node.
+    watcher.ok(&["services", "scale", "web=4"]);
+    let m = per_node(watcher, "web");
+    assert_eq!(m.values().sum::<usize>(), 4, "{m:?}");
+    assert!(!m.contains_key(&dead_name), "{m:?}");
+
+    // The dead node comes back: its old task's slot runs elsewhere now, so that task goes;
+    // no slot runs twice.
+    c.nodes[dead].restart();
+    let watcher = &c.nodes[alive[0]];
+    let settled = wait_for(Duration::from_secs(20), || {
+        let tasks = watcher.tasks("web");
+        let slots: BTreeSet<u64> = tasks.iter().filter_map(|t| t["slot"].as_u64()).collect();
+        let stale = c.nodes[dead].ok(&["ps", "-a"]).matches("web.").count();
+        let expected_here = per_node(watcher, "web")
+            .get(&dead_name)
+            .copied()
+            .unwrap_or(0);
+        (tasks.len() == 4 && slots.len() == 4 && stale == expected_here).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "{:?}\n{}",
+        watcher.tasks("web"),
+        c.nodes[dead].ok(&["ps", "-a"])
+    );
+}
