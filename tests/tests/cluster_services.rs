@@ -85,7 +85,7 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
         "--name",
         "web",
         "--replicas",
-        "3",
+        "6",
         "--network",
         "ov",
         "--drain",
@@ -97,18 +97,18 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
     let spread = per_node(&c.nodes[0], "web");
     assert_eq!(
         spread,
-        BTreeMap::from([("n0".into(), 1), ("n1".into(), 1), ("n2".into(), 1)]),
+        BTreeMap::from([("n0".into(), 2), ("n1".into(), 2), ("n2".into(), 2)]),
         "{:?}",
         c.nodes[0].tasks("web")
     );
-    // Every node shows the same service, scope swarm, 3/3.
+    // Every node shows the same service, 6/6.
     for n in &c.nodes {
         let ls = n.ok(&["services", "ls"]);
-        assert!(ls.contains("web") && ls.contains("3/3"), "{ls}");
+        assert!(ls.contains("web") && ls.contains("6/6"), "{ls}");
     }
     let v = vip(&c.nodes[0], "web");
     let ips = task_ips(&c.nodes[0], "web", "ov");
-    assert_eq!(ips.len(), 3);
+    assert_eq!(ips.len(), 6);
     // A client on each node: `web` is the VIP, `tasks.web` every task on every node.
     for (i, n) in c.nodes.iter().enumerate() {
         let cl = format!("c{i}");
@@ -128,12 +128,12 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
     // The VIP from n0 reaches the tasks on all three nodes, evenly, with the client's address.
     let c0_ip = c.nodes[0].ip("c0", "ov");
     let target = format!("{v}:80");
-    let lines = c.nodes[0].connect_many("c0", &target, 300);
+    let lines = c.nodes[0].connect_many("c0", &target, 3000);
     let t = tally(&lines);
     assert!(!t.contains_key(""), "failed connections: {t:?}");
-    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(t.len(), 6, "{t:?}");
     for (host, n) in &t {
-        assert!((60..=140).contains(n), "{host} got {n} of 300: {t:?}");
+        assert!((400..=600).contains(n), "{host} got {n} of 3000: {t:?}");
     }
     assert!(
         lines.iter().all(|l| l.ends_with(&format!(" {c0_ip}"))),
@@ -148,6 +148,8 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
         (m.values().sum::<usize>() == 5 && m.values().all(|k| (1..=2).contains(k))).then_some(m)
     });
     assert!(five.is_some(), "{:?}", c.nodes[0].tasks("web"));
+    let ls = c.nodes[1].ok(&["services", "ls"]);
+    assert!(ls.contains("5/5"), "{ls}");
     let ips5 = task_ips(&c.nodes[0], "web", "ov");
     let got = wait_for(Duration::from_secs(10), || {
         (sorted(c.nodes[1].dig("c1", &["tasks.web"]).data("A")) == ips5).then_some(())
@@ -307,4 +309,133 @@ fn a_lost_node_hands_its_tasks_and_the_dispatcher_role_to_the_others() {
         watcher.tasks("web"),
         c.nodes[dead].ok(&["ps", "-a"])
     );
+}
+
+#[test]
+fn health_dnsrr_srv_ptr_and_rolling_updates_across_nodes() {
+    let c = Cluster::start("cs3", 3, &[]);
+    overlay(&c);
+    let marks = sdnet_tests::TempDir::new("hcc");
+    let check = format!("test -e {}/$(hostname)", marks.path().display());
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "hw",
+        "--replicas",
+        "3",
+        "--network",
+        "ov",
+        "--port",
+        "http:80/tcp",
+        "--health-cmd",
+        &check,
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "1",
+        "--detach",
+        "--",
+        &whoami(),
+        "80",
+    ]);
+    c.nodes[0].ok(&["run", "-d", "--name", "cl", "--network", "ov"]);
+    let n0 = &c.nodes[0];
+    let v = vip(n0, "hw");
+    // Three tasks placed, none healthy: none in DNS anywhere.
+    let placed = wait_for(Duration::from_secs(15), || {
+        (n0.tasks("hw").len() == 3).then_some(())
+    });
+    assert!(placed.is_some(), "{:?}", n0.tasks("hw"));
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(n0.dig("cl", &["tasks.hw"]).data("A").is_empty());
+    // The task on n2 turns healthy (its check runs on n2): it shows on n0 in DNS and the LB.
+    let on = |node: &str| -> (String, String, String) {
+        let t = n0
+            .tasks("hw")
+            .into_iter()
+            .find(|t| t["node"] == node)
+            .unwrap_or_else(|| panic!("no task on {node}: {:?}", n0.tasks("hw")));
+        let name = t["name"].as_str().unwrap_or("").to_string();
+        let owner = &c.nodes[node[1..].parse::<usize>().unwrap()];
+        let host = owner.inspect(&name)["hostname"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        (name, host, owner.ip(t["name"].as_str().unwrap_or(""), "ov"))
+    };
+    let (name2, host2, ip2) = on("n2");
+    std::fs::write(marks.path().join(&host2), "").unwrap();
+    let seen = wait_for(Duration::from_secs(10), || {
+        (n0.dig("cl", &["tasks.hw"]).data("A") == vec![ip2.clone()]).then_some(())
+    });
+    assert!(seen.is_some(), "{:?}", n0.tasks("hw"));
+    let t = tally(&n0.connect_many("cl", &format!("{v}:80"), 50));
+    assert_eq!(t.keys().collect::<Vec<_>>(), vec![&host2], "{t:?}");
+    // PTR of a task on another node; SRV lists the healthy tasks.
+    let ptr = n0.dig("cl", &["-x", &ip2]).data("PTR");
+    assert!(
+        ptr.iter().any(|p| p.starts_with(&name2)),
+        "{ptr:?} for {name2}"
+    );
+    for (name, host, _) in [on("n0"), on("n1")] {
+        let _ = name;
+        std::fs::write(marks.path().join(&host), "").unwrap();
+    }
+    let all = wait_for(Duration::from_secs(10), || {
+        (n0.dig("cl", &["tasks.hw"]).data("A").len() == 3).then_some(())
+    });
+    assert!(all.is_some(), "{:?}", n0.tasks("hw"));
+    let srv = n0.dig("cl", &["SRV", "_http._tcp.hw"]).data("SRV");
+    assert_eq!(srv.len(), 3, "{srv:?}");
+    // Unhealthy on n2 again: out of DNS on n0.
+    std::fs::remove_file(marks.path().join(&host2)).unwrap();
+    let out = wait_for(Duration::from_secs(10), || {
+        let a = n0.dig("cl", &["tasks.hw"]).data("A");
+        (a.len() == 2 && !a.contains(&ip2)).then_some(())
+    });
+    assert!(out.is_some(), "{:?}", n0.dig("cl", &["tasks.hw"]));
+
+    // dnsrr: the name lists the tasks on every node.
+    c.nodes[1].ok(&[
+        "services",
+        "create",
+        "--name",
+        "rr",
+        "--replicas",
+        "3",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "ov",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let rr = task_ips(n0, "rr", "ov");
+    assert_eq!(rr.len(), 3);
+    let got = wait_for(Duration::from_secs(10), || {
+        (sorted(n0.dig("cl", &["rr"]).data("A")) == rr).then_some(())
+    });
+    assert!(got.is_some(), "{:?}", n0.dig("cl", &["rr"]));
+
+    // A rolling update from any node replaces every task, wherever it runs.
+    let before: BTreeSet<String> = n0
+        .tasks("rr")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    c.nodes[2].ok(&["services", "update", "rr", "--", "sleep", "301"]);
+    let rolled = wait_for(Duration::from_secs(30), || {
+        let now: Vec<serde_json::Value> = n0.tasks("rr");
+        let names: BTreeSet<String> = now
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        (now.len() == 3
+            && now.iter().all(|t| t["state"] == "running")
+            && names.is_disjoint(&before))
+        .then_some(())
+    });
+    assert!(rolled.is_some(), "{:?}", n0.tasks("rr"));
 }
