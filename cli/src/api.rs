@@ -144,7 +144,8 @@ pub struct EndpointInfo {
     pub dns_names: Vec<String>,
 }
 
-/// A published port: `[hip:]hp:cp[/proto]`.
+/// A published port: `[hip:]hp:cp[/proto]`, or Docker's long form
+/// `mode=host|ingress,published=HP,target=CP[,protocol=tcp|udp]` (services).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub host_ip: Option<IpAddr>,
@@ -152,6 +153,61 @@ pub struct PortSpec {
     pub container_port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// `mode=host`: a swarm service's port answers only on nodes with a task, served by
+    /// those tasks, which see the client's address (the default, `ingress`, answers on every
+    /// node through the routing mesh).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_mode: bool,
+}
+
+impl PortSpec {
+    /// Docker's long form: `mode=…,published=…,target=…,protocol=…`.
+    fn parse_long(s: &str) -> Result<PortSpec, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid port spec {s:?}: {why} (expected mode=host|ingress,published=PORT,target=PORT[,protocol=tcp|udp])"
+            )
+        };
+        let port = |p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) | Err(_) => Err(bad("ports are 1-65535")),
+                Ok(n) => Ok(n),
+            }
+        };
+        let (mut host_mode, mut published, mut target, mut protocol) =
+            (false, None, None, Protocol::Tcp);
+        for kv in s.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| bad(&format!("{kv:?} is not KEY=VALUE")))?;
+            match k.trim() {
+                "mode" => {
+                    host_mode = match v.trim() {
+                        "host" => true,
+                        "ingress" => false,
+                        m => return Err(bad(&format!("unknown mode {m:?}"))),
+                    }
+                }
+                "published" => published = Some(port(v.trim())?),
+                "target" => target = Some(port(v.trim())?),
+                "protocol" => {
+                    protocol = v
+                        .trim()
+                        .parse::<Protocol>()
+                        .map_err(|e| bad(&e.to_string()))?
+                }
+                k => return Err(bad(&format!("unknown key {k:?}"))),
+            }
+        }
+        let target = target.ok_or_else(|| bad("target is missing"))?;
+        Ok(PortSpec {
+            host_ip: None,
+            host_port: published.ok_or_else(|| bad("published is missing"))?,
+            container_port: target,
+            protocol,
+            host_mode,
+        })
+    }
 }
 
 impl std::fmt::Display for PortSpec {
@@ -165,7 +221,11 @@ impl std::fmt::Display for PortSpec {
             f,
             "{}->{}/{}",
             self.host_port, self.container_port, self.protocol
-        )
+        )?;
+        if self.host_mode {
+            f.write_str(" (host)")?;
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +233,9 @@ impl std::str::FromStr for PortSpec {
     type Err = String;
     /// `hp:cp`, `hip:hp:cp`, `[v6]:hp:cp`, each optionally `/tcp` or `/udp`.
     fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('=') {
+            return PortSpec::parse_long(s);
+        }
         let bad = |why: &str| {
             format!("invalid port spec {s:?}: {why} (expected [IP:]HOSTPORT:PORT[/tcp|udp])")
         };
@@ -208,6 +271,7 @@ impl std::str::FromStr for PortSpec {
             host_port: port(hp)?,
             container_port: port(cp)?,
             protocol: proto,
+            host_mode: false,
         })
     }
 }

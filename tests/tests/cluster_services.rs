@@ -439,3 +439,139 @@ fn health_dnsrr_srv_ptr_and_rolling_updates_across_nodes() {
     });
     assert!(rolled.is_some(), "{:?}", n0.tasks("rr"));
 }
+
+/// One TCP connection from namespace `ns` to `addr`: the first line the server sent, or the
+/// connection error ("" on a timeout).
+fn ask(ns: &sdnet_tests::Ns, addr: &str) -> Result<String, String> {
+    ns.enter(|| {
+        use std::io::BufRead;
+        let a: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+        let c = std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+        let mut line = String::new();
+        std::io::BufReader::new(c)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(line.trim().to_string())
+    })
+}
+
+#[test]
+fn published_ports_answer_on_every_node_through_the_mesh_and_host_mode_where_tasks_run() {
+    let c = Cluster::start("cs4", 3, &[]);
+    overlay(&c);
+    let server = whoami();
+    // Two tasks, on n0 and n1; n2 runs none.
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.name!=n2",
+        "--network",
+        "ov",
+        "-p",
+        "8080:80",
+        "--",
+        &server,
+        "80",
+    ]);
+    assert_eq!(
+        per_node(&c.nodes[2], "web"),
+        BTreeMap::from([("n0".into(), 1), ("n1".into(), 1)])
+    );
+    // Every node's ingress sandbox is up (the scheduler makes it); n2's answers for the tasks
+    // on n0 and n1, from another node and from n2's own 127.0.0.1.
+    let hosts: BTreeSet<String> = ["n0", "n1"]
+        .iter()
+        .map(|n| {
+            let t = c.nodes[2]
+                .tasks("web")
+                .into_iter()
+                .find(|t| t["node"] == *n)
+                .expect("task");
+            let owner = &c.nodes[n[1..].parse::<usize>().unwrap()];
+            owner.inspect(t["name"].as_str().unwrap())["hostname"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let n2 = format!("{}:8080", Cluster::addr(2));
+    let served = wait_for(Duration::from_secs(15), || {
+        ask(&c.nodes[0].ns, &n2).ok().filter(|l| !l.is_empty())
+    });
+    assert!(served.is_some(), "{}", c.nodes[2].log());
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let line = ask(&c.nodes[0].ns, &n2).expect("through n2's mesh");
+        seen.insert(line.split_whitespace().next().unwrap_or("").to_string());
+    }
+    assert_eq!(seen, hosts, "answers through n2 came from {seen:?}");
+    let local = ask(&c.nodes[2].ns, "127.0.0.1:8080").expect("127.0.0.1 on n2");
+    assert!(hosts.contains(line_host(&local)), "{local}");
+    // Every node answers, with or without a task.
+    for i in 0..2 {
+        let a = format!("{}:8080", Cluster::addr(i));
+        let l = ask(&c.nodes[2].ns, &a).expect("mesh");
+        assert!(hosts.contains(line_host(&l)), "{l}");
+    }
+    // No task left: refused at once (a reset), on every node.
+    c.nodes[1].ok(&["services", "scale", "web=0"]);
+    let refused = wait_for(Duration::from_secs(10), || match ask(&c.nodes[0].ns, &n2) {
+        Err(e) if e.contains("refused") => Some(()),
+        _ => None,
+    });
+    assert!(refused.is_some(), "{:?}", ask(&c.nodes[0].ns, &n2));
+
+    // mode=host: only the node with a task answers, and the task sees the client's address.
+    c.nodes[0].ok(&[
+        "services",
+        "create",
+        "--name",
+        "hm",
+        "--constraint",
+        "node.name==n1",
+        "--network",
+        "ov",
+        "-p",
+        "mode=host,published=9090,target=80",
+        "--",
+        &server,
+        "80",
+    ]);
+    let n1 = format!("{}:9090", Cluster::addr(1));
+    let line = wait_for(Duration::from_secs(10), || {
+        ask(&c.nodes[0].ns, &n1).ok().filter(|l| !l.is_empty())
+    })
+    .expect("n1:9090");
+    assert!(
+        line.ends_with(&format!(" {}", Cluster::addr(0))),
+        "the task saw {line}"
+    );
+    let err = ask(&c.nodes[0].ns, &format!("{}:9090", Cluster::addr(2)));
+    assert!(
+        matches!(&err, Err(e) if e.contains("refused")),
+        "n2 has no task of hm: {err:?}"
+    );
+    // The long form is for services only.
+    let e = c.nodes[0].fails(&[
+        "run",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "ov",
+        "-p",
+        "mode=host,published=9191,target=80",
+    ]);
+    assert!(e.contains("mode=host is for services"), "{e}");
+}
+
+fn line_host(l: &str) -> &str {
+    l.split_whitespace().next().unwrap_or("")
+}

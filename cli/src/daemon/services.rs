@@ -149,6 +149,44 @@ impl Scheduler {
         for s in svcs {
             self.converge(&s).await;
         }
+        self.ingress_sandbox().await;
+    }
+
+    /// This node's entry into the routing mesh: an ingress sandbox on the `ingress` overlay
+    /// while any swarm service publishes a port through the mesh (on every node, whether or
+    /// not it runs a task of it); gone when none does.
+    async fn ingress_sandbox(&self) {
+        if self.node.cluster.is_none() {
+            return;
+        }
+        let (need, have, ingress) = {
+            let d = self.node.cache.read();
+            let need = d
+                .services
+                .values()
+                .any(|s| d.swarm_service(&s.rec) && s.rec.publish.iter().any(|p| !p.host_mode));
+            let have = d
+                .sandbox_by_name(sandboxes::INGRESS_SANDBOX)
+                .map(|s| s.rec.id.clone());
+            let ingress = d
+                .network_by_name(api::overlay::INGRESS)
+                .map(|n| n.rec.id.clone());
+            (need, have, ingress)
+        };
+        match (need, have, ingress) {
+            (true, None, Some(net)) => {
+                match sandboxes::create_ingress_sandbox(&self.node, &net).await {
+                    Ok(_) => info!("ingress sandbox up: this node answers the published ports"),
+                    Err(e) => warn!("making the ingress sandbox: {e}"),
+                }
+            }
+            (false, Some(id), _) => {
+                if let Err(e) = sandboxes::remove_by_id(&self.node, &id).await {
+                    warn!("removing the ingress sandbox: {e}");
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Makes one service's tasks match it. Never fails: problems are logged and the next

@@ -24,7 +24,45 @@ use crate::daemon::store::{Compare, Txn};
 const FIRST_VNI: u32 = 4096;
 const LAST_VNI: u32 = (1 << 24) - 1;
 
+/// The routing mesh's overlay (Docker's `ingress`): every task of a swarm service with a
+/// port published through the mesh is on it, and so is each node's ingress sandbox.
+pub const INGRESS: &str = "ingress";
+
+/// Makes the `ingress` overlay if the cluster has none yet (any node may; the name is taken
+/// by create-if-absent, so two nodes racing make one).
+pub async fn ensure_ingress(node: &Node) -> ApiResult<()> {
+    if node.cache.read().network_by_name(INGRESS).is_some() {
+        return Ok(());
+    }
+    let req = NetworkCreate {
+        name: INGRESS.into(),
+        driver: crate::api::Driver::Overlay,
+        ipam: Vec::new(),
+        ipv6: false,
+        internal: false,
+        attachable: false,
+        // The mesh needs addresses, not names.
+        dns: Some(false),
+        mtu: None,
+        dns_servers: Vec::new(),
+        ttl: None,
+        labels: BTreeMap::new(),
+    };
+    match create_net(node, req, true).await {
+        Ok(_) => Ok(()),
+        Err(_) if node.cache.read().network_by_name(INGRESS).is_some() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
+    if req.name == INGRESS {
+        return bad("the name ingress is the routing mesh's network: choose another");
+    }
+    create_net(node, req, false).await
+}
+
+async fn create_net(node: &Node, req: NetworkCreate, predefined: bool) -> ApiResult<NetworkInfo> {
     if node.cluster.is_none() {
         return bad(
             "driver overlay needs a cluster: start the daemon with --cluster-store etcd://HOST:PORT --advertise-addr IP",
@@ -64,7 +102,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             ttl: req.ttl,
             labels: req.labels.clone(),
             options: BTreeMap::new(),
-            predefined: false,
+            predefined,
             vni: Some(vni),
         };
         let txn = put_network(Txn::new(), &rec)

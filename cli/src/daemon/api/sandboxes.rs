@@ -39,6 +39,32 @@ pub fn port_owner(d: &Desired, p: &PublishRec) -> Option<String> {
 /// Creates a sandbox (a task of a service with `task`); returns its ID once it is realized:
 /// its names answer, its namespace and endpoints exist, its process runs.
 pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> ApiResult<String> {
+    create_as(node, req, task, false).await
+}
+
+/// This node's ingress sandbox (the routing mesh's entry, made by the scheduler): a sandbox on
+/// the `ingress` overlay, which takes no other sandboxes.
+pub async fn create_ingress_sandbox(node: &Node, ingress: &str) -> ApiResult<String> {
+    let req = SandboxCreate {
+        name: Some(INGRESS_SANDBOX.into()),
+        networks: vec![NetworkAttach {
+            network: ingress.to_string(),
+            ..NetworkAttach::default()
+        }],
+        ..SandboxCreate::default()
+    };
+    create_as(node, req, None, true).await
+}
+
+/// The name of each node's ingress sandbox.
+pub const INGRESS_SANDBOX: &str = "ingress-sbox";
+
+async fn create_as(
+    node: &Node,
+    req: SandboxCreate,
+    task: Option<TaskRef>,
+    mesh: bool,
+) -> ApiResult<String> {
     let started = std::time::Instant::now();
     let id = random_id();
     if let Some(n) = &req.name {
@@ -56,6 +82,11 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 "invalid environment entry {e:?}: expected KEY=VALUE"
             ));
         }
+    }
+    if let Some(p) = req.ports.iter().find(|p| p.host_mode) {
+        return bad(format!(
+            "port {p}: mode=host is for services; a sandbox publishes with [IP:]HOSTPORT:PORT"
+        ));
     }
     let ports: Vec<PublishRec> = req.ports.iter().map(PublishRec::from).collect();
     for (i, p) in ports.iter().enumerate() {
@@ -96,7 +127,7 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
             };
             let n = &d.networks[nid];
             if n.rec.scope == Scope::Swarm {
-                if !n.rec.attachable && task.is_none() {
+                if !n.rec.attachable && task.is_none() && !mesh {
                     return bad(format!(
                         "network {} is not attachable: create it with --attachable to run sandboxes on it",
                         n.rec.name

@@ -57,10 +57,10 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
             "--constraint places tasks on the nodes of a cluster: only services on overlay networks have them",
         );
     }
-    if src == Source::Cluster && !publish.is_empty() {
-        return bad(
-            "-p on a service of overlay networks needs the ingress routing mesh, which sdnet does not have yet; publish from a service on a bridge network",
-        );
+    // Ports through the routing mesh: the tasks join the `ingress` overlay.
+    let mesh = src == Source::Cluster && publish.iter().any(|p| !p.host_mode);
+    if mesh {
+        super::overlay::ensure_ingress(node).await?;
     }
     let id = random_id();
     let rev = write_in(node, src, |d| {
@@ -113,6 +113,19 @@ pub async fn create(node: &Node, req: ServiceCreate) -> ApiResult<ServiceInfo> {
                 network: nid.clone(),
                 aliases: n.aliases.clone(),
                 vip,
+            });
+        }
+        if mesh {
+            let ing = d
+                .network_by_name(super::overlay::INGRESS)
+                .ok_or_else(|| ApiError::Conflict("the ingress network was removed".into()))?;
+            txn = txn
+                .when(Compare::ModRev(schema::network(&ing.rec.id), ing.rev))
+                .put(schema::service_net(&ing.rec.id, &id), Vec::new());
+            nets.push(ServiceNetRec {
+                network: ing.rec.id.clone(),
+                aliases: Vec::new(),
+                vip: None,
             });
         }
         for (i, p) in publish.iter().enumerate() {

@@ -21,6 +21,7 @@ impl From<&PortSpec> for PublishRec {
             host_port: p.host_port,
             container_port: p.container_port,
             protocol: p.protocol,
+            host_mode: p.host_mode,
         }
     }
 }
@@ -32,6 +33,7 @@ impl From<&PublishRec> for PortSpec {
             host_port: p.host_port,
             container_port: p.container_port,
             protocol: p.protocol,
+            host_mode: p.host_mode,
         }
     }
 }

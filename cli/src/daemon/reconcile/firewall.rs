@@ -282,7 +282,12 @@ pub fn delete_dns_redirect() -> String {
 /// sandbox (its first non-internal bridge endpoint of the host IP's family) and of a service
 /// (spread over its visible tasks on its first non-internal network); with `vxlan_port`
 /// (a cluster node), VXLAN accepted only from the cluster's nodes.
-pub fn for_desired(d: &Desired, vxlan_port: Option<u16>) -> String {
+///
+/// Swarm services (`me`: this node): a port through the routing mesh goes to this node's
+/// ingress sandbox on the gateway bridge while any task of the service is healthy anywhere;
+/// a `mode=host` port goes to this node's own healthy tasks (on the gateway bridge, client
+/// address kept), and is not served on a node without one.
+pub fn for_desired(d: &Desired, vxlan_port: Option<u16>, me: &str) -> String {
     let bridges: Vec<(String, &NetworkRec)> = d
         .networks
         .values()
@@ -363,6 +368,42 @@ pub fn for_desired(d: &Desired, vxlan_port: Option<u16>) -> String {
                 container_port: p.container_port,
                 protocol: p.protocol,
             });
+        }
+    }
+    if let Some((gw_bridge, gw_net)) = d
+        .network_by_name(crate::daemon::api::networks::GWBRIDGE)
+        .and_then(|n| bridge_of(&n.rec.id))
+    {
+        let isb = super::ingress::sandbox(d).map(|(_, _, addr)| IpAddr::V4(addr));
+        let mesh = super::ingress::ports(d, me);
+        for svc in d.services.values().map(|s| s.rec.as_ref()) {
+            if !d.swarm_service(svc) {
+                continue;
+            }
+            let local: Vec<IpAddr> = d
+                .tasks_of(&svc.id)
+                .filter(|t| d.visible(t))
+                .filter_map(|t| d.endpoints.get(t.as_str())?.get(gw_net.id.as_str()))
+                .filter_map(|e| e.rec.ipv4.map(IpAddr::V4))
+                .collect();
+            for p in &svc.publish {
+                let (targets, container_port) = if p.host_mode {
+                    (local.clone(), p.container_port)
+                } else {
+                    let healthy = mesh.iter().any(|m| {
+                        m.port == p.host_port && m.protocol == p.protocol && !m.targets.is_empty()
+                    });
+                    (isb.filter(|_| healthy).into_iter().collect(), p.host_port)
+                };
+                ports.push(FwPort {
+                    bridge: gw_bridge,
+                    host_ip: p.host_ip,
+                    host_port: p.host_port,
+                    targets,
+                    container_port,
+                    protocol: p.protocol,
+                });
+            }
         }
     }
     let vxlan = vxlan_port.map(|port| FwVxlan {

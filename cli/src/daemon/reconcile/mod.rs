@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod files;
 pub mod firewall;
 pub mod gc;
+pub mod ingress;
 pub mod lb;
 pub mod model;
 pub mod sandbox;
@@ -164,6 +165,8 @@ pub struct Reconciler {
     remote_models: HashMap<String, sdnet_resolver::model::Sandbox>,
     svc_models: HashMap<String, sdnet_resolver::model::Service>,
     firewall: Option<String>,
+    /// The ingress sandbox and the mesh table last applied in it.
+    mesh: Option<(String, String)>,
     vips: Option<lb::VipMap>,
     cleaner: sandbox::Cleaner,
     kept: Arc<Mutex<Kept>>,
@@ -181,6 +184,7 @@ impl Reconciler {
             remote_models: HashMap::new(),
             svc_models: HashMap::new(),
             firewall: None,
+            mesh: None,
             vips: None,
             cleaner: sandbox::Cleaner::start(),
             kept: Arc::new(Mutex::new(kept)),
@@ -441,7 +445,12 @@ impl Reconciler {
 
         // 5. VIP tables in client sandboxes, then the firewall.
         self.load_balancers(&d, &sbs, full).await;
-        let text = firewall::for_desired(&d, self.node.cluster.as_ref().map(|c| c.data_port));
+        self.ingress(&d).await;
+        let text = firewall::for_desired(
+            &d,
+            self.node.cluster.as_ref().map(|c| c.data_port),
+            self.node.node_id(),
+        );
         if full || self.firewall.as_ref() != Some(&text) {
             let host = self.node.host.clone();
             let t = text.clone();
@@ -659,6 +668,36 @@ impl Reconciler {
         self.node
             .progress
             .record(Dirty::Service(id.to_string()), [d.rev, d.cluster_rev], err);
+    }
+
+    /// The routing mesh's table in this node's ingress sandbox (made whole when it changes).
+    async fn ingress(&mut self, d: &Arc<Desired>) {
+        let Some((id, ifname, _)) = ingress::sandbox(d) else {
+            self.mesh = None;
+            return;
+        };
+        let Some(ns) = self.sbs.get(&id).and_then(|r| r.ns.clone()) else {
+            return;
+        };
+        let text = ingress::ruleset(&ingress::ports(d, self.node.node_id()), &ifname);
+        if self.mesh.as_ref() == Some(&(id.clone(), text.clone())) {
+            return;
+        }
+        let t = text.clone();
+        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            sdnet_netstack::sysctl::set(&ns, "net.ipv4.ip_forward", "1")?;
+            sdnet_netstack::nft::apply(&ns, &t)?;
+            Ok(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => self.mesh = Some((id, text)),
+            Ok(Err(e)) => {
+                warn!("routing mesh: {e:#}");
+                self.mesh = None;
+            }
+            Err(e) => warn!("routing mesh thread: {e}"),
+        }
     }
 
     /// Brings every affected sandbox's VIP table in line with the visible tasks.

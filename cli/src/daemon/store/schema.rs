@@ -291,6 +291,9 @@ pub struct PublishRec {
     pub container_port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// A swarm service's port in host mode (only nodes with a task, no routing mesh).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_mode: bool,
 }
 
 impl PublishRec {
