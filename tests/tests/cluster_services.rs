@@ -520,6 +520,42 @@ fn published_ports_answer_on_every_node_through_the_mesh_and_host_mode_where_tas
         let l = ask(&c.nodes[2].ns, &a).expect("mesh");
         assert!(hosts.contains(line_host(&l)), "{l}");
     }
+    // The guard: over the ingress overlay a task takes only its published target port — the
+    // task on n0 cannot reach the task on n1 there on another port (dropped, not refused).
+    let ingress_ip = |n: &str| -> (String, String) {
+        let t = c.nodes[0]
+            .tasks("web")
+            .into_iter()
+            .find(|t| t["node"] == n)
+            .expect("task");
+        let ip = t["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str()?.strip_prefix("ingress=").map(str::to_string))
+            .next()
+            .expect("an ingress address");
+        (t["name"].as_str().unwrap_or("").to_string(), ip)
+    };
+    let (t0, _) = ingress_ip("n0");
+    let (_, ip1) = ingress_ip("n1");
+    let out = c.nodes[0].exec(
+        &t0,
+        &[
+            "socat",
+            "-T2",
+            "-",
+            &format!("TCP:{ip1}:81,connect-timeout=2"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !err.contains("refused"),
+        "port 81 of a task answered over the ingress overlay: {err}"
+    );
+    let guard = c.nodes[0].exec_ok(&t0, &["nft", "list", "table", "ip", "sdnet-ingress-guard"]);
+    assert!(guard.contains("tcp dport 80 accept"), "{guard}");
+
     // No task left: refused at once (a reset), on every node.
     c.nodes[1].ok(&["services", "scale", "web=0"]);
     let refused = wait_for(Duration::from_secs(10), || match ask(&c.nodes[0].ns, &n2) {

@@ -188,8 +188,14 @@ fn vip_balances_keeps_client_ip_scales_and_replaces() {
         &lines[..3]
     );
 
-    // Scale to 5: all five receive traffic.
+    // Scale to 5: all five receive traffic. (Without a health check a task is in the LB once
+    // its process runs, which may be a moment before it listens: wait for that first.)
     d.ok(&["services", "scale", "web=5"]);
+    wait_for(Duration::from_secs(10), || {
+        let t = tally(&d.connect_many("cl", &target, 50));
+        (t.len() == 5 && !t.contains_key("")).then_some(())
+    })
+    .expect("5 tasks listening");
     let t = tally(&d.connect_many("cl", &target, 500));
     assert_eq!(t.len(), 5, "{t:?}");
 

@@ -127,6 +127,55 @@ pub fn ruleset(ports: &[MeshPort], ingress_if: &str) -> String {
     s
 }
 
+/// The guard in a task of a service published through the mesh (Docker's INPUT/OUTPUT rules
+/// there): over its `ingress` interface only the published target ports, nothing else in
+/// either direction — tasks of different services meet on that overlay and must not reach
+/// each other through it. None: the sandbox needs no guard.
+pub fn guard(d: &Desired, sandbox: &str) -> Option<String> {
+    let sb = d.sandboxes.get(sandbox)?;
+    let task = sb.rec.task.as_ref()?;
+    let svc = &d.services.get(task.service.as_str())?.rec;
+    if !d.swarm_service(svc) {
+        return None;
+    }
+    let ing = d.network_by_name(INGRESS)?.rec.id.clone();
+    let ep = d.endpoints.get(sandbox)?.get(ing.as_str())?;
+    let ports: Vec<(Protocol, u16)> = svc
+        .publish
+        .iter()
+        .filter(|p| !p.host_mode)
+        .map(|p| (p.protocol, p.container_port))
+        .collect();
+    Some(guard_ruleset(&format!("eth{}", ep.rec.index), &ports))
+}
+
+pub const GUARD_TABLE: &str = "sdnet-ingress-guard";
+
+pub fn guard_ruleset(ifname: &str, ports: &[(Protocol, u16)]) -> String {
+    let t = GUARD_TABLE;
+    let mut s = format!("table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n");
+    for (chain, hook, dir, port_dir) in [
+        ("in", "input", "iifname", "dport"),
+        ("out", "output", "oifname", "sport"),
+    ] {
+        let _ = writeln!(
+            s,
+            "  chain {chain} {{\n    type filter hook {hook} priority filter; policy accept;"
+        );
+        for (proto, port) in ports {
+            let _ = writeln!(s, "    {dir} \"{ifname}\" {proto} {port_dir} {port} accept");
+        }
+        let _ = writeln!(s, "    {dir} \"{ifname}\" drop\n  }}");
+    }
+    s.push_str("}\n");
+    s
+}
+
+pub fn delete_guard() -> String {
+    let t = GUARD_TABLE;
+    format!("table ip {t} {{}}\ndelete table ip {t}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +196,11 @@ mod tests {
                 target_port: 53,
             },
         ];
-        let r = ruleset(&ports, "eth0");
+        let g = guard_ruleset("eth1", &[(Protocol::Tcp, 80), (Protocol::Udp, 53)]);
+        assert!(g.contains("iifname \"eth1\" tcp dport 80 accept"));
+        assert!(g.contains("oifname \"eth1\" udp sport 53 accept"));
+        assert!(g.contains("iifname \"eth1\" drop") && g.contains("oifname \"eth1\" drop"));
+        let r = ruleset(&ports, "eth0") + &g + &delete_guard();
         assert!(r.contains("iifname != \"eth0\" tcp dport 8080 dnat ip to numgen random mod 2"));
         assert!(r.contains("10.0.9.3 . 80") && r.contains("10.0.9.4 . 80"));
         assert!(r.contains("oifname \"eth0\" ct status dnat masquerade"));

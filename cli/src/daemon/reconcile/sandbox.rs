@@ -63,6 +63,8 @@ pub struct RealSb {
     pub lb: Option<BTreeMap<Ipv4Addr, VipLb>>,
     pub model: Option<sdnet_resolver::model::Sandbox>,
     pub proc: Option<Proc>,
+    /// The routing mesh's guard as applied (a task of a service with mesh ports).
+    pub guard: Option<String>,
 }
 
 impl RealSb {
@@ -79,6 +81,7 @@ impl RealSb {
             lb: None,
             model: None,
             proc: None,
+            guard: None,
         }
     }
 }
@@ -288,6 +291,18 @@ async fn realize_inner(
         r.eps
             .insert(ep.network.clone(), (ep.clone(), default_route, net.clone()));
         steps.mark("endpoint");
+    }
+
+    // A task published through the routing mesh takes only its ports from the ingress
+    // overlay (checked again on every full pass, like the other tables of ours).
+    let guard = super::ingress::guard(d, id);
+    if guard != r.guard || (links.is_some() && guard.is_some()) {
+        let text = guard.clone().unwrap_or_else(super::ingress::delete_guard);
+        let ns = ns.clone();
+        blocking(move || Ok(nft::apply(&ns, &text)?))
+            .await
+            .context("applying the ingress guard in the sandbox")?;
+        r.guard = guard;
     }
 
     // Files, then the resolver's listeners.
