@@ -133,6 +133,27 @@ impl Daemon {
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
     }
 
+    /// Stops the daemon as an upgrade does (SIGTERM, waits for it to exit; SIGKILL after 20 s)
+    /// and starts it again (waits until its API answers).
+    pub fn stop_and_restart(&mut self) {
+        // SAFETY: signalling the daemon this test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let child = {
+            let mut kids = self.ns.children.lock().unwrap();
+            kids.iter()
+                .position(|c| c.id() == self.pid)
+                .map(|i| kids.remove(i))
+        };
+        if let Some(mut c) = child {
+            let exited = wait_for(Duration::from_secs(20), || c.try_wait().ok().flatten());
+            if exited.is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.launch();
+    }
+
     /// Reaps the killed daemon and starts it again (waits until its API answers).
     pub fn restart(&mut self) {
         self.kill9();
