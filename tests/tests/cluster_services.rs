@@ -24,6 +24,17 @@ fn per_node(d: &Daemon, svc: &str) -> BTreeMap<String, usize> {
     m
 }
 
+/// Waits (a few seconds: other nodes' tasks arrive through etcd) until `d` shows `want`
+/// running tasks per node; what it shows then.
+fn spread(d: &Daemon, svc: &str, want: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    let want: BTreeMap<String, usize> = want.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+    wait_for(Duration::from_secs(15), || {
+        let m = per_node(d, svc);
+        (m == want).then_some(m)
+    })
+    .unwrap_or_else(|| per_node(d, svc))
+}
+
 /// The running tasks' addresses on `net`, sorted.
 fn task_ips(d: &Daemon, svc: &str, net: &str) -> Vec<String> {
     let prefix = format!("{net}=");
@@ -94,9 +105,8 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
         &server,
         "80",
     ]);
-    let spread = per_node(&c.nodes[0], "web");
     assert_eq!(
-        spread,
+        spread(&c.nodes[0], "web", &[("n0", 2), ("n1", 2), ("n2", 2)]),
         BTreeMap::from([("n0".into(), 2), ("n1".into(), 2), ("n2".into(), 2)]),
         "{:?}",
         c.nodes[0].tasks("web")
@@ -175,7 +185,7 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
         "300",
     ]);
     assert_eq!(
-        per_node(&c.nodes[1], "pinned"),
+        spread(&c.nodes[1], "pinned", &[("n2", 2)]),
         BTreeMap::from([("n2".into(), 2)])
     );
     c.nodes[0].ok(&[
@@ -192,7 +202,7 @@ fn swarm_services_spread_answer_and_balance_on_every_node() {
         "300",
     ]);
     assert_eq!(
-        per_node(&c.nodes[2], "agent"),
+        spread(&c.nodes[2], "agent", &[("n0", 1), ("n1", 1), ("n2", 1)]),
         BTreeMap::from([("n0".into(), 1), ("n1".into(), 1), ("n2".into(), 1)])
     );
     let err = c.nodes[0].fails(&[
@@ -285,7 +295,11 @@ fn a_lost_node_hands_its_tasks_and_the_dispatcher_role_to_the_others() {
     assert!(new_leader.is_some(), "{}", watcher.ok(&["node", "ls"]));
     // The new dispatcher works: scaling places the new slot on a live node.
     watcher.ok(&["services", "scale", "web=4"]);
-    let m = per_node(watcher, "web");
+    let m = wait_for(Duration::from_secs(15), || {
+        let m = per_node(watcher, "web");
+        (m.values().sum::<usize>() == 4).then_some(m)
+    })
+    .unwrap_or_else(|| per_node(watcher, "web"));
     assert_eq!(m.values().sum::<usize>(), 4, "{m:?}");
     assert!(!m.contains_key(&dead_name), "{m:?}");
 
@@ -481,7 +495,7 @@ fn published_ports_answer_on_every_node_through_the_mesh_and_host_mode_where_tas
         "80",
     ]);
     assert_eq!(
-        per_node(&c.nodes[2], "web"),
+        spread(&c.nodes[2], "web", &[("n0", 1), ("n1", 1)]),
         BTreeMap::from([("n0".into(), 1), ("n1".into(), 1)])
     );
     // Every node's ingress sandbox is up (the scheduler makes it); n2's answers for the tasks

@@ -247,10 +247,22 @@ impl Scheduler {
                 }
             }
             None => {
+                // One slot at a time in the whole cluster: the lowest slot whose old version
+                // still serves, wherever it is (every node sees the same one; a draining,
+                // exited or unhealthy old task holds nobody up).
+                let remote_old = {
+                    let d = self.node.cache.read();
+                    d.remote_tasks(svc_id, &me)
+                        .filter_map(|p| p.task.as_ref())
+                        .filter(|t| t.version < svc.version && t.healthy)
+                        .map(|t| t.slot)
+                        .min()
+                };
                 if let Some(old) = live
                     .iter()
                     .filter(|t| slots.contains(&t.slot) && t.version < svc.version)
                     .min_by_key(|t| t.slot)
+                    && remote_old.is_none_or(|r| old.slot < r)
                 {
                     self.create_task(&svc, old.slot).await;
                 }

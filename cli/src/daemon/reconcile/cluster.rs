@@ -110,6 +110,7 @@ pub fn wanted(
                         service: t.service.clone(),
                         slot: t.slot,
                         healthy: d.visible(id),
+                        version: t.version,
                     }),
                 },
             );

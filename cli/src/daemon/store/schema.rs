@@ -476,6 +476,9 @@ pub struct PeerTask {
     pub slot: u32,
     /// Visible: running, healthy if checked, not draining (in DNS and the LB only then).
     pub healthy: bool,
+    /// The service version it runs (rolling updates go one slot at a time cluster-wide).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Which node runs a task slot of a swarm service.
