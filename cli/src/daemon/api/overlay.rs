@@ -66,6 +66,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             options: BTreeMap::new(),
             predefined: false,
             vni: Some(vni),
+            host_dns: req.host_dns.unwrap_or(true),
         };
         let txn = put_network(Txn::new(), &rec)
             .when(Compare::Absent(schema::vni(vni)))

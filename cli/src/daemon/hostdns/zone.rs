@@ -1,0 +1,150 @@
+//! One zone of the host zone set as a hickory `ZoneHandler`: exact lookups in the built record
+//! sets, NODATA for names that exist with other types (or only below them), NXDOMAIN for the
+//! rest (the catalog puts the SOA in authority for both), and AXFR for allowed sources.
+
+use std::sync::Arc;
+
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::{LowerName, RecordType, TSigResponseContext};
+use hickory_server::server::{Request, RequestInfo};
+use hickory_server::zone_handler::{
+    AuthLookup, AxfrPolicy, AxfrRecords, LookupControlFlow, LookupError, LookupOptions,
+    LookupRecords, ZoneHandler, ZoneTransfer, ZoneType,
+};
+use ipnet::IpNet;
+use tracing::info;
+
+use super::build::ZoneData;
+
+pub struct Zone {
+    pub data: ZoneData,
+    /// Sources allowed to transfer the zone.
+    pub allow: Arc<[IpNet]>,
+}
+
+impl Zone {
+    fn find(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        opts: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        use LookupControlFlow::Continue;
+        let d = &self.data;
+        if rtype == RecordType::ANY {
+            let Some(types) = d.names.get(name) else {
+                return Continue(Err(self.missing(name)));
+            };
+            let sets: Vec<_> = types
+                .iter()
+                .filter_map(|t| d.sets.get(&(name.clone(), *t)).cloned())
+                .collect();
+            if sets.is_empty() {
+                return Continue(Err(LookupError::NameExists));
+            }
+            return Continue(Ok(AuthLookup::answers(
+                LookupRecords::many(opts, sets),
+                None,
+            )));
+        }
+        match d.sets.get(&(name.clone(), rtype)) {
+            Some(set) => Continue(Ok(AuthLookup::answers(
+                LookupRecords::new(opts, set.clone()),
+                None,
+            ))),
+            None if d.names.contains_key(name) => Continue(Err(LookupError::NameExists)),
+            None => Continue(Err(self.missing(name))),
+        }
+    }
+
+    fn missing(&self, name: &LowerName) -> LookupError {
+        if self.data.origin.zone_of(name) {
+            LookupError::from(ResponseCode::NXDomain)
+        } else {
+            LookupError::from(ResponseCode::Refused)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ZoneHandler for Zone {
+    fn zone_type(&self) -> ZoneType {
+        ZoneType::Primary
+    }
+
+    /// Transfers are checked against `--host-dns-allow-transfer` in `zone_transfer`.
+    fn axfr_policy(&self) -> AxfrPolicy {
+        AxfrPolicy::AllowAll
+    }
+
+    fn origin(&self) -> &LowerName {
+        &self.data.origin
+    }
+
+    async fn lookup(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        _info: Option<&RequestInfo<'_>>,
+        opts: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        if rtype == RecordType::AXFR {
+            return LookupControlFlow::Break(Err(LookupError::from(ResponseCode::Refused)));
+        }
+        self.find(name, rtype, opts)
+    }
+
+    async fn search(
+        &self,
+        request: &Request,
+        opts: LookupOptions,
+    ) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
+        let info = match request.request_info() {
+            Ok(i) => i,
+            Err(e) => return (LookupControlFlow::Break(Err(e)), None),
+        };
+        let q = info.query;
+        (
+            self.lookup(q.name(), q.query_type(), None, opts).await,
+            None,
+        )
+    }
+
+    async fn nsec_records(
+        &self,
+        _name: &LowerName,
+        _opts: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        // The zone is not signed.
+        LookupControlFlow::Continue(Ok(AuthLookup::default()))
+    }
+
+    async fn zone_transfer(
+        &self,
+        request: &Request,
+        opts: LookupOptions,
+        _now: u64,
+    ) -> Option<(
+        Result<ZoneTransfer, LookupError>,
+        Option<TSigResponseContext>,
+    )> {
+        let src = request.src().ip();
+        let src = match src {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(Into::into).unwrap_or(src),
+            v4 => v4,
+        };
+        if !self.allow.iter().any(|n| n.contains(&src)) {
+            info!(%src, zone = %self.data.origin, "zone transfer refused");
+            return Some((Err(LookupError::from(ResponseCode::Refused)), None));
+        }
+        let soa = || LookupRecords::new(opts, self.data.soa.clone());
+        Some((
+            Ok(ZoneTransfer {
+                start_soa: soa(),
+                records: AxfrRecords::new(false, self.data.order.clone()),
+                end_soa: soa(),
+            }),
+            None,
+        ))
+    }
+}
