@@ -380,7 +380,33 @@ fn bind_secondary_transfers_and_follows() {
         "sleep",
         "300",
     ]);
+    // A zone past 64 KiB, which no single message holds: 1,500 aliases of 40 characters.
+    let aliases: Vec<String> = (0..1500).map(|i| format!("{i:040}")).collect();
+    let mut run = vec!["run", "-d", "--name", "big", "--network", "n"];
+    for a in &aliases {
+        run.extend(["--network-alias", a]);
+    }
+    d.ok(&run);
     let a4 = d.ip("a", "n");
+    let big = d.ip("big", "n");
+    let z = axfr(&d, "@127.0.0.1", "sdnet");
+    let size = z
+        .lines()
+        .find(|l| l.starts_with(";; XFR size"))
+        .unwrap_or_else(|| panic!("no transfer:\n{z}"));
+    let messages: u32 = size
+        .split("messages ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("{size}"));
+    assert!(messages > 1, "{size}");
+    let bytes: u32 = size
+        .split("bytes ")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("{size}"));
+    assert!(bytes > 65535, "{size}");
     let bind = start_bind(&d.ns, d.dir.path());
     let dump = |b: &Secondary| {
         format!(
@@ -409,6 +435,8 @@ fn bind_secondary_transfers_and_follows() {
         assert_eq!(ours.sorted(t), theirs.sorted(t), "{name} {t}");
     }
     assert_eq!(bind_q(&d, &["nope.n.sdnet"]).unwrap().status, "NXDOMAIN");
+    let last = format!("{}.n.sdnet", aliases[1499]);
+    assert_eq!(bind_q(&d, &[&last]).unwrap().data("A"), [big]);
 
     // A change: NOTIFY brings it to BIND (its refresh is minutes away).
     d.ok(&["run", "-d", "--name", "late", "--network", "n"]);

@@ -18,7 +18,9 @@ use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::rr::{LowerName, Name};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{MessageType, OpCode};
+use hickory_server::proto::rr::{LowerName, Name, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use ipnet::IpNet;
@@ -56,8 +58,15 @@ pub fn parse_domain(s: &str) -> Result<Name, String> {
     Ok(n)
 }
 
-/// The zones served at any moment; the server's tasks read it, the reconciler swaps it.
-struct Front(Arc<ArcSwap<Catalog>>);
+/// The zones served at any moment: the catalog and, for transfers, the zones themselves.
+#[derive(Default)]
+struct Served {
+    catalog: Catalog,
+    zones: Vec<Arc<zone::Zone>>,
+}
+
+/// What the server's tasks read; the reconciler swaps it.
+struct Front(Arc<ArcSwap<Served>>);
 
 #[async_trait::async_trait]
 impl RequestHandler for Front {
@@ -66,8 +75,22 @@ impl RequestHandler for Front {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        let catalog = self.0.load_full();
-        catalog
+        let served = self.0.load_full();
+        // AXFR over TCP is streamed by the zone; everything else goes through the catalog.
+        if request.protocol() == Protocol::Tcp
+            && request.metadata.message_type == MessageType::Query
+            && request.metadata.op_code == OpCode::Query
+            && let Ok(info) = request.request_info()
+            && info.query.query_type() == RecordType::AXFR
+            && let Some(z) = served
+                .zones
+                .iter()
+                .find(|z| z.origin() == info.query.name())
+        {
+            return z.transfer(request, response_handle).await;
+        }
+        served
+            .catalog
             .handle_request::<R, T>(request, response_handle)
             .await
     }
@@ -76,7 +99,7 @@ impl RequestHandler for Front {
 pub struct HostDns {
     apex: build::Apex,
     allow: Arc<[IpNet]>,
-    catalog: Arc<ArcSwap<Catalog>>,
+    served: Arc<ArcSwap<Served>>,
     serial: AtomicU32,
     notices: watch::Sender<notify::Notice>,
 }
@@ -92,19 +115,19 @@ impl HostDns {
             origin: cfg.origin.clone(),
             ns_addr: Some(cfg.listen.ip()).filter(|ip| !ip.is_unspecified()),
         };
-        let catalog = Arc::new(ArcSwap::from_pointee(Catalog::new()));
+        let served = Arc::new(ArcSwap::from_pointee(Served::default()));
         let (notices, rx) = watch::channel(notify::Notice::default());
         let source = Some(cfg.listen.ip()).filter(|ip| !ip.is_unspecified());
         tokio::spawn(notify::run(cfg.notify.clone(), source, rx));
         let hd = Arc::new(HostDns {
             apex,
             allow: cfg.allow_transfer.clone().into(),
-            catalog: catalog.clone(),
+            served: served.clone(),
             serial: AtomicU32::new(0),
             notices,
         });
         hd.publish(&Feed::default());
-        let mut server = Server::new(Front(catalog));
+        let mut server = Server::new(Front(served));
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);
         tokio::spawn(async move {
@@ -131,7 +154,7 @@ impl HostDns {
             Ok(prev) | Err(prev) => prev.wrapping_add(1).max(now),
         };
         let zones = build::build(feed, &self.apex, serial);
-        let mut catalog = Catalog::new();
+        let mut next = Served::default();
         let mut notice = notify::Notice {
             serial,
             zones: Vec::new(),
@@ -141,13 +164,14 @@ impl HostDns {
             if let Some(r) = z.soa.records_without_rrsigs().next() {
                 notice.zones.push(r.clone());
             }
-            let handler: Arc<dyn ZoneHandler> = Arc::new(zone::Zone {
+            let z = Arc::new(zone::Zone {
                 data: z,
                 allow: self.allow.clone(),
             });
-            catalog.upsert(origin, vec![handler]);
+            next.zones.push(z.clone());
+            next.catalog.upsert(origin, vec![z as Arc<dyn ZoneHandler>]);
         }
-        self.catalog.store(Arc::new(catalog));
+        self.served.store(Arc::new(next));
         self.notices.send_replace(notice);
     }
 }

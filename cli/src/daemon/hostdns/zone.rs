@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::{LowerName, RecordType, TSigResponseContext};
-use hickory_server::server::{Request, RequestInfo};
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::proto::rr::{LowerName, Record, RecordType, TSigResponseContext};
+use hickory_server::server::{Request, RequestInfo, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, AxfrRecords, LookupControlFlow, LookupError, LookupOptions,
-    LookupRecords, ZoneHandler, ZoneTransfer, ZoneType,
+    LookupRecords, MessageResponseBuilder, ZoneHandler, ZoneTransfer, ZoneType,
 };
 use ipnet::IpNet;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::build::ZoneData;
 
@@ -22,7 +22,79 @@ pub struct Zone {
     pub allow: Arc<[IpNet]>,
 }
 
+/// What the server records of a reply that could not be sent.
+fn failed(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
+}
+
+/// Records per message of a transfer: far below 64 KiB whatever the names.
+const PER_MESSAGE: usize = 200;
+
 impl Zone {
+    fn allowed(&self, request: &Request) -> bool {
+        let src = request.src().ip();
+        let src = match src {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(Into::into).unwrap_or(src),
+            v4 => v4,
+        };
+        let ok = self.allow.iter().any(|n| n.contains(&src));
+        if !ok {
+            info!(%src, zone = %self.data.origin, "zone transfer refused");
+        }
+        ok
+    }
+
+    /// AXFR over TCP as a stream of messages (the catalog's answer is one message, which
+    /// cannot hold a zone past 64 KiB): the SOA, every record set, the SOA again.
+    pub async fn transfer<R: ResponseHandler>(&self, request: &Request, mut rh: R) -> ResponseInfo {
+        if !self.allowed(request) {
+            let m = MessageResponseBuilder::new(&request.queries, None)
+                .error_msg(&request.metadata, ResponseCode::Refused);
+            return match rh.send_response(m).await {
+                Ok(i) => i,
+                Err(_) => failed(request),
+            };
+        }
+        let body = self
+            .data
+            .order
+            .iter()
+            .filter(|s| s.record_type() != RecordType::SOA)
+            .flat_map(|s| s.records_without_rrsigs());
+        let all: Vec<&Record> = self
+            .data
+            .soa
+            .records_without_rrsigs()
+            .chain(body)
+            .chain(self.data.soa.records_without_rrsigs())
+            .collect();
+        let mut last = None;
+        for chunk in all.chunks(PER_MESSAGE) {
+            let mut meta = Metadata::response_from_request(&request.metadata);
+            meta.authoritative = true;
+            let m = MessageResponseBuilder::new(&request.queries, None).build(
+                meta,
+                chunk.iter().copied(),
+                std::iter::empty(),
+                std::iter::empty(),
+                std::iter::empty(),
+            );
+            match rh.send_response(m).await {
+                Ok(i) => last = Some(i),
+                Err(e) => {
+                    warn!(zone = %self.data.origin, "zone transfer: {e}");
+                    return failed(request);
+                }
+            }
+        }
+        last.unwrap_or_else(|| failed(request))
+    }
+
     fn find(
         &self,
         name: &LowerName,
@@ -128,13 +200,7 @@ impl ZoneHandler for Zone {
         Result<ZoneTransfer, LookupError>,
         Option<TSigResponseContext>,
     )> {
-        let src = request.src().ip();
-        let src = match src {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(Into::into).unwrap_or(src),
-            v4 => v4,
-        };
-        if !self.allow.iter().any(|n| n.contains(&src)) {
-            info!(%src, zone = %self.data.origin, "zone transfer refused");
+        if !self.allowed(request) {
             return Some((Err(LookupError::from(ResponseCode::Refused)), None));
         }
         let soa = || LookupRecords::new(opts, self.data.soa.clone());
