@@ -4,6 +4,9 @@
 //! elsewhere; BIND as a secondary that transfers the zone, is NOTIFYed of changes and answers
 //! the same; names on internal and `--host-dns=false` networks absent.
 
+// `[ip.clone()]` reads better in an assertion than `slice::from_ref(&ip)`.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::path::Path;
 use std::time::Duration;
 
