@@ -66,10 +66,13 @@ fn task_ips(d: &Daemon, svc: &str) -> Vec<String> {
 
 /// `dig AXFR` output (records only, no header): the lines, or the failure dig printed.
 fn axfr(d: &Daemon, server: &str, zone: &str) -> String {
-    let out = d.ns.run(
-        "dig",
-        &["+tries=1", "+time=3", server, "-p", PORT, zone, "AXFR"],
-    );
+    xfr(d, server, zone, "AXFR")
+}
+
+fn xfr(d: &Daemon, server: &str, zone: &str, kind: &str) -> String {
+    let mut args = vec!["+tries=1", "+time=3", server, "-p", PORT, zone];
+    args.extend(kind.split_whitespace());
+    let out = d.ns.run("dig", &args);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -285,6 +288,19 @@ fn records_negative_answers_and_transfers() {
     let gw = "10.250.0.1";
     let z = axfr(&d, &format!("@{gw}"), "sdnet");
     assert!(z.contains("Transfer failed"), "{z}");
+    // IXFR: the whole zone (no increments kept) over TCP, under the same rule.
+    let z = xfr(&d, "@127.0.0.1", "sdnet", "IXFR=1");
+    assert!(z.lines().any(|l| l.starts_with("a.n.sdnet.")), "{z}");
+    let z = xfr(&d, &format!("@{gw}"), "sdnet", "IXFR=1");
+    assert!(z.contains("Transfer failed"), "{z}");
+    // Over UDP, IXFR gets the current SOA (come over TCP).
+    let z = xfr(&d, "@127.0.0.1", "sdnet", "IXFR=1 +notcp");
+    let soas = z
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3) == Some("SOA"))
+        .count();
+    assert_eq!(soas, 1, "{z}");
+    assert!(!z.contains("a.n.sdnet."), "{z}");
     assert!(d.log().contains("zone transfer refused"), "{}", d.log());
     // Ordinary queries from there are answered.
     assert_eq!(q(&d, &format!("@{gw}"), &["a.n.sdnet"]).data("A"), [a4]);
@@ -323,7 +339,6 @@ logging {{
 zone "sdnet" {{
     type secondary;
     primaries {{ 127.0.0.1 port {PORT}; }};
-    request-ixfr no;
     file "{dir}/sdnet.db";
 }};
 "#,

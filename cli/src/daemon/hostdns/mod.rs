@@ -76,12 +76,14 @@ impl RequestHandler for Front {
         response_handle: R,
     ) -> ResponseInfo {
         let served = self.0.load_full();
-        // AXFR over TCP is streamed by the zone; everything else goes through the catalog.
+        // AXFR over TCP is streamed by the zone, and so is IXFR: there are no increments to
+        // send, and a whole zone is a valid IXFR reply (RFC 1995 §4). Everything else goes
+        // through the catalog.
         if request.protocol() == Protocol::Tcp
             && request.metadata.message_type == MessageType::Query
             && request.metadata.op_code == OpCode::Query
             && let Ok(info) = request.request_info()
-            && info.query.query_type() == RecordType::AXFR
+            && matches!(info.query.query_type(), RecordType::AXFR | RecordType::IXFR)
             && let Some(z) = served
                 .zones
                 .iter()

@@ -163,6 +163,14 @@ impl ZoneHandler for Zone {
         if rtype == RecordType::AXFR {
             return LookupControlFlow::Break(Err(LookupError::from(ResponseCode::Refused)));
         }
+        if rtype == RecordType::IXFR && *name == self.data.origin {
+            // Over UDP: the current SOA alone, which tells the client to come over TCP
+            // (RFC 1995 §2) unless it is up to date.
+            return LookupControlFlow::Continue(Ok(AuthLookup::answers(
+                LookupRecords::new(opts, self.data.soa.clone()),
+                None,
+            )));
+        }
         self.find(name, rtype, opts)
     }
 
