@@ -200,6 +200,15 @@ fn records_negative_answers_and_transfers() {
     }
     targets.sort();
     assert_eq!(targets, web, "SRV targets resolve to the tasks");
+    // Their addresses come along in the additional section.
+    let mut glue: Vec<String> = local(&d, &["_http._tcp.web.n.sdnet", "SRV"])
+        .additional
+        .iter()
+        .filter(|r| r.rtype == "A")
+        .map(|r| r.data.clone())
+        .collect();
+    glue.sort();
+    assert_eq!(glue, web);
     assert_eq!(local(&d, &["-x", &vip]).data("PTR"), ["web.n.sdnet."]);
 
     // The apex: SOA and NS.

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::{LowerName, Record, RecordType, TSigResponseContext};
+use hickory_server::proto::rr::{
+    LowerName, RData, Record, RecordSet, RecordType, TSigResponseContext,
+};
 use hickory_server::server::{Request, RequestInfo, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, AxfrRecords, LookupControlFlow, LookupError, LookupOptions,
@@ -122,11 +124,31 @@ impl Zone {
         match d.sets.get(&(name.clone(), rtype)) {
             Some(set) => Continue(Ok(AuthLookup::answers(
                 LookupRecords::new(opts, set.clone()),
-                None,
+                self.glue(set, opts),
             ))),
             None if d.names.contains_key(name) => Continue(Err(LookupError::NameExists)),
             None => Continue(Err(self.missing(name))),
         }
+    }
+
+    /// The addresses of SRV and NS targets in the zone, for the additional section.
+    fn glue(&self, set: &RecordSet, opts: LookupOptions) -> Option<LookupRecords> {
+        let mut targets: Vec<LowerName> = set
+            .records_without_rrsigs()
+            .filter_map(|r| match &r.data {
+                RData::SRV(srv) => Some(LowerName::new(&srv.target)),
+                RData::NS(ns) => Some(LowerName::new(&ns.0)),
+                _ => None,
+            })
+            .collect();
+        targets.sort();
+        targets.dedup();
+        let sets: Vec<Arc<RecordSet>> = targets
+            .into_iter()
+            .flat_map(|t| [(t.clone(), RecordType::A), (t, RecordType::AAAA)])
+            .filter_map(|k| self.data.sets.get(&k).cloned())
+            .collect();
+        (!sets.is_empty()).then(|| LookupRecords::many(opts, sets))
     }
 
     fn missing(&self, name: &LowerName) -> LookupError {
