@@ -513,3 +513,33 @@ fn every_node_serves_the_cluster() {
     })
     .expect("far leaves n1's zone");
 }
+
+/// The serial never goes back, even across a restart after changes ran it ahead of the clock
+/// (a secondary would ignore the zone until it expired).
+#[test]
+fn serial_rises_across_restarts() {
+    let mut d = Daemon::start_with("hzser", &["--host-dns", "127.0.0.1:5353"]);
+    for i in 0..40 {
+        let subnet = format!("10.93.{i}.0/24");
+        d.ok(&["network", "create", "--subnet", &subnet, &format!("s{i}")]);
+    }
+    let before = serial(&d);
+    d.restart();
+    let after = wait_for(Duration::from_secs(10), || {
+        let r = local(&d, &["sdnet", "SOA"]);
+        r.data("SOA").first().map(|s| {
+            s.split_whitespace()
+                .nth(2)
+                .and_then(|x| x.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+    })
+    .expect("the zone is served again");
+    assert!(
+        after > before,
+        "serial {before} → {after} across the restart"
+    );
+    for i in 0..40 {
+        d.ok(&["network", "rm", &format!("s{i}")]);
+    }
+}

@@ -287,6 +287,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
     );
     resolver.set_log_queries(args.log_queries);
     let hostdns = match hostdns::config(
+        &cfg.state_dir,
         args.host_dns,
         &args.host_dns_domain,
         args.host_dns_notify.clone(),

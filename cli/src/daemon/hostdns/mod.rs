@@ -32,6 +32,9 @@ pub use build::{Feed, NetExtra};
 /// `sdctl daemon --host-dns…`.
 #[derive(Clone, Debug)]
 pub struct HostDnsConfig {
+    /// Where the last serial is kept (in the state dir), so it rises across restarts even
+    /// when changes ran it ahead of the clock.
+    pub serial_file: std::path::PathBuf,
     pub listen: SocketAddr,
     pub origin: Name,
     pub notify: Vec<SocketAddr>,
@@ -103,6 +106,7 @@ pub struct HostDns {
     allow: Arc<[IpNet]>,
     served: Arc<ArcSwap<Served>>,
     serial: AtomicU32,
+    serial_file: std::path::PathBuf,
     notices: watch::Sender<notify::Notice>,
 }
 
@@ -125,7 +129,8 @@ impl HostDns {
             apex,
             allow: cfg.allow_transfer.clone().into(),
             served: served.clone(),
-            serial: AtomicU32::new(0),
+            serial: AtomicU32::new(saved_serial(&cfg.serial_file)),
+            serial_file: cfg.serial_file.clone(),
             notices,
         });
         hd.publish(&Feed::default());
@@ -155,6 +160,10 @@ impl HostDns {
             }) {
             Ok(prev) | Err(prev) => prev.wrapping_add(1).max(now),
         };
+        // Page cache only (no fsync): it must survive the daemon, not the machine.
+        if let Err(e) = std::fs::write(&self.serial_file, serial.to_string()) {
+            warn!(file = %self.serial_file.display(), "keeping the host zone's serial: {e}");
+        }
         let zones = build::build(feed, &self.apex, serial);
         let mut next = Served::default();
         let mut notice = notify::Notice {
@@ -176,6 +185,13 @@ impl HostDns {
         self.served.store(Arc::new(next));
         self.notices.send_replace(notice);
     }
+}
+
+fn saved_serial(path: &std::path::Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// UDP socket at `addr`; an IPv4 address need not exist yet (the default bridge's gateway
@@ -231,6 +247,7 @@ pub fn loopback() -> Vec<IpNet> {
 
 /// Checks the flags' combination: the other host-DNS flags need `--host-dns`.
 pub fn config(
+    state_dir: &std::path::Path,
     listen: Option<SocketAddr>,
     domain: &str,
     notify: Vec<SocketAddr>,
@@ -245,6 +262,7 @@ pub fn config(
         return Ok(None);
     };
     Ok(Some(HostDnsConfig {
+        serial_file: state_dir.join("host-dns.serial"),
         listen,
         origin: parse_domain(domain).map_err(|e| anyhow!("--host-dns-domain: {e}"))?,
         notify,
