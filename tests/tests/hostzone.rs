@@ -230,6 +230,13 @@ fn records_negative_answers_and_transfers() {
     // Outside the zone: refused.
     assert_eq!(local(&d, &["example.com"]).status, "REFUSED");
 
+    // The default bridge (no embedded DNS inside, like Docker's) is served to the host.
+    d.ok(&["run", "-d", "--name", "plain"]);
+    assert_eq!(
+        local(&d, &["plain.bridge.sdnet"]).data("A"),
+        [d.ip("plain", "bridge")]
+    );
+
     // Internal and --host-dns=false networks are not served.
     for name in ["b.int.sdnet", "c.hid.sdnet"] {
         let r = local(&d, &[name]);
