@@ -85,6 +85,9 @@ pub struct NetworkCreate {
     /// Embedded DNS on this network (default true; the default `bridge` network has it off).
     #[serde(default)]
     pub dns: Option<bool>,
+    /// Names served in the host zone (default true; internal networks never are).
+    #[serde(default)]
+    pub host_dns: Option<bool>,
     #[serde(default)]
     pub mtu: Option<u32>,
     /// Upstream DNS servers for sandboxes on this network.
@@ -118,6 +121,9 @@ pub struct NetworkInfo {
     pub internal: bool,
     pub attachable: bool,
     pub dns: bool,
+    /// Served in the host zone (`sdctl daemon --host-dns`).
+    #[serde(default)]
+    pub host_dns: bool,
     pub mtu: u32,
     pub dns_servers: Vec<Upstream>,
     pub ttl: Option<u32>,

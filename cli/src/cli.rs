@@ -285,6 +285,19 @@ pub struct DaemonArgs {
     /// drift (a deleted veth, bridge or nft table of ours comes back).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     pub resync_interval: Duration,
+    /// Serve the host zone (`<sandbox>.<network>.sdnet.`, services, `tasks.`, SRV, PTR, SOA/NS,
+    /// AXFR) on ADDR[:PORT] (port 53 by default), e.g. 127.0.0.1:5353. Off by default.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = crate::daemon::hostdns::parse_addr)]
+    pub host_dns: Option<std::net::SocketAddr>,
+    /// The host zone's name.
+    #[arg(long, value_name = "DOMAIN", default_value = "sdnet.")]
+    pub host_dns_domain: String,
+    /// Send NOTIFY to this secondary when the zone changes (IP[:PORT]; repeatable).
+    #[arg(long, value_name = "IP[:PORT]", value_parser = crate::daemon::hostdns::parse_addr)]
+    pub host_dns_notify: Vec<std::net::SocketAddr>,
+    /// Sources allowed to transfer the zone (AXFR); others are REFUSED (default: loopback).
+    #[arg(long, value_name = "CIDR", num_args = 1.., value_parser = parse_cidr)]
+    pub host_dns_allow_transfer: Vec<ipnet::IpNet>,
     /// Remove every kernel object of ours (namespaces, links, nft tables, files) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -383,6 +396,10 @@ pub struct NetworkCreateArgs {
     /// Turn the embedded DNS off for this network.
     #[arg(long)]
     pub no_dns: bool,
+    /// Serve this network's names in the host zone (`sdctl daemon --host-dns`); internal
+    /// networks never are.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub host_dns: bool,
     /// Upstream DNS servers for sandboxes on this network (IP or IP:PORT).
     #[arg(long = "dns")]
     pub dns_servers: Vec<Upstream>,

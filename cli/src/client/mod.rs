@@ -226,6 +226,7 @@ fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
         internal: a.internal,
         attachable: a.attachable,
         dns: Some(!a.no_dns),
+        host_dns: Some(a.host_dns),
         mtu,
         dns_servers: a.dns_servers,
         ttl: a.dns_ttl,

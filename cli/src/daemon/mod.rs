@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dns_serve;
 pub mod drivers;
+pub mod hostdns;
 pub mod ipam;
 pub mod keeper;
 pub mod names;
@@ -67,6 +68,8 @@ pub struct Node {
     pub sched: SchedProgress,
     pub live: Live,
     pub ipam: ipam::Ipam,
+    /// The host zone (`--host-dns`), fed by the reconciler.
+    pub hostdns: Option<Arc<hostdns::HostDns>>,
 }
 
 impl Node {
@@ -284,6 +287,16 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         DefaultUpstreams::Host(HostResolvConf::new(&args.resolv_conf)),
     );
     resolver.set_log_queries(args.log_queries);
+    let hostdns = match hostdns::config(
+        &cfg.state_dir,
+        args.host_dns,
+        &args.host_dns_domain,
+        args.host_dns_notify.clone(),
+        args.host_dns_allow_transfer.clone(),
+    )? {
+        Some(c) => Some(hostdns::HostDns::start(c).await?),
+        None => None,
+    };
     let (obs_tx, obs_rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(supervisor::status::run(store.clone(), obs_rx));
     let keeper = Arc::new(keeper);
@@ -319,6 +332,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         sched: SchedProgress::default(),
         live: Live::default(),
         ipam: ipam::Ipam::default(),
+        hostdns,
     });
 
     // Desired state in, reconciler running; restored before the API answers.

@@ -141,6 +141,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             options: BTreeMap::new(),
             predefined: false,
             vni: None,
+            host_dns: req.host_dns.unwrap_or(true),
         };
         Ok(guard(d, Source::Local, put_network(Txn::new(), &rec), &id))
     })
@@ -230,6 +231,7 @@ pub async fn ensure_defaults(node: &Node) -> anyhow::Result<()> {
                 options,
                 predefined: true,
                 vni: None,
+                host_dns: true,
             };
             Ok(guard(d, Source::Local, put_network(Txn::new(), &rec), &id))
         })

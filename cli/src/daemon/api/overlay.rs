@@ -47,6 +47,8 @@ pub async fn ensure_ingress(node: &Node) -> ApiResult<()> {
         dns_servers: Vec::new(),
         ttl: None,
         labels: BTreeMap::new(),
+        // The mesh's addresses are nobody's names.
+        host_dns: Some(false),
     };
     match create_net(node, req, true).await {
         Ok(_) => Ok(()),
@@ -104,6 +106,7 @@ async fn create_net(node: &Node, req: NetworkCreate, predefined: bool) -> ApiRes
             options: BTreeMap::new(),
             predefined,
             vni: Some(vni),
+            host_dns: req.host_dns.unwrap_or(true),
         };
         let txn = put_network(Txn::new(), &rec)
             .when(Compare::Absent(schema::vni(vni)))

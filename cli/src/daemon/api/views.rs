@@ -161,6 +161,7 @@ pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
         internal: n.internal,
         attachable: n.attachable,
         dns: n.dns_on(),
+        host_dns: n.host_dns_on(),
         mtu: n.mtu.unwrap_or(1500),
         dns_servers: n.dns_servers.iter().copied().map(Upstream).collect(),
         ttl: n.ttl,

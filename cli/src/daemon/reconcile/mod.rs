@@ -164,6 +164,8 @@ pub struct Reconciler {
     /// Other nodes' sandboxes in the name tables.
     remote_models: HashMap<String, sdnet_resolver::model::Sandbox>,
     svc_models: HashMap<String, sdnet_resolver::model::Service>,
+    /// What the host zone is built from: the name tables' changes, mirrored.
+    host_feed: crate::daemon::hostdns::Feed,
     firewall: Option<String>,
     /// The ingress sandbox and the mesh table last applied in it.
     mesh: Option<(String, String)>,
@@ -183,6 +185,7 @@ impl Reconciler {
             net_models: HashMap::new(),
             remote_models: HashMap::new(),
             svc_models: HashMap::new(),
+            host_feed: Default::default(),
             firewall: None,
             mesh: None,
             vips: None,
@@ -535,9 +538,15 @@ impl Reconciler {
     ) {
         let mut adds = Vec::new();
         let mut removes = Vec::new();
+        let mut zone_changed = false;
         for id in nets {
             match d.networks.get(id.as_str()) {
                 Some(n) => {
+                    let extra = crate::daemon::hostdns::NetExtra {
+                        served: n.rec.host_dns_on(),
+                        subnets: n.rec.subnets.iter().map(|s| s.subnet).collect(),
+                    };
+                    zone_changed |= self.host_feed.set_extra(id, extra);
                     let m = model::network(&n.rec);
                     if self.net_models.get(id) != Some(&m) {
                         self.net_models.insert(id.clone(), m.clone());
@@ -605,6 +614,15 @@ impl Reconciler {
         // Networks and services first, sandboxes, then removals of services and networks.
         let all: Vec<(Option<String>, Change)> =
             adds.into_iter().chain(sb_changes).chain(removes).collect();
+        // The host zone: the same changes, rebuilt before this round's revision is published.
+        if let Some(hd) = &self.node.hostdns {
+            for (_, c) in &all {
+                self.host_feed.apply(c);
+            }
+            if zone_changed || !all.is_empty() {
+                hd.publish(&self.host_feed);
+            }
+        }
         if all.is_empty() {
             return;
         }

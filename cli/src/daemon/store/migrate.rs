@@ -221,6 +221,7 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
             options: BTreeMap::new(),
             predefined: n.predefined,
             vni: None,
+            host_dns: true,
         };
         txn = txn
             .put(schema::network(&rec.id), schema::encode(&rec))

@@ -264,12 +264,27 @@ pub struct NetworkRec {
     /// The VXLAN network identifier of an overlay network.
     #[serde(default)]
     pub vni: Option<u32>,
+    /// Its names are served in the host zone (`network create --host-dns=false`: not).
+    #[serde(default = "served_by_default")]
+    pub host_dns: bool,
+}
+
+fn served_by_default() -> bool {
+    true
 }
 
 impl NetworkRec {
     /// The embedded DNS serves this network.
     pub fn dns_on(&self) -> bool {
         self.dns && matches!(self.driver, DriverKind::Bridge | DriverKind::Overlay)
+    }
+    /// The host zone serves its names: bridge and overlay networks (the default `bridge`
+    /// too: sandbox names are unique) unless internal or created with `--host-dns=false`.
+    pub fn host_dns_on(&self) -> bool {
+        self.host_dns
+            && !self.internal
+            && matches!(self.driver, DriverKind::Bridge | DriverKind::Overlay)
+            && (!self.predefined || self.name == "bridge")
     }
     pub fn v4(&self) -> Option<&SubnetRec> {
         self.subnets
