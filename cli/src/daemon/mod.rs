@@ -414,9 +414,12 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         }
     };
     let app = api::routes::router(node.clone());
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<api::guard::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         warn!("API server: {e}");
     }
