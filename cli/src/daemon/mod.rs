@@ -18,6 +18,7 @@ pub mod dns_serve;
 pub mod drivers;
 pub mod ipam;
 pub mod keeper;
+pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod services;
@@ -66,6 +67,7 @@ pub struct Node {
     pub sched: SchedProgress,
     pub live: Live,
     pub ipam: ipam::Ipam,
+    pub metrics: metrics::Metrics,
 }
 
 impl Node {
@@ -318,7 +320,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         sched: SchedProgress::default(),
         live: Live::default(),
         ipam: ipam::Ipam::default(),
+        metrics: metrics::Metrics::default(),
     });
+    if let Some(addr) = args.metrics_addr {
+        metrics::serve(&node, addr).await?;
+    }
 
     // Desired state in, reconciler running; restored before the API answers.
     let (tx, rx) = tokio::sync::mpsc::channel(256);

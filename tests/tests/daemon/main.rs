@@ -8,6 +8,7 @@
 mod api;
 mod cli;
 mod isolation;
+mod metrics;
 mod names;
 mod processes;
 mod recovery;
