@@ -195,10 +195,12 @@ impl Resolver {
 
     async fn forward_logged(&self, view: &View, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let stats = &self.forwarder.stats;
+        let started = std::time::Instant::now();
         let resp = {
             let _waiting = InFlight::new(&stats.inflight);
             self.forwarder.forward(view, msg, tcp).await?
         };
+        stats.forwarded_in(started.elapsed());
         if let Ok(q) = parse_query(msg) {
             stats.answered(q.qtype, &resp, Source::Upstream);
             if self.log_queries.load(Ordering::Relaxed) {

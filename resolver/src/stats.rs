@@ -3,6 +3,7 @@
 //! rcode bucket and where the answer came from; the exporter reads them at scrape time.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,11 @@ pub const RCODES: [&str; 7] = [
 ];
 
 const CELLS: usize = QTYPES.len() * RCODES.len() * SOURCES.len();
+
+/// Upper bounds (seconds) of the forwarded queries' latency buckets; one more for the rest.
+pub const LATENCY_BOUNDS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
 
 fn qtype_idx(qtype: u16) -> usize {
     match qtype {
@@ -56,6 +62,12 @@ pub struct Stats {
     pub cache_misses: AtomicU64,
     /// Queries waiting for upstream servers now, all sandboxes.
     pub inflight: AtomicI64,
+    /// TCP connections accepted, and open now (all listeners).
+    pub tcp_accepted: AtomicU64,
+    pub tcp_open: AtomicI64,
+    /// Forwarded queries' time to the reply: per bucket (not cumulative), and the sum in µs.
+    latency: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_us: AtomicU64,
 }
 
 impl Default for Stats {
@@ -67,6 +79,10 @@ impl Default for Stats {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             inflight: AtomicI64::new(0),
+            tcp_accepted: AtomicU64::new(0),
+            tcp_open: AtomicI64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
         }
     }
 }
@@ -97,12 +113,38 @@ impl Stats {
         out
     }
 
+    /// A forwarded query answered (or given up) after `took`.
+    pub fn forwarded_in(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The latency histogram: sum (seconds), count, and (upper bound, count) per bucket, not
+    /// cumulative, the last bound infinite.
+    pub fn latency(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.latency.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
+
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
 }
 
-/// Counts a query waiting for upstream servers while it lives.
+/// Counts one in a gauge while it lives (a query waiting for upstreams, an open connection).
 pub struct InFlight<'a>(&'a AtomicI64);
 
 impl<'a> InFlight<'a> {
@@ -145,5 +187,15 @@ mod tests {
             assert_eq!(s.inflight.load(Ordering::Relaxed), 2);
         }
         assert_eq!(s.inflight.load(Ordering::Relaxed), 0);
+        s.forwarded_in(Duration::from_micros(1500));
+        s.forwarded_in(Duration::from_millis(1));
+        s.forwarded_in(Duration::from_secs(9));
+        let (sum, count, buckets) = s.latency();
+        assert_eq!(count, 3);
+        assert!((sum - 9.0025).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[0], (0.001, 1));
+        assert_eq!(buckets[1], (0.002, 1));
+        assert_eq!(buckets[12].1, 1);
+        assert!(buckets[12].0.is_infinite());
     }
 }

@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -115,6 +115,28 @@ impl Collector for NodeCollector {
             "sdnet_dns_inflight",
             "queries waiting for upstream servers",
             s.inflight.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        {
+            let (sum, count, buckets) = s.latency();
+            let mut m = e.encode_descriptor(
+                "sdnet_dns_forward_duration_seconds",
+                "time from a forwarded query to the reply sent to the client",
+                None,
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        counter(
+            &mut e,
+            "sdnet_dns_tcp_connections",
+            "TCP connections accepted by the resolver",
+            Stats::get(&s.tcp_accepted),
+        )?;
+        gauge(
+            &mut e,
+            "sdnet_dns_tcp_open",
+            "TCP connections open now",
+            s.tcp_open.load(std::sync::atomic::Ordering::Relaxed),
         )?;
         let d = node.cache.read();
         gauge(

@@ -1,5 +1,5 @@
 //! `--metrics-addr`: scraped with curl inside the daemon's namespace before and after a known
-//! set of queries from a sandbox; every counter moved by exactly what was asked.
+//! set of queries from a sandbox (UDP and TCP); every counter moved by exactly what was asked.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +51,7 @@ fn metrics_count_queries_forwards_cache_and_reconciles() {
     for _ in 0..4 {
         assert_eq!(d.dig("a", &["b"]).data("A"), [b_ip.clone()]);
     }
+    assert_eq!(d.dig("a", &["+tcp", "b"]).data("A"), [b_ip.clone()]);
     for _ in 0..2 {
         assert_eq!(d.dig("a", &["b", "AAAA"]).status, "NOERROR");
     }
@@ -71,7 +72,7 @@ fn metrics_count_queries_forwards_cache_and_reconciles() {
     let moved =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let want = [
-        (q("A", "NOERROR", "local"), 4.0),
+        (q("A", "NOERROR", "local"), 5.0),
         (q("AAAA", "NOERROR", "local"), 2.0),
         (q("PTR", "NOERROR", "local"), 1.0),
         (q("A", "NOERROR", "upstream"), 1.0),
@@ -82,6 +83,8 @@ fn metrics_count_queries_forwards_cache_and_reconciles() {
         ("sdnet_dns_cache_misses_total".into(), 3.0),
         ("sdnet_dns_forwards_total".into(), 3.0),
         ("sdnet_dns_upstream_failures_total".into(), 1.0),
+        ("sdnet_dns_forward_duration_seconds_count".into(), 3.0),
+        ("sdnet_dns_tcp_connections_total".into(), 1.0),
         ("sdnet_sandboxes".into(), 1.0),
         ("sdnet_networks".into(), 0.0),
     ];
@@ -98,12 +101,15 @@ fn metrics_count_queries_forwards_cache_and_reconciles() {
             .map(|(_, v)| v)
             .sum()
     };
-    if total(&after) - total(&before) != 12.0 {
+    if total(&after) - total(&before) != 13.0 {
         wrong.push(format!("queries moved {}", total(&after) - total(&before)));
     }
     assert!(wrong.is_empty(), "{}\n{after:#?}", wrong.join("\n"));
     assert_eq!(after["sdnet_sandboxes"], 3.0);
     assert_eq!(after["sdnet_dns_inflight"], 0.0);
+    assert_eq!(after["sdnet_dns_tcp_open"], 0.0);
+    let le_inf = "sdnet_dns_forward_duration_seconds_bucket{le=\"+Inf\"}";
+    assert_eq!(moved(le_inf), 3.0, "{after:#?}");
     assert!(after["sdnet_dns_cache_entries"] >= 1.0, "{after:#?}");
     // The reconciler ran for `c`, and each round has its duration.
     let runs = moved("sdnet_reconcile_runs_total");
