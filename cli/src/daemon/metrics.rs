@@ -1,7 +1,7 @@
 //! `--metrics-addr`: Prometheus (OpenMetrics) text on `GET /metrics`, encoded by the
 //! `prometheus-client` crate. The resolver counts its request path in its own atomics
 //! (`sdnet_resolver::stats`, no lock per query); a collector reads them, the state cache's
-//! object counts and the reconciler's figures at scrape time.
+//! object counts, nftables transaction times and the reconciler's figures at scrape time.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -138,6 +138,22 @@ impl Collector for NodeCollector {
             "TCP connections open now",
             s.tcp_open.load(std::sync::atomic::Ordering::Relaxed),
         )?;
+        {
+            let t = sdnet_netstack::nft::Nft::transaction_times();
+            let mut m = e.encode_descriptor(
+                "sdnet_nft_transaction_duration_seconds",
+                "time one nftables transaction took (firewall, DNS redirect and VIP tables)",
+                None,
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<NoLabelSet>(t.sum, t.count, &t.buckets, None)?;
+            counter(
+                &mut e,
+                "sdnet_nft_transaction_failures",
+                "nftables transactions refused (nothing of them applied)",
+                t.failed,
+            )?;
+        }
         let d = node.cache.read();
         gauge(
             &mut e,

@@ -115,5 +115,11 @@ fn metrics_count_queries_forwards_cache_and_reconciles() {
     let runs = moved("sdnet_reconcile_runs_total");
     assert!(runs >= 1.0, "{after:#?}");
     assert_eq!(moved("sdnet_reconcile_duration_seconds_count"), runs);
+    // Realizing `c` took nftables transactions (its DNS redirect table at least).
+    let txns = moved("sdnet_nft_transaction_duration_seconds_count");
+    assert!(txns >= 1.0, "{after:#?}");
+    let nft_inf = "sdnet_nft_transaction_duration_seconds_bucket{le=\"+Inf\"}";
+    assert_eq!(moved(nft_inf), txns);
+    assert_eq!(moved("sdnet_nft_transaction_failures_total"), 0.0);
     d.ok(&["rm", "-f", "a", "b", "c"]);
 }
