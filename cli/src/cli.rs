@@ -301,6 +301,9 @@ pub struct DaemonArgs {
     /// Remove every kernel object of ours (namespaces, links, nft tables, files) and exit.
     #[arg(long)]
     pub cleanup: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, e.g. 127.0.0.1:9153.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -31,6 +31,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -469,6 +470,50 @@ fn check_table_ref(family: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Upper bounds (seconds) of the transaction-time buckets; one more for the rest.
+pub const TXN_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Times of [`Nft::apply`] transactions in this process (for the daemon's metrics).
+struct TxnTimes {
+    buckets: [AtomicU64; TXN_BOUNDS.len() + 1],
+    sum_us: AtomicU64,
+    failed: AtomicU64,
+}
+
+static TXN_TIMES: TxnTimes = TxnTimes {
+    buckets: [const { AtomicU64::new(0) }; TXN_BOUNDS.len() + 1],
+    sum_us: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
+fn record_txn(took: Duration, ok: bool) {
+    let secs = took.as_secs_f64();
+    let i = TXN_BOUNDS
+        .iter()
+        .position(|b| secs <= *b)
+        .unwrap_or(TXN_BOUNDS.len());
+    TXN_TIMES.buckets[i].fetch_add(1, Ordering::Relaxed);
+    TXN_TIMES
+        .sum_us
+        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    if !ok {
+        TXN_TIMES.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`Nft::apply`] transactions took so far in this process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnStats {
+    /// Seconds, all transactions.
+    pub sum: f64,
+    pub count: u64,
+    /// (upper bound in seconds, transactions in this bucket alone); the last bound infinite.
+    pub buckets: Vec<(f64, u64)>,
+    pub failed: u64,
+}
+
 /// nftables inside a namespace. Stateless: each call is one transaction on a fresh context.
 pub struct Nft;
 
@@ -494,7 +539,26 @@ impl Nft {
     /// library falls back to it when unusable).
     pub fn apply_with(ns: &Netns, ruleset: &str, backend: Backend) -> Result<()> {
         let key = ns_key(ns);
-        ns.run(|| run_here(ruleset, key, backend))?.map(|_| ())
+        let started = Instant::now();
+        let r = ns.run(|| run_here(ruleset, key, backend)).and_then(|r| r);
+        record_txn(started.elapsed(), r.is_ok());
+        r.map(|_| ())
+    }
+
+    /// Times of the transactions [`Nft::apply`] ran in this process.
+    pub fn transaction_times() -> TxnStats {
+        let buckets: Vec<(f64, u64)> = TXN_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(TXN_TIMES.buckets.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        TxnStats {
+            sum: TXN_TIMES.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+            failed: TXN_TIMES.failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Frees the libnftables context kept for `ns`, if any. Kept contexts hold a socket in

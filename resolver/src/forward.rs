@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, debug_span};
 use crate::cache::Cache;
 use crate::relay::{Answer, RelayError, upstream_query};
 use crate::resolvconf::HostResolvConf;
+use crate::stats::Stats;
 use crate::table::{Forwarding, UpstreamSet, View};
 use crate::wire::{Query, RCODE_REFUSED, RCODE_SERVFAIL, Response, flag, parse_query};
 
@@ -95,6 +96,8 @@ pub struct Forwarder {
     defaults: DefaultUpstreams,
     ids: foldhash::quality::RandomState,
     counter: AtomicU64,
+    /// Counters of the request path (queries, forwards, cache), read by the daemon's metrics.
+    pub stats: Stats,
 }
 
 /// Releases a sandbox's in-flight slot when the exchange ends, however it ends.
@@ -114,6 +117,7 @@ impl Forwarder {
             defaults,
             ids: foldhash::quality::RandomState::default(),
             counter: AtomicU64::new(0),
+            stats: Stats::default(),
         }
     }
 
@@ -233,16 +237,21 @@ impl Forwarder {
                 let id = self.random_id();
                 (id, upstream_query(q, id))
             };
+            self.stats.forwards.fetch_add(1, Ordering::Relaxed);
             match exchange(*server, &msg, id, q, tcp, share).await {
                 Ok(reply) => {
                     let rcode = reply.rcode();
                     if rcode == RCODE_SERVFAIL as u16 || rcode == RCODE_REFUSED as u16 {
+                        self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
                         debug!(%server, rcode, "upstream failed, trying the next");
                         continue;
                     }
                     return Some(reply);
                 }
-                Err(e) => debug!(%server, error = %e, "upstream failed, trying the next"),
+                Err(e) => {
+                    self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(%server, error = %e, "upstream failed, trying the next")
+                }
             }
         }
         None

@@ -11,6 +11,7 @@ mod nameindex;
 pub mod relay;
 pub mod resolvconf;
 pub mod server;
+pub mod stats;
 pub mod table;
 pub mod wire;
 

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{self, Outcome};
 use crate::forward::{DefaultUpstreams, ForwardConfig, Forwarder};
+use crate::stats::{InFlight, Source};
 use crate::table::{Snapshot, Tables, View, ViewIdx};
 use crate::wire::{self, RCODE_REFUSED, Reject, Response, parse_query};
 
@@ -149,16 +150,23 @@ impl Resolver {
             return Handled::Reply;
         };
         let rot = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.forwarder.stats;
         match engine::answer(snap, view, &q, limit, rot, out) {
             Outcome::Reply => {
+                stats.answered(q.qtype, out, Source::Local);
                 self.log(view, &q, out, "local");
                 Handled::Reply
             }
             Outcome::Forward => {
                 if self.forwarder.cached(view, &q, limit, out) {
+                    stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    stats.answered(q.qtype, out, Source::Cache);
                     self.log(view, &q, out, "cache");
                     Handled::Reply
                 } else {
+                    if view.can_forward() {
+                        stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                    }
                     Handled::Forward(view.clone())
                 }
             }
@@ -186,11 +194,18 @@ impl Resolver {
     }
 
     async fn forward_logged(&self, view: &View, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
-        let resp = self.forwarder.forward(view, msg, tcp).await?;
-        if self.log_queries.load(Ordering::Relaxed)
-            && let Ok(q) = parse_query(msg)
-        {
-            log_answer(view, q.key.as_str(), q.qtype, &resp, "upstream");
+        let stats = &self.forwarder.stats;
+        let started = std::time::Instant::now();
+        let resp = {
+            let _waiting = InFlight::new(&stats.inflight);
+            self.forwarder.forward(view, msg, tcp).await?
+        };
+        stats.forwarded_in(started.elapsed());
+        if let Ok(q) = parse_query(msg) {
+            stats.answered(q.qtype, &resp, Source::Upstream);
+            if self.log_queries.load(Ordering::Relaxed) {
+                log_answer(view, q.key.as_str(), q.qtype, &resp, "upstream");
+            }
         }
         Some(resp)
     }

@@ -89,9 +89,10 @@ impl Client {
 /// Why the socket could not be reached, and what to do about it.
 fn connect_error(socket: &Path, e: &std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
+        // The same words the daemon uses when its credential check refuses a peer.
         return anyhow!(
-            "permission denied on {}: the sdnet API needs root (run sdctl as root or with sudo)",
-            socket.display()
+            "permission denied: the sdnet API is for root (uid {})",
+            nix::unistd::geteuid()
         );
     }
     anyhow!(
@@ -129,8 +130,10 @@ mod tests {
             let e = connect_error(s, &std::io::Error::from_raw_os_error(errno)).to_string();
             assert_eq!(
                 e,
-                "permission denied on /run/sdnet/sdnet.sock: the sdnet API needs root \
-                 (run sdctl as root or with sudo)"
+                format!(
+                    "permission denied: the sdnet API is for root (uid {})",
+                    nix::unistd::geteuid()
+                )
             );
         }
         let e = connect_error(s, &std::io::Error::from_raw_os_error(libc::ENOENT)).to_string();

@@ -20,6 +20,7 @@ pub mod drivers;
 pub mod hostdns;
 pub mod ipam;
 pub mod keeper;
+pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod services;
@@ -70,6 +71,7 @@ pub struct Node {
     pub ipam: ipam::Ipam,
     /// The host zone (`--host-dns`), fed by the reconciler.
     pub hostdns: Option<Arc<hostdns::HostDns>>,
+    pub metrics: metrics::Metrics,
 }
 
 impl Node {
@@ -333,7 +335,11 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         live: Live::default(),
         ipam: ipam::Ipam::default(),
         hostdns,
+        metrics: metrics::Metrics::default(),
     });
+    if let Some(addr) = args.metrics_addr {
+        metrics::serve(&node, addr).await?;
+    }
 
     // Desired state in, reconciler running; restored before the API answers.
     let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -430,9 +436,12 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         }
     };
     let app = api::routes::router(node.clone());
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<api::guard::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         warn!("API server: {e}");
     }

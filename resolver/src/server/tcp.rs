@@ -18,6 +18,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use super::{Handled, Resolver, ViewSelector};
+use crate::stats::InFlight;
 
 /// One open connection, as the listener sees it.
 struct Conn {
@@ -131,9 +132,15 @@ impl Resolver {
                 drop(stream);
                 continue;
             };
+            self.forwarder
+                .stats
+                .tcp_accepted
+                .fetch_add(1, Ordering::Relaxed);
             let me = self.clone();
             let sel = sel.clone();
             tokio::spawn(async move {
+                let counted = me.clone();
+                let _open = InFlight::new(&counted.forwarder.stats.tcp_open);
                 me.tcp_connection(stream, peer, sel, &reg).await;
                 drop(reg);
             });

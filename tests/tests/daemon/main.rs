@@ -5,7 +5,10 @@
 // `[ip.clone()]` reads better in an assertion than `slice::from_ref(&ip)`.
 #![allow(clippy::cloned_ref_to_slice_refs)]
 
+mod api;
 mod cli;
+mod isolation;
+mod metrics;
 mod names;
 mod processes;
 mod recovery;

@@ -8,12 +8,14 @@
 //! Reads (`ps`, `inspect`, `ls`) answer from the state cache's current snapshot: they never
 //! wait for a write or for kernel work.
 
+pub mod guard;
 pub mod networks;
 pub mod nodes;
 pub mod overlay;
 pub mod routes;
 pub mod sandboxes;
 pub mod services;
+pub mod validate;
 pub mod views;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +56,12 @@ impl From<StoreError> for ApiError {
             )),
             other => ApiError::Internal(other.into()),
         }
+    }
+}
+
+impl From<validate::Invalid> for ApiError {
+    fn from(e: validate::Invalid) -> Self {
+        ApiError::BadRequest(e.0)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::api::{ApiError, networks, nodes, sandboxes, services};
+use crate::daemon::api::guard::{self, Body};
+use crate::daemon::api::{ApiError, networks, nodes, sandboxes, services, validate};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -56,6 +57,9 @@ pub fn router(d: Arc<Node>) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(node_info).delete(remove_node))
         .route("/v1/dns/query", post(dns_query))
+        .layer(DefaultBodyLimit::max(guard::MAX_BODY))
+        .layer(axum::middleware::from_fn(guard::check_length))
+        .layer(axum::middleware::from_fn(guard::check_peer))
         .with_state(d)
 }
 
@@ -75,7 +79,8 @@ async fn list_networks(State(d): D) -> R<Vec<NetworkInfo>> {
     Ok(Json(networks::list(&d)))
 }
 
-async fn create_network(State(d): D, Json(req): Json<NetworkCreate>) -> R<NetworkInfo> {
+async fn create_network(State(d): D, Body(req): Body<NetworkCreate>) -> R<NetworkInfo> {
+    validate::network_create(&req)?;
     Ok(Json(networks::create(&d, req).await?))
 }
 
@@ -98,16 +103,18 @@ async fn prune_networks(State(d): D) -> R<Removed> {
 async fn connect(
     State(d): D,
     Path(name): Path<String>,
-    Json(req): Json<ConnectRequest>,
+    Body(req): Body<ConnectRequest>,
 ) -> R<SandboxInfo> {
+    validate::connect(&name, &req)?;
     Ok(Json(networks::connect(&d, &name, req).await?))
 }
 
 async fn disconnect(
     State(d): D,
     Path(name): Path<String>,
-    Json(req): Json<DisconnectRequest>,
+    Body(req): Body<DisconnectRequest>,
 ) -> R<SandboxInfo> {
+    validate::disconnect(&name, &req)?;
     Ok(Json(networks::disconnect(&d, &name, req).await?))
 }
 
@@ -135,7 +142,8 @@ async fn list_sandboxes(State(d): D, Query(q): Query<AllQuery>) -> R<Vec<Sandbox
     Ok(Json(sandboxes::list(&d, q.all)))
 }
 
-async fn create_sandbox(State(d): D, Json(req): Json<SandboxCreate>) -> R<SandboxInfo> {
+async fn create_sandbox(State(d): D, Body(req): Body<SandboxCreate>) -> R<SandboxInfo> {
+    validate::sandbox_create(&req)?;
     let id = sandboxes::create(&d, req, None).await?;
     Ok(Json(sandboxes::inspect(&d, &id)?))
 }
@@ -164,7 +172,8 @@ async fn list_services(State(d): D) -> R<Vec<ServiceInfo>> {
     Ok(Json(services::list(&d)))
 }
 
-async fn create_service(State(d): D, Json(req): Json<ServiceCreate>) -> R<ServiceInfo> {
+async fn create_service(State(d): D, Body(req): Body<ServiceCreate>) -> R<ServiceInfo> {
+    validate::service_create(&req)?;
     Ok(Json(services::create(&d, req).await?))
 }
 
@@ -181,8 +190,9 @@ async fn remove_service(State(d): D, Path(name): Path<String>) -> R<Removed> {
 async fn update_service(
     State(d): D,
     Path(name): Path<String>,
-    Json(u): Json<ServiceUpdate>,
+    Body(u): Body<ServiceUpdate>,
 ) -> R<ServiceInfo> {
+    validate::service_update(&u)?;
     Ok(Json(services::update(&d, &name, u).await?))
 }
 
@@ -219,7 +229,8 @@ async fn logs(State(d): D, Path(name): Path<String>, Query(q): Query<LogQuery>) 
 }
 
 /// Asks the resolver exactly as the sandbox's listener would, and prints the reply like dig.
-async fn dns_query(State(d): D, Json(q): Json<DnsQuery>) -> R<DnsAnswer> {
+async fn dns_query(State(d): D, Body(q): Body<DnsQuery>) -> R<DnsAnswer> {
+    validate::dns_query(&q)?;
     let name = Name::from_ascii(q.name.trim_end_matches('.').to_string() + ".")
         .map_err(|e| ApiError::BadRequest(format!("invalid name {:?}: {e}", q.name)))?;
     let rtype: RecordType = q

@@ -478,6 +478,7 @@ impl Reconciler {
             gc::collect(&self.node, &d, &self.kept, &overlays).await;
             self.rehold().await;
         }
+        self.node.metrics.reconciled(started.elapsed());
         debug!(
             rev = d.rev,
             networks = nets.len(),
