@@ -141,7 +141,7 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 }
                 DriverKind::Host => mode = NetMode::Host,
                 DriverKind::None => {}
-                DriverKind::Bridge | DriverKind::Overlay => {
+                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan => {
                     if nets.iter().any(|(x, _)| x.rec.id == n.rec.id) {
                         return bad(format!("network {} given twice", n.rec.name));
                     }

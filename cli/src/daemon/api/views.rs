@@ -7,7 +7,6 @@ use sdnet_resolver::model::Upstream;
 use crate::api::rfc3339;
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::config::bridge_name;
 use crate::daemon::reconcile::model::dns_names;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{
@@ -107,6 +106,7 @@ impl From<DriverKind> for Driver {
             DriverKind::Host => Driver::Host,
             DriverKind::None => Driver::None,
             DriverKind::Overlay => Driver::Overlay,
+            DriverKind::Macvlan => Driver::Macvlan,
         }
     }
 }
@@ -162,7 +162,8 @@ pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
         mtu: n.mtu.unwrap_or(1500),
         dns_servers: n.dns_servers.iter().copied().map(Upstream).collect(),
         ttl: n.ttl,
-        bridge: (n.driver == DriverKind::Bridge).then(|| bridge_name(&n.id)),
+        bridge: (n.driver == DriverKind::Bridge).then(|| n.bridge()),
+        options: n.options.clone(),
         labels: n.labels.clone(),
         endpoints: d
             .members(id)
