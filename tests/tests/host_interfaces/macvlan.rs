@@ -263,6 +263,20 @@ fn macvlan_requests_that_cannot_be_served_are_refused_and_leave_nothing() {
         "192.168.62.0/24",
         "good",
     ]);
+    let e = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "--network",
+        "good",
+        "-p",
+        "8080:80",
+    ]);
+    assert!(
+        e.contains("published ports need a non-internal bridge network"),
+        "{e}"
+    );
     d.ok(&["network", "rm", "good"]);
 }
 

@@ -165,7 +165,12 @@ pub async fn create(node: &Node, req: SandboxCreate, task: Option<TaskRef>) -> A
                 )));
             }
         }
-        if !ports.is_empty() && !nets.iter().any(|(n, _)| !n.rec.internal) {
+        // (Not a macvlan: the host cannot reach its macvlan sandboxes, nor DNAT to them.)
+        if !ports.is_empty()
+            && !nets
+                .iter()
+                .any(|(n, _)| !n.rec.internal && n.rec.driver != DriverKind::Macvlan)
+        {
             return bad("published ports need a non-internal bridge network");
         }
         // Egress of a sandbox only on overlays: the gateway bridge, last in order.
