@@ -145,7 +145,8 @@ pub trait NetworkDriver: Send + Sync {
         ep: &EndpointRec,
         sandbox: Option<&Netns>,
     ) -> Result<()>;
-    /// Cheap drift check against a dump of our links: false = call `ensure_network` again.
+    /// Cheap drift check against a dump of the namespace's links: false = call
+    /// `ensure_network` again.
     fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool;
     /// Same for an endpoint: false = call `attach` again.
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool;
