@@ -31,6 +31,9 @@ pub enum Driver {
     Host,
     None,
     Overlay,
+    Macvlan,
+    /// Accepted by the parser so that the daemon can say why it cannot make one.
+    Ipvlan,
 }
 
 impl std::fmt::Display for Driver {
@@ -40,6 +43,8 @@ impl std::fmt::Display for Driver {
             Driver::Host => "host",
             Driver::None => "none",
             Driver::Overlay => "overlay",
+            Driver::Macvlan => "macvlan",
+            Driver::Ipvlan => "ipvlan",
         })
     }
 }
@@ -52,8 +57,10 @@ impl std::str::FromStr for Driver {
             "host" => Ok(Driver::Host),
             "none" => Ok(Driver::None),
             "overlay" => Ok(Driver::Overlay),
+            "macvlan" => Ok(Driver::Macvlan),
+            "ipvlan" => Ok(Driver::Ipvlan),
             _ => Err(format!(
-                "unknown driver {s:?}: use bridge or overlay (host and none exist already)"
+                "unknown driver {s:?}: use bridge, macvlan or overlay (host and none exist already)"
             )),
         }
     }
@@ -97,6 +104,9 @@ pub struct NetworkCreate {
     pub ttl: Option<u32>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Driver options (`-o KEY=VALUE`), checked by the daemon against the driver.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 /// A subnet of a network with its allocations.
@@ -132,6 +142,9 @@ pub struct NetworkInfo {
     /// VXLAN network identifier (overlay driver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
+    /// Driver options (a macvlan's parent and mode, a bridge's chosen name).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     /// Sandboxes attached, with their addresses.
     pub endpoints: Vec<EndpointInfo>,

@@ -411,7 +411,8 @@ pub struct NetworkCreateArgs {
     pub dns_ttl: Option<u32>,
     #[arg(long)]
     pub mtu: Option<u32>,
-    /// Driver options KEY=VALUE (com.docker.network.driver.mtu is understood).
+    /// Driver options KEY=VALUE: com.docker.network.driver.mtu; bridge:
+    /// com.docker.network.bridge.name; macvlan: parent, macvlan_mode.
     #[arg(short = 'o', long = "opt")]
     pub opts: Vec<String>,
     #[arg(long = "label")]

@@ -8,6 +8,8 @@
 //! - [`nft`]: nftables commands applied as one atomic transaction inside a namespace, through
 //!   libnftables in-process (one reused context per namespace; the `nft` binary as fallback).
 //! - [`ipam`]: pure address management: Docker's default pools, per-subnet allocation.
+//! - [`probe`]: which link kinds the kernel has (macvlan, ipvlan, VLAN, dummy), found by
+//!   creating one in a throwaway namespace.
 //! - [`reap`]: closing slow-to-close sockets on a background thread.
 //!
 //! Every kernel operation is idempotent where the wanted end state allows it ("already exists"
@@ -22,6 +24,7 @@ pub mod ipam;
 pub mod link;
 pub mod netns;
 pub mod nft;
+pub mod probe;
 pub mod reap;
 pub mod sysctl;
 

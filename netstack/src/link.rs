@@ -14,13 +14,14 @@ use nix::sys::socket::{AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, se
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    MacVlanMode,
 };
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVxlan,
+    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan,
     RouteMessageBuilder,
 };
 use tracing::debug;
@@ -42,6 +43,8 @@ pub struct LinkInfo {
     pub name: String,
     /// `IFLA_INFO_KIND`: "bridge", "veth", "vxlan"…; None for plain devices such as lo.
     pub kind: Option<String>,
+    /// `IFLA_IFALIAS`, the free-text alias (`ip link set … alias`).
+    pub alias: Option<String>,
     pub mac: Option<[u8; 6]>,
     /// Index of the bridge (or other controller) the link is enslaved to.
     pub master: Option<u32>,
@@ -233,6 +236,39 @@ impl Netlink {
             b = b.dev(i);
         }
         self.ensure(name, "vxlan", b.build()).await
+    }
+
+    /// A macvlan link `name` on parent `parent_idx` (a link of this namespace) in `mode`,
+    /// created directly inside `into` (nothing of it ever exists here). An existing link
+    /// `name` in `into` is the caller's to check; the kernel's refusal is returned as is
+    /// (a passthru parent has room for one macvlan only).
+    pub async fn create_macvlan(
+        &self,
+        name: &str,
+        parent_idx: u32,
+        mode: MacvlanMode,
+        into: &Netns,
+    ) -> Result<()> {
+        let msg = LinkMacVlan::new(name, parent_idx, mode.into())
+            .setns_by_fd(into.as_raw_fd())
+            .build();
+        let r = self.handle.link().add(msg).execute().await;
+        tolerate(
+            r,
+            &[Errno::EEXIST],
+            format!("creating macvlan {name} on link {parent_idx}"),
+        )?;
+        debug!(name, parent_idx, %mode, "created macvlan");
+        Ok(())
+    }
+
+    /// Sets link `idx`'s alias (`ip link set … alias TEXT`).
+    pub async fn set_alias(&self, idx: u32, alias: &str) -> Result<()> {
+        self.change(
+            LinkUnspec::new_with_index(idx).alias(alias).build(),
+            format!("setting the alias of link {idx}"),
+        )
+        .await
     }
 
     async fn change(&self, msg: LinkMessage, what: String) -> Result<()> {
@@ -582,6 +618,69 @@ impl Netlink {
     }
 }
 
+/// How a macvlan link shares its parent (`ip link add … type macvlan mode M`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MacvlanMode {
+    /// Sibling macvlans talk to each other inside the kernel.
+    #[default]
+    Bridge,
+    /// No traffic between siblings at all.
+    Private,
+    /// Every frame goes out through the parent (a switch may hairpin it back).
+    Vepa,
+    /// The one macvlan of the parent takes over the parent.
+    Passthru,
+}
+
+impl MacvlanMode {
+    pub const ALL: [MacvlanMode; 4] = [
+        MacvlanMode::Bridge,
+        MacvlanMode::Private,
+        MacvlanMode::Vepa,
+        MacvlanMode::Passthru,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+impl std::fmt::Display for MacvlanMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MacvlanMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MacvlanMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "invalid macvlan mode {s:?}: use bridge, private, vepa or passthru"
+                ))
+            })
+    }
+}
+
+impl From<MacvlanMode> for MacVlanMode {
+    fn from(m: MacvlanMode) -> MacVlanMode {
+        match m {
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+        }
+    }
+}
+
 fn addr_of(m: &AddressMessage) -> Option<IpNet> {
     // IFA_LOCAL is the interface's own IPv4 address (IFA_ADDRESS is the peer on
     // point-to-point links); IPv6 only has IFA_ADDRESS.
@@ -677,12 +776,14 @@ fn summary(m: &LinkMessage) -> LinkInfo {
         master: None,
         mtu: None,
         up: m.header.flags.contains(LinkFlags::Up),
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => s.name = n.clone(),
             LinkAttribute::Controller(c) => s.master = Some(*c),
             LinkAttribute::Mtu(v) => s.mtu = Some(*v),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => s.alias = Some(a.clone()),
             LinkAttribute::Address(mac) => {
                 if let Ok(b) = <[u8; 6]>::try_from(mac.as_slice()) {
                     s.mac = Some(b);
@@ -809,6 +910,20 @@ mod tests {
         assert_eq!(&rep[6..8], &[0, 2]);
         assert_eq!(&rep[18..24], &mac);
         assert_eq!(fmt_mac(&mac), "02:42:0a:00:00:02");
+    }
+
+    #[test]
+    fn macvlan_modes() {
+        for m in MacvlanMode::ALL {
+            assert_eq!(m.as_str().parse::<MacvlanMode>().unwrap(), m);
+        }
+        assert_eq!(MacvlanMode::default(), MacvlanMode::Bridge);
+        let e = "l2".parse::<MacvlanMode>().unwrap_err().to_string();
+        assert!(e.contains("invalid macvlan mode \"l2\""), "{e}");
+        assert_eq!(
+            MacVlanMode::from(MacvlanMode::Passthru),
+            MacVlanMode::Passthrough
+        );
     }
 
     #[test]

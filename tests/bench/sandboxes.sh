@@ -6,13 +6,15 @@
 #
 #   tests/bench/sandboxes.sh            # N=1000 sandboxes, netavark N=200
 #   N=200 NV_N=100 tests/bench/sandboxes.sh
-# Env: N (sandboxes), NV_N (netavark containers, 0 = skip), DUR (dnsperf seconds),
+# Env: N (sandboxes), MV_N (sandboxes on a macvlan network, after the bridge ones; 0 = skip;
+# default 200), NV_N (netavark containers, 0 = skip), DUR (dnsperf seconds),
 # DNS_REPS (alternating dnsperf runs per side, median; default 3), OUT.
 # Everything runs in namespaces the script creates; only processes it started are ended.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 N=${N:-1000}
+MV_N=${MV_N:-200}
 NV_N=${NV_N:-200}
 DUR=${DUR:-10}
 OUT=${OUT:-$(mktemp -d /tmp/sdbench-sb.XXXXXX)}
@@ -78,6 +80,21 @@ IDLE=$(rss)
 wait $BP
 RSS_PER=$(( (IDLE - RSS0) * 1024 / N ))
 RSS_PEAK_PER=$(( (peak > IDLE ? peak - RSS0 : IDLE - RSS0) * 1024 / N ))
+
+if [ "$MV_N" -gt 0 ]; then
+  # The same API calls on a macvlan network: its parent is a veth of the daemon's namespace
+  # (a NIC's stand-in); each endpoint is a macvlan made inside the sandbox.
+  echo "== $MV_N sandboxes on a macvlan network"
+  ip -n "$HNS" link add mvparent type veth peer name mvpeer
+  ip -n "$HNS" link set mvparent up
+  ip -n "$HNS" link set mvpeer up
+  "$SDCTL" network create -d macvlan -o parent=mvparent --subnet 10.201.0.0/16 benchmv >/dev/null
+  "$SDCTL" run -d --name probemv --network benchmv >/dev/null
+  SB_WRITERS=0 "$BENCH" "$W/sock" benchmv "$MV_N" "/proc/$DPID/root$W/run/netns/probemv" m \
+    | tee "$OUT/sdnet-create-macvlan.txt"
+  "$SDCTL" rm -f probemv >/dev/null
+  "$SDCTL" network rm benchmv >/dev/null
+fi
 
 echo "== DNS through 127.0.0.11 inside a sandbox vs the standalone resolver"
 python3 - "$W/q.txt" <<'PY'
@@ -146,6 +163,12 @@ field() { grep "^$1 " "$OUT/sdnet-create.txt" | grep -oE "$2=[0-9.]+" | cut -d= 
 rm_med=$(field remove median_ms) rm_p99=$(field remove p99_ms)
 ps_p99=$(field ps_under_load p99_ms) ps_med=$(field ps_under_load median_ms)
 cc_med=$(grep '^create_[0-9]*_clients ' "$OUT/sdnet-create.txt" | grep -oE 'median_ms=[0-9.]+' | cut -d= -f2)
+mv_med="" mv_p99="" mv_ready=""
+if [ -f "$OUT/sdnet-create-macvlan.txt" ]; then
+  mv_med=$(grep -oE 'median_ms=[0-9.]+' "$OUT/sdnet-create-macvlan.txt" | head -1 | cut -d= -f2)
+  mv_p99=$(grep -oE 'p99_ms=[0-9.]+' "$OUT/sdnet-create-macvlan.txt" | head -1 | cut -d= -f2)
+  mv_ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create-macvlan.txt" | cut -d= -f2)
+fi
 {
   echo "# sandboxes benchmark — $(date -u +%F) — $(uname -r) — $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) — sdctl $(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
   echo
@@ -154,6 +177,7 @@ cc_med=$(grep '^create_[0-9]*_clients ' "$OUT/sdnet-create.txt" | grep -oE 'medi
   ratio() { [ -n "$2" ] && awk "BEGIN{printf \" (%.2f×)\", $1 / $2}"; }
   echo "| create + attach + DNS ready, median (ms) | $med | ≤ 10 | netavark setup + aardvark ready: ${NV_MED:-n/a}$(ratio "$med" "$NV_MED"); ip-batch floor (netns add + attach, no DNS): ${FLOOR:-n/a} |"
   echo "| same, p99 (ms) | $p99 | ≤ 50 | netavark: ${NV_P99:-n/a}$(ratio "$p99" "$NV_P99") |"
+  [ -n "$mv_med" ] && echo "| same on a macvlan network ($MV_N), median / p99 (ms); names ready | $mv_med / $mv_p99; $mv_ready | | the bridge above |"
   echo "| rm, median / p99 (ms) | $rm_med / $rm_p99 | ≤ 10 (median) | |"
   echo "| \`ps\` (GET /v1/sandboxes) while 4 clients create: median / p99 (ms) | ${ps_med:-n/a} / ${ps_p99:-n/a} | p99 ≤ 20 | creates meanwhile: median ${cc_med:-n/a} ms |"
   echo "| $N sandboxes, wall (s) | $wall | ≤ 20 (1,000) | |"

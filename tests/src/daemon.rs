@@ -166,6 +166,26 @@ impl Daemon {
         self.launch();
     }
 
+    /// Stops the daemon (SIGTERM) and runs `sdctl daemon --cleanup` with its paths, leaving
+    /// its namespace for the test to look at. (Drop does the same again, harmlessly.)
+    pub fn stop_and_cleanup(&mut self) {
+        {
+            let mut kids = self.ns.children.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = kids.iter().position(|c| c.id() == self.pid) {
+                let mut c = kids.remove(i);
+                end(&mut c);
+            }
+        }
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.push("--cleanup");
+        let out = self.ns.cmd(sdctl(), &args).output().expect("run --cleanup");
+        assert!(
+            out.status.success(),
+            "daemon --cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `sdctl ARGS --socket S` (from the test's own namespace, like a user would).
     pub fn sdctl(&self, args: &[&str]) -> Output {
         Command::new("timeout")

@@ -5,6 +5,7 @@ pub mod http;
 mod output;
 mod services;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -204,13 +205,17 @@ fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
         ipam[i].aux.insert(k, ip);
     }
     let mut mtu = a.mtu;
+    let mut options = BTreeMap::new();
     for o in &a.opts {
         let (k, v) = kv(o, "--opt")?;
         match k.as_str() {
             "mtu" | "com.docker.network.driver.mtu" => {
                 mtu = Some(v.parse().map_err(|_| anyhow!("invalid MTU {v:?}"))?)
             }
-            _ => bail!("unknown network option {k:?} (supported: com.docker.network.driver.mtu)"),
+            // The driver's own options: the daemon checks them.
+            _ => {
+                options.insert(k, v);
+            }
         }
     }
     let labels = a
@@ -231,6 +236,7 @@ fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
         dns_servers: a.dns_servers,
         ttl: a.dns_ttl,
         labels,
+        options,
     })
 }
 

@@ -14,10 +14,37 @@ pub const VETH_PREFIX: &str = "sdv";
 /// the network's at once, so one left here is a leftover.
 pub const VXLAN_PREFIX: &str = "sdx";
 
+/// The alias (`IFLA_IFALIAS`) of a link we created under a name the user chose (a bridge
+/// named by `com.docker.network.bridge.name`): `sdnet:<network id>`. It is set in the very
+/// message that creates the link, so a link without it was never ours.
+pub fn owner_alias(net_id: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}{net_id}")
+}
+pub const OWNER_ALIAS_PREFIX: &str = "sdnet:";
+
+/// A link of ours by its name (derived names) or its alias (user-chosen names).
+pub fn our_link_info(l: &sdnet_netstack::link::LinkInfo) -> bool {
+    our_link(&l.name)
+        || l.alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
+}
+
 pub fn our_link(name: &str) -> bool {
     name.starts_with(BRIDGE_PREFIX)
         || name.starts_with(VETH_PREFIX)
         || name.starts_with(VXLAN_PREFIX)
+}
+
+/// An interface name the kernel would accept.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 pub fn short(id: &str) -> &str {
@@ -94,5 +121,16 @@ mod tests {
         assert_ne!(v, veth_name(&"b".repeat(64), &"a".repeat(64)));
         assert_eq!(bridge_name("0123456789abcdef"), "sd-0123456789ab");
         assert_eq!(v6_mac("s", "n")[..2], [0x02, 0x42]);
+    }
+
+    #[test]
+    fn interface_names() {
+        assert!(valid_ifname("eth0"));
+        assert!(valid_ifname("enp0s31f6.100"));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname("a-name-far-too-long"));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname(".."));
     }
 }

@@ -324,7 +324,8 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         resolver,
         host: host.clone(),
         drivers: Drivers {
-            bridge: BridgeDriver { host },
+            bridge: BridgeDriver { host: host.clone() },
+            macvlan: drivers::macvlan::MacvlanDriver { host },
             null: NullDriver,
             overlay,
         },

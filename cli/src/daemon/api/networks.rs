@@ -13,7 +13,10 @@ use tracing::info;
 use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::config::v6_mac;
+use crate::daemon::config::{
+    BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX, our_link, v6_mac, valid_ifname,
+};
+use crate::daemon::drivers::macvlan::{MacvlanDriver, Refusal};
 use crate::daemon::ipam::{SubnetReq, plan_subnets};
 use crate::daemon::state::{Desired, Dirty, Source};
 use crate::daemon::store::schema::{self, DriverKind, EndpointRec, NetworkRec, Scope};
@@ -97,16 +100,33 @@ pub fn check_reqs(reqs: &[SubnetReq]) -> ApiResult<()> {
 pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
     model::check_object_name("network", &req.name)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match req.driver {
-        Driver::Bridge => {}
-        Driver::Overlay => return super::overlay::create(node, req).await,
+    let (driver, options) = match req.driver {
+        Driver::Bridge => (
+            DriverKind::Bridge,
+            bridge_options(node, &req.options).await?,
+        ),
+        Driver::Macvlan => (
+            DriverKind::Macvlan,
+            node.drivers
+                .macvlan
+                .check(&req.options)
+                .await
+                .map_err(refused)?,
+        ),
+        Driver::Ipvlan => return Err(refused(MacvlanDriver::check_ipvlan().await)),
+        Driver::Overlay => {
+            if let Some(k) = req.options.keys().next() {
+                return bad(format!("unknown option {k:?} for driver overlay"));
+            }
+            return super::overlay::create(node, req).await;
+        }
         Driver::Host | Driver::None => {
             return bad(format!(
                 "only one {} network may exist, and it already does",
                 req.driver
             ));
         }
-    }
+    };
     if let Some(m) = req.mtu
         && !(68..=65535).contains(&m)
     {
@@ -123,10 +143,21 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
                 req.name
             )));
         }
+        if let Some(br) = options.get(schema::BRIDGE_NAME_OPTION)
+            && let Some(other) = d
+                .networks
+                .values()
+                .find(|n| n.rec.driver == DriverKind::Bridge && n.rec.bridge() == *br)
+        {
+            return Err(ApiError::Conflict(format!(
+                "bridge {br} is already used by network {}",
+                other.rec.name
+            )));
+        }
         let rec = NetworkRec {
             id: id.clone(),
             name: req.name.clone(),
-            driver: DriverKind::Bridge,
+            driver,
             scope: Scope::Local,
             created: now(),
             subnets: plan_subnets(d, &reqs, req.ipv6, &reserved, ipam::Scope::Local)?,
@@ -138,7 +169,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             dns_servers: req.dns_servers.iter().map(|u| u.0).collect(),
             ttl: req.ttl,
             labels: req.labels.clone(),
-            options: BTreeMap::new(),
+            options: options.clone(),
             predefined: false,
             vni: None,
             host_dns: req.host_dns.unwrap_or(true),
@@ -165,6 +196,50 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
     info!(network = %req.name, "network created");
     views::network(&node.cache.read(), &id)
         .ok_or_else(|| ApiError::Conflict(format!("network {} was removed meanwhile", req.name)))
+}
+
+/// A driver's refusal as the API answers it.
+fn refused(r: Refusal) -> ApiError {
+    match r {
+        Refusal::Failed(e) => ApiError::Internal(e),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
+/// A bridge network's options, checked: `com.docker.network.bridge.name` (an existing bridge
+/// is used as it is; another kind of link of that name is refused).
+async fn bridge_options(
+    node: &Node,
+    opts: &BTreeMap<String, String>,
+) -> ApiResult<BTreeMap<String, String>> {
+    for (k, v) in opts {
+        if k != schema::BRIDGE_NAME_OPTION {
+            return bad(format!(
+                "unknown option {k:?} for driver bridge (supported: {})",
+                schema::BRIDGE_NAME_OPTION
+            ));
+        }
+        if !valid_ifname(v) {
+            return bad(format!("invalid bridge name {v:?}"));
+        }
+        if our_link(v) {
+            return bad(format!(
+                "bridge name {v}: names starting with {BRIDGE_PREFIX}, {VETH_PREFIX} or \
+                 {VXLAN_PREFIX} are sdnet's own"
+            ));
+        }
+        match node.host.nl.link(v).await {
+            Ok(Some(l)) if l.kind.as_deref() != Some("bridge") => {
+                return bad(format!(
+                    "interface {v} exists and is a {}, not a bridge",
+                    l.kind.as_deref().unwrap_or("plain device")
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(ApiError::Internal(e.into())),
+        }
+    }
+    Ok(opts.clone())
 }
 
 /// The name of the gateway bridge that gives sandboxes on overlay networks their egress
@@ -490,7 +565,10 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
             .network_id(net_ref)
             .map_err(|e| lookup_err("network", net_ref, e))?;
         let net = &d.networks[net_id];
-        if !matches!(net.rec.driver, DriverKind::Bridge | DriverKind::Overlay) {
+        if !matches!(
+            net.rec.driver,
+            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+        ) {
             return bad(format!(
                 "cannot connect to network {} (driver {})",
                 net.rec.name,

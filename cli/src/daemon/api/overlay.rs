@@ -49,6 +49,7 @@ pub async fn ensure_ingress(node: &Node) -> ApiResult<()> {
         labels: BTreeMap::new(),
         // The mesh's addresses are nobody's names.
         host_dns: Some(false),
+        options: BTreeMap::new(),
     };
     match create_net(node, req, true).await {
         Ok(_) => Ok(()),

@@ -172,7 +172,7 @@ async fn create_as(
                 }
                 DriverKind::Host => mode = NetMode::Host,
                 DriverKind::None => {}
-                DriverKind::Bridge | DriverKind::Overlay => {
+                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan => {
                     if nets.iter().any(|(x, _)| x.rec.id == n.rec.id) {
                         return bad(format!("network {} given twice", n.rec.name));
                     }
@@ -196,7 +196,12 @@ async fn create_as(
                 )));
             }
         }
-        if !ports.is_empty() && !nets.iter().any(|(n, _)| !n.rec.internal) {
+        // (Not a macvlan: the host cannot reach its macvlan sandboxes, nor DNAT to them.)
+        if !ports.is_empty()
+            && !nets
+                .iter()
+                .any(|(n, _)| !n.rec.internal && n.rec.driver != DriverKind::Macvlan)
+        {
             return bad("published ports need a non-internal bridge network");
         }
         // Egress of a sandbox only on overlays: the gateway bridge, last in order.

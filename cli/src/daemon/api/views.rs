@@ -7,7 +7,6 @@ use sdnet_resolver::model::Upstream;
 use crate::api::rfc3339;
 use crate::api::*;
 use crate::daemon::Node;
-use crate::daemon::config::bridge_name;
 use crate::daemon::reconcile::model::dns_names;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{
@@ -109,6 +108,7 @@ impl From<DriverKind> for Driver {
             DriverKind::Host => Driver::Host,
             DriverKind::None => Driver::None,
             DriverKind::Overlay => Driver::Overlay,
+            DriverKind::Macvlan => Driver::Macvlan,
         }
     }
 }
@@ -165,8 +165,9 @@ pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
         mtu: n.mtu.unwrap_or(1500),
         dns_servers: n.dns_servers.iter().copied().map(Upstream).collect(),
         ttl: n.ttl,
-        bridge: (n.driver == DriverKind::Bridge).then(|| bridge_name(&n.id)),
+        bridge: (n.driver == DriverKind::Bridge).then(|| n.bridge()),
         vni: n.vni,
+        options: n.options.clone(),
         labels: n.labels.clone(),
         endpoints: d
             .members(id)

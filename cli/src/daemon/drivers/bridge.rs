@@ -1,19 +1,25 @@
 //! The bridge driver: one Linux bridge per network in the daemon's namespace (`sd-<id12>`,
 //! the gateway addresses on it), one veth pair per endpoint (`sdv<hash>` on the bridge,
 //! `ethN` in the sandbox with its MAC, addresses and routes).
+//!
+//! A network may name its bridge (`com.docker.network.bridge.name`). A bridge of that name
+//! that already exists is the host's ("unmanaged", as netavark calls it): used as it is —
+//! its addresses, MTU and state untouched — and never removed. A missing one is created and
+//! owned: it is made as `sd-<id12>` (ours by its name, collected if we crash here), given
+//! the alias `sdnet:<network id>`, and only then renamed, so a bridge of the chosen name is
+//! ours exactly when it carries that alias — a fact of the kernel that survives a crash.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use ipnet::IpNet;
+use sdnet_netstack::link::LinkInfo;
 use sdnet_netstack::netns::Netns;
-use sdnet_netstack::sysctl;
 
-use super::{Host, Links, NetworkDriver, SandboxNs};
-use crate::daemon::config::{bridge_name, veth_name};
-use crate::daemon::store::schema::{EndpointRec, NetworkRec};
+use super::{Host, Links, NetworkDriver, SandboxNs, set_sysctl};
+use crate::daemon::config::{bridge_name, owner_alias, veth_name};
+use crate::daemon::store::schema::{BRIDGE_NAME_OPTION, EndpointRec, NetworkRec};
 
 pub struct BridgeDriver {
     pub host: Arc<Host>,
@@ -27,25 +33,65 @@ fn gateways(net: &NetworkRec) -> Result<Vec<IpNet>> {
         .collect::<std::result::Result<_, _>>()?)
 }
 
-/// A blocking sysctl write, off the runtime's workers.
-async fn set_sysctl(ns: &Netns, key: String, value: &'static str) -> Result<()> {
-    let ns = ns.try_clone()?;
-    tokio::task::spawn_blocking(move || sysctl::set(&ns, &key, value))
-        .await
-        .context("sysctl thread")??;
-    Ok(())
+/// Whether the network's bridge is ours to configure and remove: a derived name always is;
+/// a user-chosen one only if we created it (it carries our alias).
+fn owned(net: &NetworkRec, link: Option<&LinkInfo>) -> bool {
+    !net.options.contains_key(BRIDGE_NAME_OPTION)
+        || link.is_none_or(|l| l.alias.as_deref() == Some(owner_alias(&net.id).as_str()))
+}
+
+impl BridgeDriver {
+    /// Creates the user-named bridge `name` of `net`, marked as ours (see the module doc);
+    /// its index. If someone else made `name` meanwhile, ours goes and the next pass finds
+    /// theirs (the host's).
+    async fn create_named(&self, net: &NetworkRec, name: &str) -> Result<u32> {
+        let h = &self.host;
+        let tmp = bridge_name(&net.id);
+        let idx =
+            h.nl.ensure_bridge(&tmp)
+                .await
+                .with_context(|| format!("creating bridge {name}"))?;
+        h.nl.set_alias(idx, &owner_alias(&net.id)).await?;
+        // A new bridge is down, as a rename wants it.
+        if let Err(e) = h.nl.rename(idx, name).await {
+            h.delete_link(&tmp).await?;
+            return Err(e).with_context(|| format!("naming bridge {tmp} {name}"));
+        }
+        Ok(idx)
+    }
 }
 
 #[async_trait]
 impl NetworkDriver for BridgeDriver {
     async fn ensure_network(&self, net: &NetworkRec) -> Result<()> {
-        let name = bridge_name(&net.id);
-        let gws = gateways(net)?;
+        let name = net.bridge();
         let h = &self.host;
-        let idx =
-            h.nl.ensure_bridge(&name)
-                .await
-                .with_context(|| format!("creating bridge {name}"))?;
+        let existing = h.nl.link(&name).await?;
+        if let Some(l) = &existing
+            && l.kind.as_deref() != Some("bridge")
+        {
+            bail!(
+                "interface {name} exists and is a {}, not a bridge",
+                l.kind.as_deref().unwrap_or("plain device")
+            );
+        }
+        // Forwarding is what a bridge network is for (also through a host's bridge).
+        set_sysctl(&h.ns, "net.ipv4.ip_forward".into(), "1").await?;
+        if !owned(net, existing.as_ref()) {
+            return Ok(());
+        }
+        let gws = gateways(net)?;
+        let idx = match existing {
+            Some(l) => l.index,
+            None if net.options.contains_key(BRIDGE_NAME_OPTION) => {
+                self.create_named(net, &name).await?
+            }
+            None => {
+                h.nl.ensure_bridge(&name)
+                    .await
+                    .with_context(|| format!("creating bridge {name}"))?
+            }
+        };
         for gw in &gws {
             h.nl.add_address(idx, *gw)
                 .await
@@ -56,9 +102,8 @@ impl NetworkDriver for BridgeDriver {
         }
         h.nl.set_up(idx).await?;
         // Published ports on 127.0.0.1 are DNATed into the bridge: loopback sources must be
-        // routable there. Forwarding is what a bridge network is for.
+        // routable there.
         set_sysctl(&h.ns, format!("net.ipv4.conf.{name}.route_localnet"), "1").await?;
-        set_sysctl(&h.ns, "net.ipv4.ip_forward".into(), "1").await?;
         if gws.iter().any(|g| matches!(g, IpNet::V6(_))) {
             set_sysctl(&h.ns, "net.ipv6.conf.all.forwarding".into(), "1").await?;
         }
@@ -69,7 +114,11 @@ impl NetworkDriver for BridgeDriver {
     }
 
     async fn remove_network(&self, net: &NetworkRec) -> Result<()> {
-        self.host.delete_link(&bridge_name(&net.id)).await
+        let name = net.bridge();
+        match self.host.nl.link(&name).await? {
+            Some(l) if owned(net, Some(&l)) => self.host.delete_link(&name).await,
+            _ => Ok(()),
+        }
     }
 
     async fn attach(
@@ -80,7 +129,7 @@ impl NetworkDriver for BridgeDriver {
         default_route: bool,
     ) -> Result<()> {
         let h = &self.host;
-        let bridge = bridge_name(&net.id);
+        let bridge = net.bridge();
         let host_if = veth_name(&ep.sandbox, &ep.network);
         let ifname = format!("eth{}", ep.index);
         let bridge_idx =
@@ -117,40 +166,7 @@ impl NetworkDriver for BridgeDriver {
             .link_index(&ifname)
             .await?
             .with_context(|| format!("{ifname} missing in the sandbox"))?;
-        sb.nl.set_mac(idx, ep.mac).await?;
-        // IPv6 only where the network has it (same flooding reason), set before the link is up.
-        let v6 = if ep.ipv6.is_some() { "0" } else { "1" };
-        set_sysctl(sb.ns, format!("net.ipv6.conf.{ifname}.disable_ipv6"), v6).await?;
-        if let Some(m) = net.mtu {
-            sb.nl.set_mtu(idx, m).await?;
-        }
-        let prefix_v4 = net.v4().map(|s| s.subnet.prefix_len());
-        let prefix_v6 = net.v6().map(|s| s.subnet.prefix_len());
-        if let (Some(ip), Some(p)) = (ep.ipv4, prefix_v4) {
-            sb.nl
-                .add_address(idx, IpNet::new(IpAddr::V4(ip), p)?)
-                .await?;
-        }
-        if let (Some(ip), Some(p)) = (ep.ipv6, prefix_v6) {
-            sb.nl
-                .add_address(idx, IpNet::new(IpAddr::V6(ip), p)?)
-                .await?;
-        }
-        sb.nl.set_up(idx).await?;
-        if default_route {
-            if let Some(IpAddr::V4(gw)) = net.v4().and_then(|s| s.gateway) {
-                sb.nl
-                    .replace_route("0.0.0.0/0".parse()?, Some(IpAddr::V4(gw)), Some(idx))
-                    .await
-                    .context("default route")?;
-            }
-            if let (Some(IpAddr::V6(gw)), Some(_)) = (net.v6().and_then(|s| s.gateway), ep.ipv6) {
-                sb.nl
-                    .replace_route("::/0".parse()?, Some(IpAddr::V6(gw)), Some(idx))
-                    .await
-                    .context("default IPv6 route")?;
-            }
-        }
+        super::endpoint::configure(net, ep, &sb, idx, &ifname, default_route, true).await?;
         // No unsolicited ARP: the MAC is derived from the IPv4 address (02:42:<ip>), so a
         // neighbour that cached a reused address cached the same MAC, and the bridge forgot the
         // old port's entries when that port was deleted. (Each announcement cost a packet
@@ -159,20 +175,21 @@ impl NetworkDriver for BridgeDriver {
         Ok(())
     }
 
-    async fn detach(&self, _net: &NetworkRec, ep: &EndpointRec) -> Result<()> {
+    async fn detach(&self, _net: &NetworkRec, ep: &EndpointRec, _: Option<&Netns>) -> Result<()> {
         self.host
             .delete_link(&veth_name(&ep.sandbox, &ep.network))
             .await
     }
 
     fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool {
+        // A host's bridge is as the host keeps it (down, say): only its existence matters.
         links
-            .get(&bridge_name(&net.id))
-            .is_some_and(|l| l.up && l.kind.as_deref() == Some("bridge"))
+            .get(&net.bridge())
+            .is_some_and(|l| l.kind.as_deref() == Some("bridge") && (l.up || !owned(net, Some(l))))
     }
 
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool {
-        let Some(bridge) = links.get(&bridge_name(&net.id)) else {
+        let Some(bridge) = links.get(&net.bridge()) else {
             return false;
         };
         links

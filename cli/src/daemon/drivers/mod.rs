@@ -4,6 +4,8 @@
 //! missing and tolerates what is already there.
 
 pub mod bridge;
+pub mod endpoint;
+pub mod macvlan;
 pub mod overlay;
 
 use std::collections::HashMap;
@@ -15,7 +17,7 @@ use sdnet_netstack::link::{LinkInfo, Netlink};
 use sdnet_netstack::netns::Netns;
 use sdnet_netstack::nft;
 
-use crate::daemon::config::our_link;
+use crate::daemon::config::our_link_info;
 use crate::daemon::store::schema::{DriverKind, EndpointRec, NetworkRec};
 
 /// The runtime that drives every netlink connection of the daemon. The kernel does a
@@ -62,14 +64,24 @@ impl Host {
             .with_context(|| format!("deleting link {name}"))
     }
 
-    /// Links of ours in the daemon's namespace, by name.
+    /// Links of ours in the daemon's namespace (by derived name or owner alias), by name.
     pub async fn our_links(&self) -> Result<HashMap<String, LinkInfo>> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|(_, l)| our_link_info(l))
+            .collect())
+    }
+
+    /// Every link of the daemon's namespace, by name (ours and the ones drivers use as they
+    /// are: an existing bridge, a macvlan parent).
+    pub async fn links(&self) -> Result<HashMap<String, LinkInfo>> {
         Ok(self
             .nl
             .links()
             .await?
             .into_iter()
-            .filter(|l| our_link(&l.name))
             .map(|l| (l.name.clone(), l))
             .collect())
     }
@@ -84,13 +96,22 @@ impl Host {
     }
 }
 
+/// A blocking sysctl write, off the runtime's workers.
+pub(crate) async fn set_sysctl(ns: &Netns, key: String, value: &'static str) -> Result<()> {
+    let ns = ns.try_clone()?;
+    tokio::task::spawn_blocking(move || sdnet_netstack::sysctl::set(&ns, &key, value))
+        .await
+        .context("sysctl thread")??;
+    Ok(())
+}
+
 /// A sandbox's namespace, as a driver needs it.
 pub struct SandboxNs<'a> {
     pub ns: &'a Netns,
     pub nl: &'a Netlink,
 }
 
-/// Links of ours in the daemon's namespace at one moment (one netlink dump per resync).
+/// Links of the daemon's namespace at one moment (one netlink dump per resync).
 pub type Links = HashMap<String, LinkInfo>;
 
 /// An endpoint of another node on a network, as the data path needs it.
@@ -116,9 +137,16 @@ pub trait NetworkDriver: Send + Sync {
         sb: SandboxNs<'_>,
         default_route: bool,
     ) -> Result<()>;
-    /// Removes an endpoint's objects outside the sandbox (inside, they go with the namespace).
-    async fn detach(&self, net: &NetworkRec, ep: &EndpointRec) -> Result<()>;
-    /// Cheap drift check against a dump of our links: false = call `ensure_network` again.
+    /// Removes an endpoint's objects. `sandbox`: the sandbox's namespace while it lives on
+    /// (a disconnect); None when it goes away, and what is inside goes with it.
+    async fn detach(
+        &self,
+        net: &NetworkRec,
+        ep: &EndpointRec,
+        sandbox: Option<&Netns>,
+    ) -> Result<()>;
+    /// Cheap drift check against a dump of the namespace's links: false = call
+    /// `ensure_network` again.
     fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool;
     /// Same for an endpoint: false = call `attach` again.
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool;
@@ -149,7 +177,7 @@ impl NetworkDriver for NullDriver {
     ) -> Result<()> {
         Ok(())
     }
-    async fn detach(&self, _: &NetworkRec, _: &EndpointRec) -> Result<()> {
+    async fn detach(&self, _: &NetworkRec, _: &EndpointRec, _: Option<&Netns>) -> Result<()> {
         Ok(())
     }
     fn network_intact(&self, _: &NetworkRec, _: &Links) -> bool {
@@ -164,6 +192,7 @@ impl NetworkDriver for NullDriver {
 pub struct Drivers {
     pub bridge: bridge::BridgeDriver,
     pub null: NullDriver,
+    pub macvlan: macvlan::MacvlanDriver,
     /// Only on a node of a cluster.
     pub overlay: Option<overlay::OverlayDriver>,
 }
@@ -176,6 +205,7 @@ impl Drivers {
                 Some(o) => o,
                 None => &self.null,
             },
+            DriverKind::Macvlan => &self.macvlan,
             DriverKind::Host | DriverKind::None => &self.null,
         }
     }

@@ -300,7 +300,7 @@ impl NetworkDriver for OverlayDriver {
         Ok(())
     }
 
-    async fn detach(&self, net: &NetworkRec, ep: &EndpointRec) -> Result<()> {
+    async fn detach(&self, net: &NetworkRec, ep: &EndpointRec, _: Option<&Netns>) -> Result<()> {
         let slot = self.slot(&net.id);
         let g = slot.lock().await;
         if let Some(o) = g.as_ref() {

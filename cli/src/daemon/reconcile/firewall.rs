@@ -12,7 +12,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use sdnet_resolver::model::Protocol;
 
-use crate::daemon::config::bridge_name;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{DriverKind, NetworkRec};
 
@@ -292,7 +291,7 @@ pub fn for_desired(d: &Desired, vxlan_port: Option<u16>, me: &str) -> String {
         .networks
         .values()
         .filter(|n| n.rec.driver == DriverKind::Bridge && !n.rec.subnets.is_empty())
-        .map(|n| (bridge_name(&n.rec.id), n.rec.as_ref()))
+        .map(|n| (n.rec.bridge(), n.rec.as_ref()))
         .collect();
     let nets: Vec<FwNetwork<'_>> = bridges
         .iter()

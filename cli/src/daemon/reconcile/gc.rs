@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::sandbox::Kept;
 use crate::daemon::Node;
-use crate::daemon::config::{Config, bridge_name, veth_name};
+use crate::daemon::config::{Config, veth_name};
 use crate::daemon::drivers::Host;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{DriverKind, NetMode};
@@ -176,7 +176,7 @@ pub async fn collect(
         .networks
         .values()
         .filter(|n| n.rec.driver == DriverKind::Bridge)
-        .map(|n| bridge_name(&n.rec.id))
+        .map(|n| n.rec.bridge())
         .collect();
     for (sb, eps) in d.endpoints.iter() {
         for net in eps.keys() {

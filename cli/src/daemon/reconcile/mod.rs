@@ -288,7 +288,7 @@ impl Reconciler {
             }
         }
         let links = if full {
-            match self.node.host.our_links().await {
+            match self.node.host.links().await {
                 Ok(l) => Some(l),
                 Err(e) => {
                     warn!("listing links: {e:#}");

@@ -178,6 +178,9 @@ async fn realize_inner(
 
     // The namespace.
     let path = node.cfg.netns_path(&sb.name);
+    // A namespace of ours a previous daemon made: it may hold macvlans of endpoints removed
+    // while no daemon ran (a veth went with its host end; a macvlan lives only in there).
+    let mut inherited = false;
     let need_ns = match &r.ns {
         None => true,
         Some(_) => links.is_some() && !is_netns(&path),
@@ -190,6 +193,7 @@ async fn realize_inner(
         }
         .or_else(|| take("netns"));
         let fresh = from_keeper.is_none() && sb.adopt.is_none();
+        inherited = !fresh && r.ns.is_none() && sb.adopt.is_none();
         let (p, adopt) = (path.clone(), sb.adopt.clone());
         let ns = blocking(move || {
             if is_netns(&p) {
@@ -250,11 +254,26 @@ async fn realize_inner(
         .filter(|n| !eps.iter().any(|(e, _)| &e.network == *n))
         .cloned()
         .collect();
+    // (Only while macvlan networks exist: a stray outlives no restart with its network.)
+    if inherited
+        && d.networks
+            .values()
+            .any(|n| n.rec.driver == DriverKind::Macvlan)
+    {
+        let keep: Vec<String> = eps
+            .iter()
+            .filter(|(_, n)| n.driver == DriverKind::Macvlan)
+            .map(|(e, _)| format!("eth{}", e.index))
+            .collect();
+        crate::daemon::drivers::macvlan::remove_strays(&ns, &keep)
+            .await
+            .context("removing macvlans of removed endpoints")?;
+    }
     for n in gone {
         if let Some((ep, _, net)) = r.eps.remove(&n) {
             node.drivers
                 .get(net.driver)
-                .detach(&net, &ep)
+                .detach(&net, &ep, Some(&ns))
                 .await
                 .with_context(|| format!("detaching from network {}", net.name))?;
         }
@@ -262,9 +281,11 @@ async fn realize_inner(
     let mut nl: Option<Netlink> = None;
     let mut default_done = false;
     for (ep, net) in &eps {
-        // The default route goes through the first network with a way out: a bridge (an
-        // overlay's egress is the gateway bridge).
-        let default_route = !default_done && !net.internal && net.driver == DriverKind::Bridge;
+        // The default route goes through the first network with a way out: a bridge or a
+        // macvlan (an overlay's egress is the gateway bridge).
+        let default_route = !default_done
+            && !net.internal
+            && matches!(net.driver, DriverKind::Bridge | DriverKind::Macvlan);
         default_done |= default_route;
         let driver = node.drivers.get(net.driver);
         let same = r
@@ -712,7 +733,7 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
 impl Leftovers {
     pub async fn finish(self, node: Arc<Node>) {
         for (ep, net) in &self.eps {
-            if let Err(e) = node.drivers.get(net.driver).detach(net, ep).await {
+            if let Err(e) = node.drivers.get(net.driver).detach(net, ep, None).await {
                 warn!(sandbox = %self.name, "removing an endpoint: {e:#}");
             }
         }

@@ -201,6 +201,13 @@ pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, DecodeE
     })
 }
 
+/// Bridge networks: the kernel bridge to use (an existing one is used as it is, never
+/// changed or removed; a missing one is created and owned).
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+/// Macvlan networks: the parent interface, and the mode (bridge, private, vepa, passthru).
+pub const PARENT_OPTION: &str = "parent";
+pub const MACVLAN_MODE_OPTION: &str = "macvlan_mode";
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
@@ -210,6 +217,8 @@ pub enum DriverKind {
     None,
     /// VXLAN across the nodes of a cluster (swarm scope).
     Overlay,
+    /// One macvlan link per endpoint on an existing parent interface.
+    Macvlan,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -276,7 +285,19 @@ fn served_by_default() -> bool {
 impl NetworkRec {
     /// The embedded DNS serves this network.
     pub fn dns_on(&self) -> bool {
-        self.dns && matches!(self.driver, DriverKind::Bridge | DriverKind::Overlay)
+        self.dns
+            && matches!(
+                self.driver,
+                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+            )
+    }
+    /// The kernel bridge of a bridge network: the one named by
+    /// `com.docker.network.bridge.name`, else `sd-<id12>`.
+    pub fn bridge(&self) -> String {
+        match self.options.get(BRIDGE_NAME_OPTION) {
+            Some(n) => n.clone(),
+            None => crate::daemon::config::bridge_name(&self.id),
+        }
     }
     /// The host zone serves its names: bridge and overlay networks (the default `bridge`
     /// too: sandbox names are unique) unless internal or created with `--host-dns=false`.
