@@ -180,6 +180,23 @@ impl<K: IndexKey, V: Clone> FlatIndex<K, V> {
         self.len
     }
 
+    /// Every entry, in no particular order.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> Vec<(K, V)> {
+        let mut out = Vec::with_capacity(self.len);
+        for slot in self.base.slots.iter().flatten() {
+            if !self.delta.contains_key(slot.key.borrow()) {
+                out.push((slot.key.clone(), slot.value.clone()));
+            }
+        }
+        for (k, v) in self.delta.iter() {
+            if let Some(v) = v {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        out
+    }
+
     fn maybe_rebuild(&mut self) {
         let d = self.delta.len();
         if d <= DELTA_MIN || (d * 4 <= self.base.len && d <= DELTA_MAX) {
