@@ -20,8 +20,24 @@
 //!   to PID (it must be an `sdctl daemon`, which the calling script started) and times how
 //!   long the name keeps answering: `loss_ms=`.
 //!
+//! cluster-bench health SOCKET SERVICE NODE MARK PROBE_NETNS FLIPS
+//!   SERVICE's task on NODE (node A, SOCKET) is healthy while the file MARK exists; flips MARK
+//!   FLIPS times and times each flip until A's API shows it (`health_check`), from then until
+//!   the probe (node B) sees `tasks.SERVICE` answer or stop answering (`health_propagate`), and
+//!   the whole (`health_total`). See swarm.rs.
+//! cluster-bench schedule SOCKET SERVICE COUNT NODE=PROBE_NETNS,… CMD…
+//!   Runs CMD (a `services create --replicas COUNT … --detach`), then times until A's API shows
+//!   COUNT running tasks and until each node's probe gets COUNT addresses for `tasks.SERVICE`.
+//! cluster-bench mesh MESH_NETNS MESH_ADDR DIRECT_NETNS DIRECT_ADDR,… CONNS
+//!   First packet (connect + first reply byte) through a node's published port (the routing
+//!   mesh) against straight to a task from a sandbox, alternating, CONNS each way.
+//!
 //! Env: CB_POLL_US (1000): the polling interval; CB_LIMIT_S (15; 60 for `loss`): how long to
-//! wait for one name.
+//! wait for one name; CB_API_POLL_US (1000), CB_HEALTH_S (120); CB_SCHED_POLL_MS (20),
+//! CB_SCHED_LIMIT_S (300); CB_MESH_S (120).
+
+#[path = "cluster-bench/swarm.rs"]
+mod swarm;
 
 use std::io::{Read, Write};
 use std::net::UdpSocket;
@@ -460,7 +476,10 @@ fn usage() -> ! {
         "usage: cluster-bench propagate SOCKET NETWORK COUNT PROBE_NETNS PREFIX\n\
          \x20      cluster-bench unpropagate SOCKET COUNT PROBE_NETNS PREFIX\n\
          \x20      cluster-bench wait PROBE_NETNS NAME\n\
-         \x20      cluster-bench loss PROBE_NETNS NAME PID"
+         \x20      cluster-bench loss PROBE_NETNS NAME PID\n\
+         \x20      cluster-bench health SOCKET SERVICE NODE MARK PROBE_NETNS FLIPS\n\
+         \x20      cluster-bench schedule SOCKET SERVICE COUNT NODE=PROBE_NETNS,... CMD...\n\
+         \x20      cluster-bench mesh MESH_NETNS MESH_ADDR DIRECT_NETNS DIRECT_ADDR,... CONNS"
     );
     std::process::exit(2);
 }
@@ -477,6 +496,15 @@ fn main() {
         ["unpropagate", sock, n, probe, prefix] => unpropagate(sock, count(n), probe, prefix),
         ["wait", probe, name] => wait(probe, name),
         ["loss", probe, name, pid] => loss(probe, name, pid.parse().unwrap_or_else(|_| usage())),
+        ["health", sock, svc, node, mark, probe, flips] => {
+            swarm::health(sock, svc, node, mark, probe, count(flips))
+        }
+        ["schedule", sock, svc, n, probes, cmd @ ..] if !cmd.is_empty() => {
+            swarm::schedule(sock, svc, count(n), probes, cmd)
+        }
+        ["mesh", mesh_ns, mesh_addr, direct_ns, direct, n] => {
+            swarm::mesh(mesh_ns, mesh_addr, direct_ns, direct, count(n))
+        }
         _ => usage(),
     };
     let _ = std::io::stdout().flush();
