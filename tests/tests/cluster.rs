@@ -608,3 +608,20 @@ fn a_node_cut_off_expires_and_returns_when_the_underlay_heals() {
         "no ping hugo (n0) → ida (n1) after healing"
     );
 }
+
+#[test]
+fn an_overlay_data_path_torn_down_and_made_again_at_once() {
+    // The last local endpoint goes and the next one comes right after, again and again: the
+    // old VXLAN device must be gone (it holds the VNI on the node) before the new one is made.
+    let c = Cluster::start("cl8", 1, &[]);
+    let n0 = &c.nodes[0];
+    n0.ok(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+    for i in 0..15 {
+        let name = format!("s{i}");
+        n0.ok(&["run", "-d", "--name", &name, "--network", "ov"]);
+        n0.ok(&["rm", "-f", &name]);
+    }
+    n0.ok(&["run", "-d", "--name", "last", "--network", "ov"]);
+    n0.exec_ok("last", &["ping", "-c1", "-W2", &n0.ip("last", "ov")]);
+    assert!(!n0.log().contains("vanished"), "{}", n0.log());
+}

@@ -174,12 +174,28 @@ impl OverlayDriver {
             None => {
                 // Made in the node's namespace (its socket stays there), then moved in.
                 let vni = net.vni.unwrap_or(0);
-                let idx = self
-                    .host
-                    .nl
-                    .add_vxlan(&name, vni, self.local, self.port, None, false)
-                    .await
-                    .with_context(|| format!("creating VXLAN {name}"))?;
+                // The VNI may still be held by a device on its way out (a namespace torn
+                // down by a crash, or by someone else): the kernel answers EEXIST until it
+                // is gone, for a moment.
+                let mut tries = 0;
+                let idx = loop {
+                    match self
+                        .host
+                        .nl
+                        .add_vxlan(&name, vni, self.local, self.port, None, false)
+                        .await
+                    {
+                        Ok(i) => break i,
+                        Err(e) if tries < 30 && e.to_string().contains("vanished") => {
+                            tries += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => {
+                            return Err(anyhow::Error::from(e))
+                                .with_context(|| format!("creating VXLAN {name}"));
+                        }
+                    }
+                };
                 self.host.nl.set_mtu(idx, mtu).await?;
                 self.host.nl.move_to_netns(idx, &ns).await?;
                 nl.link_index(&name).await?.ok_or_else(|| {
@@ -209,10 +225,22 @@ impl OverlayDriver {
         Ok(())
     }
 
-    /// Removes the network's namespace (the links in it go with it).
+    /// Removes the network's namespace (the links in it go with it). The VXLAN device is
+    /// deleted first, and synchronously: one left to the namespace's (asynchronous) teardown
+    /// still holds its VNI on the node's UDP port for a moment, and a data path made again
+    /// right then could not create its own (the kernel answers EEXIST).
     async fn remove(&self, net: &NetworkRec, slot: &mut Option<Overlay>) -> Result<()> {
-        *slot = None;
+        let name = Self::vxlan_name(net)?;
         let path = self.path(net);
+        match slot.take() {
+            Some(o) => o.nl.delete_link(&name).await?,
+            None if sdnet_netstack::netns::is_netns(&path) => {
+                let p = path.clone();
+                let nl = blocking(move || netlink(&Netns::open(&p)?)).await?;
+                nl.delete_link(&name).await?;
+            }
+            None => {}
+        }
         let (keeper, key) = (self.keeper.clone(), format!("ov/{}/", short(&net.id)));
         blocking(move || {
             let _ = keeper.drop_prefix(&key);
@@ -220,9 +248,7 @@ impl OverlayDriver {
         })
         .await?;
         // The VXLAN device may still sit in the node's namespace (a crash while moving it).
-        if let Ok(name) = Self::vxlan_name(net) {
-            let _ = self.host.delete_link(&name).await;
-        }
+        let _ = self.host.delete_link(&name).await;
         info!(network = %net.name, "overlay data path removed");
         Ok(())
     }
