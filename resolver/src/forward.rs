@@ -32,6 +32,9 @@ pub struct ForwardConfig {
     pub max_inflight: u32,
     pub cache_entries: usize,
     pub cache_max_ttl: u32,
+    /// When every server failed and the last one answered SERVFAIL or REFUSED, relay that
+    /// answer (aardvark-dns does) instead of our own SERVFAIL.
+    pub relay_failure: bool,
 }
 
 impl Default for ForwardConfig {
@@ -41,6 +44,7 @@ impl Default for ForwardConfig {
             max_inflight: 512,
             cache_entries: 10_000,
             cache_max_ttl: 3600,
+            relay_failure: false,
         }
     }
 }
@@ -219,6 +223,7 @@ impl Forwarder {
             debug!("no upstream servers: SERVFAIL");
             return None;
         }
+        let mut failed = None;
         for (i, server) in set.servers.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < Duration::from_millis(5) {
@@ -238,6 +243,7 @@ impl Forwarder {
                     let rcode = reply.rcode();
                     if rcode == RCODE_SERVFAIL as u16 || rcode == RCODE_REFUSED as u16 {
                         debug!(%server, rcode, "upstream failed, trying the next");
+                        failed = Some(reply);
                         continue;
                     }
                     return Some(reply);
@@ -245,7 +251,7 @@ impl Forwarder {
                 Err(e) => debug!(%server, error = %e, "upstream failed, trying the next"),
             }
         }
-        None
+        failed.filter(|_| self.cfg.relay_failure)
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::{ArcSwap, Guard};
 use smallvec::SmallVec;
 
+pub use crate::model::Policy;
 use crate::model::{
     self, DEFAULT_TTL, DEFAULT_VIP_TTL, EndpointMode, ModelError, Network, Sandbox, Service, State,
 };
@@ -101,6 +102,24 @@ impl PtrEntry {
     /// The target (wire format) and TTL.
     pub fn target(&self) -> (&[u8], u32) {
         (self.target.as_bytes(), self.ttl)
+    }
+    /// Under `Policy::Podman` the target is several wire-format names one after another:
+    /// each of them (a malformed tail ends the list).
+    pub fn targets(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = self.target.as_bytes();
+        std::iter::from_fn(move || {
+            let mut i = 0;
+            loop {
+                let len = *rest.get(i)? as usize;
+                i += 1 + len;
+                if len == 0 {
+                    break;
+                }
+            }
+            let (name, tail) = rest.split_at_checked(i)?;
+            rest = tail;
+            Some(name)
+        })
     }
 }
 
@@ -250,7 +269,11 @@ impl View {
 #[derive(Clone)]
 pub struct Snapshot {
     pub generation: u64,
+    pub policy: Policy,
     nets: Map<NetIdx, Arc<NetTable>>,
+    /// Per network, the view of a client no sandbox owns that asks on that network's
+    /// listener (`ViewSelector::BySourceOrNetwork`): that network's names, default upstreams.
+    net_views: Map<NetIdx, Arc<View>>,
     nets_by_name: Map<Box<str>, NetIdx>,
     views: Map<ViewIdx, Arc<View>>,
     by_source: Map<IpAddr, ViewIdx>,
@@ -261,7 +284,9 @@ impl Snapshot {
     fn empty() -> Self {
         Snapshot {
             generation: 0,
+            policy: Policy::Docker,
             nets: Map::default(),
+            net_views: Map::default(),
             nets_by_name: Map::default(),
             views: Map::default(),
             by_source: Map::default(),
@@ -280,14 +305,19 @@ impl Snapshot {
     }
     /// The sandbox owning a source address, or the anonymous view.
     pub fn view_by_source(&self, ip: IpAddr) -> &Arc<View> {
+        self.sandbox_by_source(ip).unwrap_or(&self.anonymous)
+    }
+    /// The sandbox owning a source address, if any.
+    pub fn sandbox_by_source(&self, ip: IpAddr) -> Option<&Arc<View>> {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        self.by_source
-            .get(&ip)
-            .and_then(|i| self.views.get(i))
-            .unwrap_or(&self.anonymous)
+        self.by_source.get(&ip).and_then(|i| self.views.get(i))
+    }
+    /// The view of an unknown client asking on a network's listener (lower-case name).
+    pub fn network_view(&self, lower: &str) -> Option<&Arc<View>> {
+        self.net_by_name(lower).and_then(|i| self.net_views.get(&i))
     }
     pub fn anonymous(&self) -> &Arc<View> {
         &self.anonymous
@@ -338,6 +368,7 @@ pub enum Change {
 
 #[derive(Default)]
 struct Writer {
+    policy: Policy,
     networks: HashMap<String, Network>,
     net_names: HashMap<String, String>,
     sandboxes: HashMap<String, Sandbox>,
@@ -375,9 +406,19 @@ impl Default for Tables {
 
 impl Tables {
     pub fn new() -> Self {
+        Self::with_policy(Policy::Docker)
+    }
+
+    /// Empty tables that answer with `policy`'s semantics.
+    pub fn with_policy(policy: Policy) -> Self {
+        let mut snap = Snapshot::empty();
+        snap.policy = policy.clone();
         Tables {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
-            writer: Mutex::new(Writer::default()),
+            current: ArcSwap::from_pointee(snap),
+            writer: Mutex::new(Writer {
+                policy,
+                ..Writer::default()
+            }),
         }
     }
 
@@ -413,9 +454,9 @@ impl Tables {
 
     /// Replaces the whole state (SIGHUP reload of `dns serve`): only what differs is changed.
     pub fn replace_all(&self, state: &State) -> Result<(), ModelError> {
-        state.validate()?;
         let changes = {
             let w = self.writer();
+            state.validate_for(&w.policy)?;
             diff(&w, state)
         };
         self.apply(changes)
@@ -560,6 +601,23 @@ impl Writer {
             None => NetTable::new(&n),
         };
         snap.nets.insert(idx, Arc::new(table));
+        snap.net_views.insert(
+            idx,
+            Arc::new(View {
+                sandbox: n.name.as_str().into(),
+                nets: smallvec::smallvec![idx],
+                forwarding: if n.internal {
+                    Forwarding::Never
+                } else {
+                    Forwarding::Default
+                },
+                inflight: self
+                    .inflight
+                    .entry(format!("net:{}", n.id))
+                    .or_default()
+                    .clone(),
+            }),
+        );
         snap.nets_by_name.insert(lower.clone().into(), idx);
         self.net_names.insert(lower, n.id.clone());
         let id = n.id.clone();
@@ -598,7 +656,9 @@ impl Writer {
         }
         if let Some(idx) = self.net_idx.remove(&id) {
             snap.nets.remove(&idx);
+            snap.net_views.remove(&idx);
         }
+        self.inflight.remove(&format!("net:{id}"));
         self.net_users.remove(&id);
         Ok(())
     }
@@ -818,32 +878,42 @@ impl Writer {
                 i
             }
         };
-        let mut nets = SmallVec::new();
+        let podman = matches!(self.policy, Policy::Podman { .. });
+        let mut nets: SmallVec<[NetIdx; 4]> = SmallVec::new();
         let mut any_external = false;
-        let mut net_upstreams: Option<&Vec<model::Upstream>> = None;
+        let mut net_upstreams: Vec<model::Upstream> = Vec::new();
         for ep in &sb.endpoints {
             let Some(n) = self.resolve_net(&ep.network) else {
                 continue;
             };
-            if n.dns {
-                nets.push(self.net_idx[&n.id]);
+            let idx = self.net_idx[&n.id];
+            if n.dns && !nets.contains(&idx) {
+                nets.push(idx);
             }
             if !n.internal {
                 any_external = true;
-                if net_upstreams.is_none() && !n.upstreams.is_empty() {
-                    net_upstreams = Some(&n.upstreams);
+                // Docker: the first network with servers; Podman: all of them, in order.
+                if podman || net_upstreams.is_empty() {
+                    for u in &n.upstreams {
+                        if !net_upstreams.contains(u) {
+                            net_upstreams.push(*u);
+                        }
+                    }
                 }
             }
         }
-        let set = |u: &Vec<model::Upstream>| {
+        let set = |u: &[model::Upstream]| {
             Forwarding::Upstreams(Arc::new(UpstreamSet::new(u.iter().map(|u| u.0).collect())))
         };
-        let forwarding = if !sb.upstreams.is_empty() {
-            set(&sb.upstreams)
-        } else if !sb.endpoints.is_empty() && !any_external {
+        let internal_only = !sb.endpoints.is_empty() && !any_external;
+        // Podman never forwards for a sandbox only on internal networks, whatever its own
+        // servers; Docker lets the sandbox's own servers win.
+        let forwarding = if internal_only && (podman || sb.upstreams.is_empty()) {
             Forwarding::Never
-        } else if let Some(u) = net_upstreams {
-            set(u)
+        } else if !sb.upstreams.is_empty() {
+            set(&sb.upstreams)
+        } else if !net_upstreams.is_empty() {
+            set(&net_upstreams)
         } else {
             Forwarding::Default
         };
@@ -874,6 +944,9 @@ impl Writer {
 
     /// Records of a sandbox, and the networks it uses.
     fn sandbox_records(&self, sb: &Sandbox) -> (Vec<Record>, Vec<String>) {
+        if let Policy::Podman { .. } = self.policy {
+            return self.podman_records(sb);
+        }
         let mut out = Vec::new();
         let mut nets = Vec::new();
         let svc = sb
@@ -955,6 +1028,65 @@ impl Writer {
                         net: idx,
                         ip: *ip,
                         target: target.clone(),
+                        ttl,
+                    });
+                }
+            }
+        }
+        (out, nets)
+    }
+
+    /// Podman: a sandbox's names on a network are that endpoint's aliases (the container
+    /// name is one of them); the PTR target of each address lists them all, one wire-format
+    /// name after another (see `PtrEntry::targets`).
+    fn podman_records(&self, sb: &Sandbox) -> (Vec<Record>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut nets = Vec::new();
+        for ep in &sb.endpoints {
+            let Some(net) = self.resolve_net(&ep.network) else {
+                continue;
+            };
+            if !nets.contains(&net.id) {
+                nets.push(net.id.clone());
+            }
+            if !net.dns {
+                continue;
+            }
+            let idx = self.net_idx[&net.id];
+            let ttl = net.ttl.unwrap_or(DEFAULT_TTL);
+            let mut names: Vec<String> = Vec::with_capacity(ep.aliases.len());
+            for a in &ep.aliases {
+                let a = a.to_ascii_lowercase();
+                if !names.contains(&a) {
+                    names.push(a);
+                }
+            }
+            let ips: SmallVec<[IpAddr; 2]> = [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .collect();
+            for n in &names {
+                for ip in &ips {
+                    out.push(Record::Addr {
+                        net: idx,
+                        key: n.clone().into_boxed_str(),
+                        ip: *ip,
+                        ttl,
+                    });
+                }
+            }
+            let targets: Vec<u8> = names
+                .iter()
+                .filter_map(|n| encode_name(n))
+                .flatten()
+                .collect();
+            if !targets.is_empty() {
+                let targets: Arc<[u8]> = targets.into();
+                for ip in &ips {
+                    out.push(Record::Ptr {
+                        net: idx,
+                        ip: *ip,
+                        target: targets.clone(),
                         ttl,
                     });
                 }
