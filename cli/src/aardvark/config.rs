@@ -42,8 +42,10 @@ pub struct Entry {
     pub upstreams: Vec<IpAddr>,
 }
 
-/// Everything the directory says: the model to serve and the listeners (address → the
-/// lower-case name of the network whose listener it is).
+/// Everything the directory says: the model to serve and the listeners (address → the model
+/// name of the network whose listener it is). A network's model ID and name are derived from
+/// its file name (which may be longer than a DNS label, or hold any character a file name
+/// can); Podman's semantics never use a network's name in DNS.
 #[derive(Debug, Default)]
 pub struct Config {
     pub state: State,
@@ -71,7 +73,9 @@ pub fn parse_file(file: &str, text: &str) -> Result<NetFile, String> {
         Some(n) => (n, true),
         None => (file, false),
     };
-    model::check_object_name("network", name).map_err(|e| e.to_string())?;
+    if name.is_empty() {
+        return Err("empty network name".into());
+    }
     let mut lines = text.split('\n').filter(|l| !l.is_empty());
     let head = lines.next().ok_or("empty file: no listen address line")?;
     let mut cols = head.split(' ');
@@ -187,27 +191,25 @@ fn upstreams(ips: &[IpAddr]) -> Vec<Upstream> {
         .collect()
 }
 
-/// The model and listeners of the parsed files. A network whose name differs from an earlier
-/// one only in case (or `net` beside `net%int`) is skipped; a listen address already taken
-/// by an earlier network stays with it.
+/// The model and listeners of the parsed files. A network defined twice (`net` beside
+/// `net%int`) keeps its first file; a listen address already taken by an earlier network
+/// stays with it.
 pub fn build(files: Vec<NetFile>, mut errors: Vec<String>) -> Config {
     let mut cfg = Config::default();
     let mut seen_names: HashMap<String, ()> = HashMap::new();
-    // Container ID → (sandbox, whether it has its own servers yet).
     let mut sandboxes: BTreeMap<String, Sandbox> = BTreeMap::new();
     for f in files {
-        let lower = f.name.to_ascii_lowercase();
-        if seen_names.insert(lower.clone(), ()).is_some() {
+        if seen_names.insert(f.name.clone(), ()).is_some() {
             errors.push(format!(
                 "network {:?}: another file already defines a network of that name; file skipped",
                 f.name
             ));
             continue;
         }
-        let net_id = format!("n{}", &sandbox_id(&lower)[..32]);
+        let net_id = format!("n{}", &sandbox_id(&f.name)[..32]);
         cfg.state.networks.push(Network {
             id: net_id.clone(),
-            name: f.name.clone(),
+            name: net_id.clone(),
             internal: f.internal,
             dns: true,
             upstreams: if f.internal {
@@ -219,14 +221,14 @@ pub fn build(files: Vec<NetFile>, mut errors: Vec<String>) -> Config {
             vip_ttl: None,
         });
         for ip in &f.listen {
-            if let Some(other) = cfg.listeners.get(ip) {
+            if cfg.listeners.contains_key(ip) {
                 errors.push(format!(
-                    "network {:?}: listen address {ip} is already network {other:?}'s",
+                    "network {:?}: listen address {ip} is already another network's; not served for this one",
                     f.name
                 ));
                 continue;
             }
-            cfg.listeners.insert(*ip, lower.clone());
+            cfg.listeners.insert(*ip, net_id.clone());
         }
         for e in f.entries {
             let id = sandbox_id(&e.id);
@@ -299,7 +301,13 @@ mod tests {
         let e = parse_file("n", "10.0.0.1\nid 10.0.0.2 web\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         assert!(parse_file("n", "10.0.0.1\nid 10.0.0.x  web\n").is_err());
-        assert!(parse_file("-bad", "10.0.0.1\n").is_err());
+        assert!(parse_file("%int", "10.0.0.1\n").is_err());
+        // Any file name is a network name, even one longer than a DNS label.
+        let long = "podman".to_string() + &"1".repeat(100);
+        let f = parse_file(&long, "10.0.0.1\n").unwrap();
+        let cfg = build(vec![f], Vec::new());
+        assert!(cfg.errors.is_empty());
+        cfg.state.validate().unwrap();
     }
 
     #[test]
@@ -327,7 +335,7 @@ mod tests {
     #[test]
     fn same_name_twice_is_skipped() {
         let a = parse_file("net", "10.1.0.1\n").unwrap();
-        let b = parse_file("NET%int", "10.2.0.1\n").unwrap();
+        let b = parse_file("net%int", "10.2.0.1\n").unwrap();
         let cfg = build(vec![a, b], Vec::new());
         assert_eq!(cfg.state.networks.len(), 1);
         assert_eq!(cfg.errors.len(), 1);
