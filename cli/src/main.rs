@@ -33,7 +33,7 @@ fn main() -> std::process::ExitCode {
         use clap::Parser;
         return match cli::AardvarkCli::try_parse_from(&argv) {
             Ok(c) => {
-                init_tracing(None);
+                aardvark::log::init();
                 exit_with(aardvark::main(c.args).map(i32::from))
             }
             Err(e) => {
@@ -53,7 +53,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(cli.global.log_level);
+    match (&cli.command, cli.global.log_level) {
+        (Command::AardvarkDns(_), None) => aardvark::log::init(),
+        (_, level) => init_tracing(level),
+    }
     let result = match cli.command {
         Command::Daemon(mut args) => {
             args.resolve_socket(cli.global.socket.as_deref());

@@ -74,6 +74,7 @@ pub fn fork_and_wait(child: impl FnOnce(OwnedFd) -> Result<()>) -> Result<u8> {
 /// Leaves the caller's session and stdio (after the listeners are bound, before saying ready).
 pub fn daemonize() -> Result<()> {
     setsid().context("setsid")?;
+    super::log::detach();
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
