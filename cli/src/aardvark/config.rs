@@ -233,7 +233,8 @@ pub fn build(files: Vec<NetFile>, mut errors: Vec<String>) -> Config {
         for e in f.entries {
             let id = sandbox_id(&e.id);
             let sb = sandboxes.entry(e.id.clone()).or_insert_with(|| Sandbox {
-                name: format!("ctr-{}", &id[..32]),
+                // The whole ID (unique), as two labels of 32 (a label holds at most 63).
+                name: format!("{}.{}", &id[..32], &id[32..]),
                 id,
                 hostname: None,
                 endpoints: Vec::new(),
@@ -330,6 +331,14 @@ mod tests {
                 search_domain: "dns.podman".into(),
             })
             .unwrap();
+    }
+
+    #[test]
+    fn ids_sharing_a_prefix_are_different_sandboxes() {
+        let text = format!("10.1.0.1\n{:064x} 10.1.0.2  a\n{:064x} 10.1.0.3  b\n", 1, 2);
+        let cfg = build(vec![parse_file("n", &text).unwrap()], Vec::new());
+        assert_eq!(cfg.state.sandboxes.len(), 2);
+        cfg.state.validate().unwrap();
     }
 
     #[test]
