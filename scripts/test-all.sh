@@ -20,6 +20,11 @@ for pair in dig:bind9-dnsutils kdig:knot-dnsutils dnsmasq:dnsmasq named:bind9 nf
             protoc:protobuf-compiler; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
+# tests/tests/aardvark.rs: Podman's netavark and aardvark-dns (the baseline), and iptables
+# (netavark 1.4's firewall driver; it only touches the test's own namespaces).
+[ -x /usr/lib/podman/netavark ] || need+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # etcd-client's build compiles etcd's protos, which import protobuf's well-known types.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then

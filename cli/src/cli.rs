@@ -217,6 +217,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// Podman's aardvark-dns, as netavark starts it (also what sdctl does when started under
+    /// the name `aardvark-dns`, e.g. through a symlink).
+    AardvarkDns(AardvarkArgs),
     /// Show the client's version and the daemon's, if one answers.
     Version,
     /// Print a shell completion script (e.g. `sdctl completion bash > /etc/bash_completion.d/sdctl`).
@@ -460,6 +463,41 @@ pub struct RunArgs {
     /// that is not a flag (an unknown flag before it is an error, not the command).
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AardvarkArgs {
+    /// Directory of network files (netavark's `aardvark-dns` directory).
+    #[arg(short, long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// Port to serve on, UDP and TCP, on every listen address.
+    #[arg(short, long, default_value_t = 5533)]
+    pub port: u16,
+    /// Search domain stripped from queries; names under it are never forwarded.
+    #[arg(short, long, default_value = ".dns.podman", value_name = "DOMAIN")]
+    pub filter_search_domain: String,
+    #[command(subcommand)]
+    pub command: AardvarkCommand,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy)]
+pub enum AardvarkCommand {
+    /// Start the server (forks; the parent exits once every listener is bound).
+    Run,
+    /// Print the version as JSON.
+    Version,
+}
+
+/// The command line when sdctl is started as `aardvark-dns`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "aardvark-dns",
+    version,
+    about = "sdnet as Podman's aardvark-dns"
+)]
+pub struct AardvarkCli {
+    #[command(flatten)]
+    pub args: AardvarkArgs,
 }
 
 #[derive(Subcommand, Debug)]

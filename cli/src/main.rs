@@ -1,5 +1,6 @@
 //! `sdctl`: the sdnet daemon and its Docker-style client in one binary.
 
+mod aardvark;
 mod api;
 mod cli;
 mod client;
@@ -23,6 +24,24 @@ fn main() -> std::process::ExitCode {
         Some("__gate") => return daemon::supervisor::gate_main(&argv[2..]),
         _ => {}
     }
+    let invoked_as = argv
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
+    if invoked_as == Some("aardvark-dns") {
+        use clap::Parser;
+        return match cli::AardvarkCli::try_parse_from(&argv) {
+            Ok(c) => {
+                aardvark::log::init();
+                exit_with(aardvark::main(c.args).map(i32::from))
+            }
+            Err(e) => {
+                let _ = e.print();
+                std::process::ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+            }
+        };
+    }
     let cli = match cli::parse(argv) {
         Ok(cli) => cli,
         Err(ParseExit::Print(e)) => {
@@ -34,7 +53,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_tracing(cli.global.log_level);
+    match (&cli.command, cli.global.log_level) {
+        (Command::AardvarkDns(_), None) => aardvark::log::init(),
+        (_, level) => init_tracing(level),
+    }
     let result = match cli.command {
         Command::Daemon(mut args) => {
             args.resolve_socket(cli.global.socket.as_deref());
@@ -43,8 +65,13 @@ fn main() -> std::process::ExitCode {
         Command::Dns {
             command: DnsCommand::Serve(args),
         } => daemon::dns_serve::run(args).map(|()| 0),
+        Command::AardvarkDns(args) => aardvark::main(args).map(i32::from),
         other => client::run(&cli.global, other),
     };
+    exit_with(result)
+}
+
+fn exit_with(result: anyhow::Result<i32>) -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

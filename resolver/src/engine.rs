@@ -4,7 +4,10 @@
 
 use std::net::IpAddr;
 
+use crate::model::Policy;
 use crate::table::{AddrSet, NetTable, Snapshot, SrvSet, View};
+
+pub mod podman;
 use crate::wire::{
     self, CLASS_IN, Query, RCODE_NOERROR, RCODE_NXDOMAIN, Response, TYPE_A, TYPE_AAAA, TYPE_PTR,
     TYPE_SRV, flag,
@@ -80,6 +83,9 @@ pub fn answer(
         let r = Response::new(out, q, 0, ra, limit);
         r.finish_with_ext_rcode(1);
         return Outcome::Reply;
+    }
+    if let Policy::Podman { search_domain } = &snap.policy {
+        return podman::answer(snap, view, q, search_domain, limit, out);
     }
     if q.qclass == CLASS_IN && q.key.plain() {
         let key = q.key.as_str();

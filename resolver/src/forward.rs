@@ -33,6 +33,9 @@ pub struct ForwardConfig {
     pub max_inflight: u32,
     pub cache_entries: usize,
     pub cache_max_ttl: u32,
+    /// When every server failed and the last one answered SERVFAIL or REFUSED, relay that
+    /// answer (aardvark-dns does) instead of our own SERVFAIL.
+    pub relay_failure: bool,
 }
 
 impl Default for ForwardConfig {
@@ -42,6 +45,7 @@ impl Default for ForwardConfig {
             max_inflight: 512,
             cache_entries: 10_000,
             cache_max_ttl: 3600,
+            relay_failure: false,
         }
     }
 }
@@ -223,6 +227,7 @@ impl Forwarder {
             debug!("no upstream servers: SERVFAIL");
             return None;
         }
+        let mut failed = None;
         for (i, server) in set.servers.iter().enumerate() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < Duration::from_millis(5) {
@@ -244,6 +249,7 @@ impl Forwarder {
                     if rcode == RCODE_SERVFAIL as u16 || rcode == RCODE_REFUSED as u16 {
                         self.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
                         debug!(%server, rcode, "upstream failed, trying the next");
+                        failed = Some(reply);
                         continue;
                     }
                     return Some(reply);
@@ -254,7 +260,7 @@ impl Forwarder {
                 }
             }
         }
-        None
+        failed.filter(|_| self.cfg.relay_failure)
     }
 }
 

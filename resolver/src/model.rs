@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -14,6 +15,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const DEFAULT_TTL: u32 = 0;
 /// Default TTL of service VIP records: a VIP lives as long as its service.
 pub const DEFAULT_VIP_TTL: u32 = 600;
+
+/// Whose answer semantics the engine follows (DESIGN.md §3 is Docker's; `Podman` is
+/// aardvark-dns's, for `sdctl aardvark-dns`). One resolver serves one policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// A sandbox's name, short ID, hostname and aliases; the first shared network in
+    /// attachment order answers; `name.network`; PTR `name.network.`.
+    #[default]
+    Docker,
+    /// Only the endpoints' aliases are names; a name answers the union of its addresses over
+    /// every network of the asking sandbox; `search_domain` (lower case, no outer dots) is
+    /// stripped from queries and names under it are never forwarded; PTR answers every name
+    /// of the address; network upstreams are the union over the sandbox's networks.
+    Podman { search_domain: Arc<str> },
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +358,13 @@ impl Sandbox {
 impl State {
     /// Checks every object on its own and every reference between objects.
     pub fn validate(&self) -> Result<(), ModelError> {
+        self.validate_for(&Policy::Docker)
+    }
+
+    /// `validate` for tables with `policy`: under Podman a sandbox may have several endpoints
+    /// on one network (one per address of a multi-subnet network).
+    pub fn validate_for(&self, policy: &Policy) -> Result<(), ModelError> {
+        let podman = matches!(policy, Policy::Podman { .. });
         let mut ids = HashSet::new();
         let mut names = HashSet::new();
         for n in &self.networks {
@@ -417,7 +440,7 @@ impl State {
                 if !net_known(&ep.network) {
                     return unknown(format!("sandbox {}", sb.name), "network", &ep.network);
                 }
-                if !seen_nets.insert(ep.network.as_str()) {
+                if !seen_nets.insert(ep.network.as_str()) && !podman {
                     return dup("endpoint network", &ep.network);
                 }
                 for a in &ep.aliases {

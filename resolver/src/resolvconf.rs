@@ -11,7 +11,11 @@ use crate::table::UpstreamSet;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvConf {
+    /// Servers a sandbox may be given (scoped IPv6 addresses left out).
     pub nameservers: Vec<IpAddr>,
+    /// Every server we can forward to from here, in order: `nameservers` plus link-local IPv6
+    /// servers with their zone (`fe80::1%eth0`, the interface looked up by name).
+    pub upstreams: Vec<SocketAddr>,
     pub search: Vec<String>,
     pub options: Vec<String>,
 }
@@ -26,9 +30,13 @@ impl ResolvConf {
             let mut words = line.split_whitespace();
             match words.next() {
                 Some("nameserver") => {
-                    // Scoped IPv6 (fe80::1%eth0) is not usable from a sandbox: skip it.
-                    if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
+                    let Some(word) = words.next() else { continue };
+                    if let Ok(ip) = word.parse() {
                         rc.nameservers.push(ip);
+                        rc.upstreams.push(SocketAddr::new(ip, 53));
+                    } else if let Some(sa) = scoped(word) {
+                        // Not usable from a sandbox, but we forward from this namespace.
+                        rc.upstreams.push(sa);
                     }
                 }
                 Some("search") | Some("domain") => {
@@ -121,12 +129,23 @@ impl HostResolvConf {
 }
 
 fn upstreams(conf: &ResolvConf) -> UpstreamSet {
-    UpstreamSet::new(
-        conf.nameservers
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, 53))
-            .collect(),
-    )
+    UpstreamSet::new(conf.upstreams.clone())
+}
+
+/// `fe80::1%eth0` (or `%3`) as a socket address on port 53; None if not that or the
+/// interface is unknown.
+fn scoped(word: &str) -> Option<SocketAddr> {
+    let (addr, zone) = word.split_once('%')?;
+    let ip: std::net::Ipv6Addr = addr.parse().ok()?;
+    let index = match zone.parse::<u32>() {
+        Ok(i) => i,
+        Err(_) => {
+            let name = std::ffi::CString::new(zone).ok()?;
+            // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        }
+    };
+    (index != 0).then(|| SocketAddr::V6(std::net::SocketAddrV6::new(ip, 53, 0, index)))
 }
 
 fn read(path: &Path) -> (Option<SystemTime>, u64, ResolvConf) {
@@ -146,13 +165,24 @@ mod tests {
     #[test]
     fn parse_and_render() {
         let rc = ResolvConf::parse(
-            "# c\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nnameserver ::1\ndomain x\nsearch corp.example b.example ; c\noptions edns0\noptions trust-ad\n",
+            "# c\nnameserver 10.0.0.1\nnameserver fe80::1%lo\nnameserver fe80::2%nosuchif9\nnameserver ::1\ndomain x\nsearch corp.example b.example ; c\noptions edns0\noptions trust-ad\n",
         );
         assert_eq!(
             rc.nameservers,
             [
                 "10.0.0.1".parse::<IpAddr>().unwrap(),
                 "::1".parse().unwrap()
+            ]
+        );
+        // The link-local server on a known interface is an upstream (with its zone); one
+        // on an unknown interface is dropped.
+        let lo = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 1);
+        assert_eq!(
+            rc.upstreams,
+            [
+                "10.0.0.1:53".parse().unwrap(),
+                SocketAddr::V6(lo),
+                "[::1]:53".parse().unwrap()
             ]
         );
         assert_eq!(rc.search, ["corp.example", "b.example"]);

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::{self, Outcome};
 use crate::forward::{DefaultUpstreams, ForwardConfig, Forwarder};
+use crate::model::Policy;
 use crate::stats::{InFlight, Source};
 use crate::table::{Snapshot, Tables, View, ViewIdx};
 use crate::wire::{self, RCODE_REFUSED, Reject, Response, parse_query};
@@ -53,6 +54,8 @@ impl Default for TcpConfig {
 pub struct ResolverConfig {
     pub forward: ForwardConfig,
     pub tcp: TcpConfig,
+    /// Whose answer semantics the tables and engine follow.
+    pub policy: Policy,
 }
 
 /// Which sandbox's view answers queries arriving on a listener.
@@ -63,6 +66,9 @@ pub enum ViewSelector {
     Sandbox(Arc<AtomicU32>),
     /// The sandbox owning the source address; others get the anonymous view.
     BySource,
+    /// The sandbox owning the source address; others get the view of the network (lower-case
+    /// name) the listener serves (aardvark-dns: one listener per network gateway).
+    BySourceOrNetwork(Arc<str>),
 }
 
 impl ViewSelector {
@@ -74,6 +80,9 @@ impl ViewSelector {
         match self {
             ViewSelector::Sandbox(i) => snap.view(i.load(Ordering::Relaxed)),
             ViewSelector::BySource => Some(snap.view_by_source(src)),
+            ViewSelector::BySourceOrNetwork(net) => snap
+                .sandbox_by_source(src)
+                .or_else(|| snap.network_view(net)),
         }
     }
 }
@@ -100,7 +109,7 @@ pub enum Handled {
 impl Resolver {
     pub fn new(cfg: ResolverConfig, defaults: DefaultUpstreams) -> Arc<Self> {
         Arc::new(Resolver {
-            tables: Tables::new(),
+            tables: Tables::with_policy(cfg.policy),
             forwarder: Forwarder::new(cfg.forward, defaults),
             tcp: cfg.tcp,
             log_queries: AtomicBool::new(false),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# DNS benchmark: `sdctl dns serve` against dnsmasq, unbound and aardvark-dns, all answering the
+# DNS benchmark: `sdctl dns serve` (and `sdctl aardvark-dns`, sdctl-aardvark: the same
+# aardvark config directory as aardvark-dns) against dnsmasq, unbound and aardvark-dns, all answering the
 # same names in a throw-away network namespace (loopback only), loaded with dnsperf. The floor-*
 # servers (resolver/examples/udp_floor.rs) echo every query with no work: their CPU per query is
 # what the kernel's UDP path alone costs. See tests/bench/README.md. Run as root:
@@ -8,8 +9,8 @@
 #   DUR=3 REPS=1 SIZES=1000 tests/bench/dns.sh  # quick run (~3 min)
 #
 # Knobs (environment): DUR (s per run, 10), REPS (3 for A, 2 for the other mixes), SIZES
-# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso
-# floor-mmsg"; also floor-sendto, floor-uring), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
+# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark
+# floor-gso floor-mmsg"; also floor-sendto, floor-uring), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
 # (binary; default: cargo build --release -p sdctl), FLOOR (udp_floor binary; default: cargo build
 # --release -p sdnet-resolver --example udp_floor),
 # AARDVARK_ALL=1 (aardvark at every size, not only ≤ 1000 names), CLIENTS (4), OUTSTANDING (100),
@@ -25,7 +26,7 @@ REPORT_AWK=$HERE/lib/report.awk
 DUR=${DUR:-10}
 REPS=${REPS:-}
 SIZES=${SIZES:-1000 100000}
-ONLY=${ONLY:-sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg}
+ONLY=${ONLY:-sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark floor-gso floor-mmsg}
 FLOORS="floor-gso floor-mmsg floor-sendto floor-uring" # zero-work echo servers: the kernel's floor
 FLOOR=${FLOOR:-}
 AARDVARK_ALL=${AARDVARK_ALL:-0}
@@ -55,7 +56,7 @@ if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   done
   for n in $SIZES; do [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 1000000 ] || die "bad size '$n'"; done
   for s in $ONLY; do
-    case $s in sdctl | sdctl-nocache | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto | floor-uring) ;;
+    case $s in sdctl | sdctl-nocache | sdctl-aardvark | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto | floor-uring) ;;
       *) die "unknown server '$s' in ONLY" ;; esac
   done
   missing=0
@@ -290,6 +291,25 @@ start_sdctl() { # NAME ADDR PORT DIR [extra args]
   set_prio "$!"
 }
 
+start_sdctl_aardvark() { # DIR: `sdctl aardvark-dns` on the config aardvark-dns gets (anchors.sh),
+  # listening on 127.0.0.13:5313; like aardvark, nothing forwarded (AARDVARK_NO_PROXY).
+  local d=$1 c="$W/sdctl-aardvark"
+  rm -rf "$c"
+  mkdir -p "$c"
+  {
+    echo "127.0.0.13"
+    awk '{printf "%064x %s  %s\n", NR, $1, $2}' "$d/hosts"
+    printf "%064x 127.0.0.200  benchclient\n" 999999
+  } >"$c/benchnet"
+  # `run` forks; the parent returns once the child listens, its pid in aardvark.pid
+  AARDVARK_NO_PROXY=1 ip netns exec "$NS" taskset -c 0 "$SDCTL" aardvark-dns --config "$c" -p 5313 run \
+    >"$W/sdctl-aardvark.log" 2>&1
+  S_PID[sdctl-aardvark]=$(cat "$c/aardvark.pid")
+  SRV_PIDS+=("${S_PID[sdctl-aardvark]}")
+  S_ADDR[sdctl-aardvark]=127.0.0.13 S_PORT[sdctl-aardvark]=5313 S_SRC[sdctl-aardvark]=127.0.0.200
+  set_prio "${S_PID[sdctl-aardvark]}"
+}
+
 start_floor() { # NAME ADDR PORT MODE: resolver/examples/udp_floor.rs
   local name=$1 addr=$2 port=$3 mode=$4
   ip netns exec "$NS" taskset -c 0 "$FLOOR" "$addr:$port" --mode "$mode" >"$W/$name.log" 2>&1 &
@@ -318,12 +338,13 @@ start_all() { # N DIR
     has sdctl && start_sdctl sdctl 127.0.0.10 5310 "$d"
     has sdctl-nocache && start_sdctl sdctl-nocache 127.0.0.12 5312 "$d" --cache-size 0
   fi
+  has sdctl-aardvark && start_sdctl_aardvark "$d"
   has floor-sendto && start_floor floor-sendto 127.0.0.20 5320 sendto
   has floor-uring && start_floor floor-uring 127.0.0.23 5323 uring
   has floor-mmsg && start_floor floor-mmsg 127.0.0.21 5321 mmsg
   has floor-gso && start_floor floor-gso 127.0.0.22 5322 gso
   local comm
-  for name in sdctl sdctl-nocache dnsmasq unbound aardvark $FLOORS; do
+  for name in sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark $FLOORS; do
     has "$name" || continue
     [ -n "${S_PID[$name]:-}" ] || { say "$name not started at $n names (see README)"; continue; }
     case $name in floor-*) wait_ready_floor "$name" ;; *) wait_ready "$name" "$n" ;; esac
@@ -447,7 +468,7 @@ for N in $SIZES; do
   say "starting servers"
   start_all "$N" "$W/n$N"
   servers=()
-  for s in sdctl sdctl-nocache dnsmasq unbound aardvark $FLOORS; do
+  for s in sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark $FLOORS; do
     has "$s" && [ -n "${S_PID[$s]:-}" ] && servers+=("$s")
   done
   maxreps=$REPS_A; [ "$REPS_OTHER" -le "$maxreps" ] || maxreps=$REPS_OTHER

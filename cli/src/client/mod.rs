@@ -150,6 +150,7 @@ async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
         | Command::Completion { .. }
         | Command::Man { .. }
         | Command::Daemon(_)
+        | Command::AardvarkDns(_)
         | Command::Dns {
             command: DnsCommand::Serve(_),
         } => Err(anyhow!("not a client command")),

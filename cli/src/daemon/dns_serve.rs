@@ -68,6 +68,7 @@ async fn serve(args: DnsServeArgs) -> Result<()> {
             ..ForwardConfig::default()
         },
         tcp: TcpConfig::default(),
+        policy: Default::default(),
     };
     let resolver = Resolver::new(cfg, defaults);
     resolver.set_log_queries(args.log_queries);

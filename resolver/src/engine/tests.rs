@@ -593,3 +593,110 @@ fn names_of_every_length_and_shared_records_follow_their_holders() {
     assert_eq!(all.len(), 40);
     assert!(!all.contains(&"10.1.1.0".to_string()));
 }
+
+/// `Policy::Podman` (aardvark-dns's semantics) over the same engine.
+mod podman {
+    use super::*;
+    use crate::model::Policy;
+
+    fn tables() -> Tables {
+        let json = serde_json::json!({
+            "networks": [
+                {"id": "n1", "name": "net1", "upstreams": ["10.9.0.1"]},
+                {"id": "n2", "name": "net2", "upstreams": ["10.9.0.2"]},
+                {"id": "n3", "name": "net3", "internal": true},
+            ],
+            "sandboxes": [
+                {"id": id(1), "name": "x1",
+                 "endpoints": [{"network": "n1", "ipv4": "10.1.0.2", "aliases": ["web", "w1"]},
+                               {"network": "n2", "ipv4": "10.2.0.2", "ipv6": "fd02::2", "aliases": ["web"]}]},
+                {"id": id(2), "name": "x2",
+                 "endpoints": [{"network": "n1", "ipv4": "10.1.0.3", "aliases": ["db"]}]},
+                {"id": id(3), "name": "x3",
+                 "endpoints": [{"network": "n2", "ipv4": "10.2.0.4", "aliases": ["db"]},
+                               {"network": "n1", "ipv4": "10.1.0.4", "aliases": ["cache"]}]},
+                {"id": id(4), "name": "x4", "upstreams": ["10.9.9.9"],
+                 "endpoints": [{"network": "n3", "ipv4": "10.3.0.2", "aliases": ["lonely"]}]},
+            ]
+        });
+        let st: State = serde_json::from_value(json).unwrap();
+        let t = Tables::with_policy(Policy::Podman {
+            search_domain: "dns.podman".into(),
+        });
+        t.replace_all(&st).unwrap();
+        t
+    }
+
+    #[test]
+    fn union_over_every_shared_network() {
+        let t = tables();
+        // x3 shares net1 with x2 and net2 with x1: db answers both networks' addresses.
+        assert_eq!(
+            sorted(answers(&ask(&t, 3, q("db", TYPE_A)).unwrap())),
+            ["10.1.0.3", "10.2.0.4"]
+        );
+        // x2 is on net1 only.
+        assert_eq!(answers(&ask(&t, 2, q("db", TYPE_A)).unwrap()), ["10.1.0.3"]);
+        let m = ask(&t, 2, q("web", TYPE_A)).unwrap();
+        assert_eq!(answers(&m), ["10.1.0.2"]);
+        assert_eq!(m.answers[0].ttl, 0);
+        assert_eq!(
+            answers(&ask(&t, 3, q("WEB", TYPE_AAAA)).unwrap()),
+            ["fd02::2"]
+        );
+        // Sandbox names and short IDs are no names under this policy; nor is name.network.
+        assert!(ask(&t, 2, q("x1", TYPE_A)).is_none());
+        assert!(ask(&t, 2, q("010101010101", TYPE_A)).is_none());
+        assert!(ask(&t, 2, q("web.net1", TYPE_A)).is_none());
+    }
+
+    #[test]
+    fn search_domain_stripped_and_never_forwarded() {
+        let t = tables();
+        assert_eq!(
+            answers(&ask(&t, 2, q("web.dns.podman", TYPE_A)).unwrap()),
+            ["10.1.0.2"]
+        );
+        let m = ask(&t, 2, q("nothere.dns.podman", TYPE_A)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert!(ask(&t, 2, q("example.com", TYPE_A)).is_none());
+        // A local name without the asked type: NODATA.
+        is_nodata(&ask(&t, 2, q("db", TYPE_AAAA)).unwrap());
+    }
+
+    #[test]
+    fn ptr_lists_every_name() {
+        let t = tables();
+        let m = ask(&t, 2, q("2.0.1.10.in-addr.arpa", TYPE_PTR)).unwrap();
+        assert_eq!(answers(&m), ["web.", "w1."]);
+        assert_eq!(m.answers[0].ttl, 0);
+        // Not on a network of the asker: not ours to answer.
+        assert!(ask(&t, 2, q("4.0.2.10.in-addr.arpa", TYPE_PTR)).is_none());
+    }
+
+    #[test]
+    fn internal_only_never_forwards_and_upstreams_are_unioned() {
+        let t = tables();
+        let m = ask(&t, 4, q("example.com", TYPE_A)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        let snap = t.snapshot();
+        let view = snap.view(t.view_of(&id(1)).unwrap()).unwrap();
+        match &view.forwarding {
+            crate::table::Forwarding::Upstreams(set) => assert_eq!(
+                set.servers,
+                [
+                    "10.9.0.1:53".parse().unwrap(),
+                    "10.9.0.2:53".parse().unwrap()
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // An unknown client on net2's listener sees net2's names only.
+        let nv = snap.network_view("net2").unwrap();
+        assert_eq!(nv.nets.len(), 1);
+        assert!(
+            snap.sandbox_by_source("10.7.7.7".parse().unwrap())
+                .is_none()
+        );
+    }
+}

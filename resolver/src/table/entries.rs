@@ -166,6 +166,24 @@ impl PtrEntry {
     pub fn target(&self) -> (&[u8], u32) {
         (self.target.as_bytes(), self.ttl)
     }
+    /// Under `Policy::Podman` the target is several wire-format names one after another:
+    /// each of them (a malformed tail ends the list).
+    pub fn targets(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = self.target.as_bytes();
+        std::iter::from_fn(move || {
+            let mut i = 0;
+            loop {
+                let len = *rest.get(i)? as usize;
+                i += 1 + len;
+                if len == 0 {
+                    break;
+                }
+            }
+            let (name, tail) = rest.split_at_checked(i)?;
+            rest = tail;
+            Some(name)
+        })
+    }
     /// The target as a shared slice (copied when it was inline).
     pub(super) fn shared_target(&self) -> Arc<[u8]> {
         match &self.target {

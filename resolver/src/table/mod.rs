@@ -26,6 +26,7 @@ use arc_swap::{ArcSwap, Guard};
 
 pub use entries::{AddrSet, Forwarding, NetTable, PtrEntry, SrvSet, SrvTarget, UpstreamSet, View};
 
+pub use crate::model::Policy;
 use crate::model::{ModelError, Network, Sandbox, Service, State};
 use crate::nameindex::FlatIndex;
 use sandboxes::SbId;
@@ -43,7 +44,11 @@ type HolderId = u32;
 #[derive(Clone)]
 pub struct Snapshot {
     pub generation: u64,
+    pub policy: Policy,
     nets: Map<NetIdx, Arc<NetTable>>,
+    /// Per network, the view of a client no sandbox owns that asks on that network's
+    /// listener (`ViewSelector::BySourceOrNetwork`): that network's names, default upstreams.
+    net_views: Map<NetIdx, Arc<View>>,
     nets_by_name: Map<Box<str>, NetIdx>,
     /// One per sandbox: flat, like the name maps, for the same reason (dense slots).
     views: FlatIndex<ViewIdx, Arc<View>>,
@@ -55,7 +60,9 @@ impl Snapshot {
     fn empty() -> Self {
         Snapshot {
             generation: 0,
+            policy: Policy::Docker,
             nets: Map::default(),
+            net_views: Map::default(),
             nets_by_name: Map::default(),
             views: FlatIndex::default(),
             by_source: FlatIndex::default(),
@@ -74,14 +81,19 @@ impl Snapshot {
     }
     /// The sandbox owning a source address, or the anonymous view.
     pub fn view_by_source(&self, ip: IpAddr) -> &Arc<View> {
+        self.sandbox_by_source(ip).unwrap_or(&self.anonymous)
+    }
+    /// The sandbox owning a source address, if any.
+    pub fn sandbox_by_source(&self, ip: IpAddr) -> Option<&Arc<View>> {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        self.by_source
-            .get(&ip)
-            .and_then(|i| self.views.get(i))
-            .unwrap_or(&self.anonymous)
+        self.by_source.get(&ip).and_then(|i| self.views.get(i))
+    }
+    /// The view of an unknown client asking on a network's listener (lower-case name).
+    pub fn network_view(&self, lower: &str) -> Option<&Arc<View>> {
+        self.net_by_name(lower).and_then(|i| self.net_views.get(&i))
     }
     pub fn anonymous(&self) -> &Arc<View> {
         &self.anonymous
@@ -120,9 +132,16 @@ impl Default for Tables {
 
 impl Tables {
     pub fn new() -> Self {
+        Self::with_policy(Policy::Docker)
+    }
+
+    /// Empty tables that answer with `policy`'s semantics.
+    pub fn with_policy(policy: Policy) -> Self {
+        let mut snap = Snapshot::empty();
+        snap.policy = policy.clone();
         Tables {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
-            writer: Mutex::new(Writer::default()),
+            current: ArcSwap::from_pointee(snap),
+            writer: Mutex::new(Writer::with_policy(policy)),
         }
     }
 
@@ -150,8 +169,8 @@ impl Tables {
     /// Sandboxes are applied from `state` by reference: a load of 100,000 never holds a second
     /// copy of them (nor leaves the holes freeing one would leave among the tables).
     pub fn replace_all(&self, state: &State) -> Result<(), ModelError> {
-        state.validate()?;
         let mut w = self.writer();
+        state.validate_for(&w.policy)?;
         let steps = diff(&w, state);
         self.publish(&mut w, steps.into_iter())
     }

@@ -31,6 +31,9 @@ impl Writer {
     }
 
     fn sandbox_records(&self, id: &SbId, sb: &SbRec) -> Vec<Record> {
+        if let model::Policy::Podman { .. } = self.policy {
+            return self.podman_records(sb);
+        }
         let mut out = Vec::new();
         let svc = sb
             .task()
@@ -121,6 +124,61 @@ impl Writer {
         out
     }
 
+    /// Podman: a sandbox's names on a network are that endpoint's aliases (the container
+    /// name is one of them); the PTR target of each address lists them all, one wire-format
+    /// name after another (see `PtrEntry::targets`).
+    fn podman_records(&self, sb: &SbRec) -> Vec<Record> {
+        let mut out = Vec::new();
+        for ep in &sb.endpoints {
+            let Some(net) = self.resolve_net(&ep.network) else {
+                continue;
+            };
+            if !net.dns {
+                continue;
+            }
+            let idx = self.net_idx[&net.id];
+            let ttl = net.ttl.unwrap_or(DEFAULT_TTL);
+            let mut names: Vec<String> = Vec::with_capacity(ep.aliases.len());
+            for a in ep.aliases.iter() {
+                let a = a.to_ascii_lowercase();
+                if !names.contains(&a) {
+                    names.push(a);
+                }
+            }
+            let ips: SmallVec<[IpAddr; 2]> = [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .collect();
+            for n in &names {
+                for ip in &ips {
+                    out.push(Record::Addr {
+                        net: idx,
+                        key: n.clone().into_boxed_str(),
+                        ip: *ip,
+                        ttl,
+                    });
+                }
+            }
+            let targets: Vec<u8> = names
+                .iter()
+                .filter_map(|n| encode_name(n))
+                .flatten()
+                .collect();
+            if !targets.is_empty() {
+                let targets: Arc<[u8]> = targets.into();
+                for ip in &ips {
+                    out.push(Record::Ptr {
+                        net: idx,
+                        ip: *ip,
+                        target: targets.clone(),
+                        ttl,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn service_records(&self, s: &Service) -> Vec<Record> {
         let mut out = Vec::new();
         for sn in &s.networks {
@@ -155,32 +213,42 @@ impl Writer {
     /// What a sandbox sees: its DNS networks in attachment order, and where its unknown
     /// names go. `inflight` is carried over from its previous view.
     pub(super) fn sandbox_view(&self, sb: &SbRec, inflight: Arc<AtomicU32>) -> View {
-        let mut nets = SmallVec::new();
+        let podman = matches!(self.policy, model::Policy::Podman { .. });
+        let mut nets: SmallVec<[super::NetIdx; 4]> = SmallVec::new();
         let mut any_external = false;
-        let mut net_upstreams: Option<&Vec<model::Upstream>> = None;
+        let mut net_upstreams: Vec<model::Upstream> = Vec::new();
         for ep in &sb.endpoints {
             let Some(n) = self.resolve_net(&ep.network) else {
                 continue;
             };
-            if n.dns {
-                nets.push(self.net_idx[&n.id]);
+            let idx = self.net_idx[&n.id];
+            if n.dns && !nets.contains(&idx) {
+                nets.push(idx);
             }
             if !n.internal {
                 any_external = true;
-                if net_upstreams.is_none() && !n.upstreams.is_empty() {
-                    net_upstreams = Some(&n.upstreams);
+                // Docker: the first network with servers; Podman: all of them, in order.
+                if podman || net_upstreams.is_empty() {
+                    for u in &n.upstreams {
+                        if !net_upstreams.contains(u) {
+                            net_upstreams.push(*u);
+                        }
+                    }
                 }
             }
         }
         let set = |u: &[model::Upstream]| {
             Forwarding::Upstreams(Arc::new(UpstreamSet::new(u.iter().map(|u| u.0).collect())))
         };
-        let forwarding = if !sb.upstreams().is_empty() {
-            set(sb.upstreams())
-        } else if !sb.endpoints.is_empty() && !any_external {
+        let internal_only = !sb.endpoints.is_empty() && !any_external;
+        // Podman never forwards for a sandbox only on internal networks, whatever its own
+        // servers; Docker lets the sandbox's own servers win.
+        let forwarding = if internal_only && (podman || sb.upstreams().is_empty()) {
             Forwarding::Never
-        } else if let Some(u) = net_upstreams {
-            set(u)
+        } else if !sb.upstreams().is_empty() {
+            set(sb.upstreams())
+        } else if !net_upstreams.is_empty() {
+            set(&net_upstreams)
         } else {
             Forwarding::Default
         };

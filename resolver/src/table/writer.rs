@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::entries::{NetTable, SHARED};
+use super::entries::{Forwarding, NetTable, SHARED, View};
 use super::holders::{Holders, Record};
 use super::sandboxes::{Sandboxes, SbId, SbRec};
 use super::{Change, HolderId, NetIdx, Snapshot};
@@ -28,6 +28,8 @@ pub(super) struct SvcRec {
 
 #[derive(Default)]
 pub(super) struct Writer {
+    /// Docker's or Podman's answers.
+    pub policy: model::Policy,
     pub networks: HashMap<String, Network>,
     net_names: HashMap<String, String>,
     pub net_idx: HashMap<String, NetIdx>,
@@ -50,6 +52,13 @@ struct Before {
 }
 
 impl Writer {
+    pub(super) fn with_policy(policy: model::Policy) -> Writer {
+        Writer {
+            policy,
+            ..Writer::default()
+        }
+    }
+
     pub(super) fn resolve_net(&self, r: &str) -> Option<&Network> {
         self.networks.get(r).or_else(|| {
             self.net_names
@@ -214,6 +223,24 @@ impl Writer {
             None => NetTable::new(&n),
         };
         snap.nets.insert(idx, Arc::new(table));
+        let inflight = snap
+            .net_views
+            .get(&idx)
+            .map(|v| v.inflight.clone())
+            .unwrap_or_default();
+        snap.net_views.insert(
+            idx,
+            Arc::new(View {
+                sandbox: n.name.as_str().into(),
+                nets: smallvec::smallvec![idx],
+                forwarding: if n.internal {
+                    Forwarding::Never
+                } else {
+                    Forwarding::Default
+                },
+                inflight,
+            }),
+        );
         snap.nets_by_name.insert(lower.clone().into(), idx);
         self.net_names.insert(lower, n.id.clone());
         self.networks.insert(n.id.clone(), n);
@@ -243,6 +270,7 @@ impl Writer {
         }
         if let Some(idx) = self.net_idx.remove(&id) {
             snap.nets.remove(&idx);
+            snap.net_views.remove(&idx);
         }
         Ok(())
     }

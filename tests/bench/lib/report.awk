@@ -33,13 +33,13 @@ function maxof(arr, key, n,    i, m) {
 }
 function f(x, fmt) { return (x == "" ? "–" : sprintf(fmt, x)) }
 function pm(ok) { return ok ? "PASS" : "MISS" }
-function label(s) { return s == "sdctl-nocache" ? "sdctl (--cache-size 0)" : s }
+function label(s) { return s == "sdctl-nocache" ? "sdctl (--cache-size 0)" : s == "sdctl-aardvark" ? "sdctl aardvark-dns" : s }
 function mixlabel(m) { return m == "a" ? "A" : (m == "nx" ? "10 % NX" : (m == "ptr" ? "PTR" : m)) }
 
 BEGIN {
   FS = "\t"
   # floor-*: udp_floor (zero-work echo); listed, but never an anchor
-  nsrv = split("sdctl sdctl-nocache dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto floor-uring", SRV, " ")
+  nsrv = split("sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto floor-uring", SRV, " ")
   nmix = split("a nx ptr", MIX, " ")
 }
 /^#/ || $1 == "size" { next }
@@ -88,7 +88,7 @@ END {
       (hn[k] ? sprintf("%.0f (-Q %d)", hq[k], hrate[k]) : "–"), (hn[k] ? f(havg[k], "%.3f") : "–"),
       (hn[k] ? f(hp99[k], "%.3f") : "–"), (hn[k] ? f(hus[k], "%.2f") : "–"),
       f(qr, "%.2f"), f(cr, "%.2f")
-    if (SRV[s] ~ /^sdctl/ && MIX[m] == "nx")
+    if (SRV[s] ~ /^sdctl/ && SRV[s] != "sdctl-aardvark" && MIX[m] == "nx")
       notes = notes sprintf("- %s, 10 %% NX: the upstream (unbound 127.0.0.11, also on CPU 0) used %.2f µs per query saturated, %.2f at ½ load (not included in sdctl's figure).\n",
         label(SRV[s]), median(up, k, ns[k]), hup[k])
     if (bad[k] != "" && SRV[s] ~ /^floor-/)
