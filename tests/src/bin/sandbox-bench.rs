@@ -143,6 +143,9 @@ fn reads_under_load(socket: &str, network: &str, prefix: &str) {
     if writers == 0 || writes == 0 {
         return;
     }
+    // The writers' network (a bridge takes at most 1,024 ports: not the first phase's).
+    let load_net = std::env::var("SB_LOAD_NETWORK").unwrap_or_else(|_| network.to_string());
+    let network = load_net.as_str();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (socket, done) = (socket.to_string(), done.clone());
