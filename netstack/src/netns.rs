@@ -235,8 +235,10 @@ impl Netns {
                 path.display()
             )));
         }
+        // Handles are long-lived and a daemon holds one per sandbox: above 1024, so they do
+        // not use up the range libnftables needs (see `nft::move_fd_high`).
         Ok(Netns {
-            fd,
+            fd: crate::nft::move_fd_high(fd),
             path: path.to_path_buf(),
         })
     }
@@ -286,10 +288,11 @@ impl Netns {
     /// Another handle on the same namespace.
     pub fn try_clone(&self) -> Result<Netns> {
         Ok(Netns {
-            fd: self
-                .fd
-                .try_clone()
-                .map_err(Error::io("duplicating a namespace handle"))?,
+            fd: crate::nft::move_fd_high(
+                self.fd
+                    .try_clone()
+                    .map_err(Error::io("duplicating a namespace handle"))?,
+            ),
             path: self.path.clone(),
         })
     }

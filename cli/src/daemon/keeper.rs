@@ -79,8 +79,10 @@ fn recv(fd: RawFd) -> Result<Option<(String, Vec<OwnedFd>)>> {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 for r in raw {
                     // SAFETY: SCM_RIGHTS installed this descriptor in our table for us; nothing
-                    // else owns it.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                    // else owns it. Kept above 1024: the daemon holds thousands of these, and
+                    // libnftables needs low descriptors (see `nft::move_fd_high`).
+                    let fd = unsafe { OwnedFd::from_raw_fd(r) };
+                    fds.push(sdnet_netstack::nft::move_fd_high(fd));
                 }
             }
         }

@@ -339,13 +339,17 @@ async fn realize_inner(
                 blocking(move || bind_dns(&ns)).await?
             }
         };
+        steps.mark("dns.bind");
         udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;
         let udp_port = udp.local_addr()?.port();
         let tcp_port = tcp.local_addr()?.port();
         let sockets = (
-            Arc::new(OwnedFd::from(udp.try_clone()?)),
-            Arc::new(OwnedFd::from(tcp.try_clone()?)),
+            // Copies above 1024, like the sockets themselves (`bind_dns`): two low
+            // descriptors per sandbox used up the range libnftables needs by the 500th
+            // sandbox, and every nft transaction after that spawned the `nft` binary.
+            Arc::new(nft::move_fd_high(OwnedFd::from(udp.try_clone()?))),
+            Arc::new(nft::move_fd_high(OwnedFd::from(tcp.try_clone()?))),
         );
         {
             let keeper = node.keeper.clone();
@@ -358,6 +362,7 @@ async fn realize_inner(
             })
             .await?;
         }
+        steps.mark("dns.hold");
         {
             let ns = ns.clone();
             let text = super::firewall::dns_redirect(udp_port, tcp_port);
@@ -365,6 +370,7 @@ async fn realize_inner(
                 .await
                 .context("applying the DNS redirect in the sandbox")?;
         }
+        steps.mark("dns.nft");
         let idx = node
             .resolver
             .tables
