@@ -63,7 +63,7 @@ for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
 "$SDCTL" network create --subnet 10.200.0.0/16 bench >/dev/null
 # The concurrent writers of the reads-under-load phase use a network of their own: a Linux
 # bridge takes at most 1,024 ports, and `bench` has N of them already.
-"$SDCTL" network create --subnet 10.201.0.0/16 benchload >/dev/null
+"$SDCTL" network create --subnet 10.203.0.0/16 benchload >/dev/null
 "$SDCTL" run -d --name probe --network bench >/dev/null
 rss() { awk '/VmRSS/ {print $2}' "/proc/$DPID/status"; }
 RSS0=$(rss)
