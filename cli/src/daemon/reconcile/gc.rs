@@ -33,13 +33,15 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Removes what is ours and not wanted by `d`.
+/// Removes what is ours and not wanted by `d`; returns the unknown links of ours, for the
+/// background cleaner to delete (those in `pending` it deletes already).
 pub async fn collect(
     node: &Arc<Node>,
     d: &Desired,
     kept: &Mutex<Kept>,
     overlays: &HashSet<String>,
-) {
+    pending: &HashSet<String>,
+) -> Vec<String> {
     let cfg = &node.cfg;
     let own: Vec<&crate::daemon::state::Entry<_>> = d
         .sandboxes
@@ -183,13 +185,13 @@ pub async fn collect(
             known_links.insert(veth_name(sb, net));
         }
     }
-    if let Ok(links) = node.host.our_links().await {
-        for l in links.keys() {
-            if !known_links.contains(l) {
-                info!(link = %l, "removing an unknown link of ours");
-                let _ = node.host.delete_link(l).await;
-            }
-        }
+    // Links a removal's background clean-up will delete anyway are not "unknown".
+    match node.host.our_links().await {
+        Ok(links) => links
+            .into_keys()
+            .filter(|l| !known_links.contains(l) && !pending.contains(l))
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 

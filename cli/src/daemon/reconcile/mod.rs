@@ -17,6 +17,7 @@
 //! relist — also checks the kernel for drift (a deleted veth, bridge or table of ours comes
 //! back) and removes objects of ours nobody wants.
 
+pub mod cleaner;
 pub mod cluster;
 pub mod files;
 pub mod firewall;
@@ -170,7 +171,7 @@ pub struct Reconciler {
     /// The ingress sandbox and the mesh table last applied in it.
     mesh: Option<(String, String)>,
     vips: Option<lb::VipMap>,
-    cleaner: sandbox::Cleaner,
+    cleaner: cleaner::Cleaner,
     kept: Arc<Mutex<Kept>>,
 }
 
@@ -189,7 +190,7 @@ impl Reconciler {
             firewall: None,
             mesh: None,
             vips: None,
-            cleaner: sandbox::Cleaner::start(),
+            cleaner: cleaner::Cleaner::start(),
             kept: Arc::new(Mutex::new(kept)),
         }
     }
@@ -475,7 +476,16 @@ impl Reconciler {
                 .filter(|(_, _, n)| n.scope == Scope::Swarm)
                 .map(|(_, _, n)| crate::daemon::config::short(&n.id).to_string())
                 .collect();
-            gc::collect(&self.node, &d, &self.kept, &overlays).await;
+            let unknown = gc::collect(
+                &self.node,
+                &d,
+                &self.kept,
+                &overlays,
+                &self.cleaner.pending(),
+            )
+            .await;
+            // Deleted in the background: never a reason for a create to wait.
+            self.cleaner.remove_links(self.node.clone(), unknown).await;
             self.rehold().await;
         }
         self.node.metrics.reconciled(started.elapsed());

@@ -636,52 +636,11 @@ pub fn reserve(p: &PublishRec) -> Result<OwnedFd> {
 pub struct Leftovers {
     id: String,
     name: String,
-    eps: Vec<(EndpointRec, Arc<NetworkRec>)>,
+    pub(super) eps: Vec<(EndpointRec, Arc<NetworkRec>)>,
     /// The namespace, held until its links are deleted: a namespace that dies with its veth
     /// pairs in it makes the kernel's clean-up hold the RTNL lock for all of them at once,
     /// which stalls every other link change (seconds, after a burst of removals).
     ns: Option<Arc<Netns>>,
-}
-
-enum CleanJob {
-    Left(Arc<Node>, Leftovers),
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
-/// One background worker for removed sandboxes' leftovers, one sandbox at a time: link
-/// deletions are paced instead of piling onto the kernel's lock together.
-pub struct Cleaner {
-    tx: tokio::sync::mpsc::Sender<CleanJob>,
-}
-
-impl Cleaner {
-    pub fn start() -> Cleaner {
-        // Bounded: a reconciler far ahead of the kernel's clean-up waits for it.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                match job {
-                    CleanJob::Left(node, left) => left.finish(node).await,
-                    CleanJob::Barrier(done) => {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        });
-        Cleaner { tx }
-    }
-
-    pub async fn push(&self, node: Arc<Node>, left: Leftovers) {
-        let _ = self.tx.send(CleanJob::Left(node, left)).await;
-    }
-
-    /// Waits until everything pushed so far is done.
-    pub async fn barrier(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(CleanJob::Barrier(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
-    }
 }
 
 /// Removes a sandbox: out of the process table and its namespace gone now (its name already
