@@ -264,7 +264,10 @@ mod tests {
 
     fn open(c: &Arc<Conns>, regs: &[&Registered]) -> Vec<u64> {
         let live = c.lock();
-        regs.iter().filter(|r| live.contains_key(&r.id)).map(|r| r.id).collect()
+        regs.iter()
+            .filter(|r| live.contains_key(&r.id))
+            .map(|r| r.id)
+            .collect()
     }
 
     /// A connection that was answered makes room before one accepted earlier whose query is

@@ -4,22 +4,15 @@
 //! end state is the one asked for, so reconciliation can run them on whatever it finds.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use nix::errno::Errno;
-use nix::ifaddrs::getifaddrs;
-use nix::sys::socket::{AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
-    MacVlanMode,
-};
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage, MacVlanMode};
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVxlan,
     RouteMessageBuilder,
@@ -28,6 +21,12 @@ use tracing::debug;
 
 use crate::netns::Netns;
 use crate::{Error, Result};
+
+mod arp;
+mod msg;
+
+pub use arp::send_gratuitous_arp;
+use msg::{addr_of, parse_route, route_msg, summary};
 
 /// A netlink connection bound to one namespace (its socket was created there). Cheap to
 /// clone; the connection ends when the last clone is dropped.
@@ -681,127 +680,6 @@ impl From<MacvlanMode> for MacVlanMode {
     }
 }
 
-fn addr_of(m: &AddressMessage) -> Option<IpNet> {
-    // IFA_LOCAL is the interface's own IPv4 address (IFA_ADDRESS is the peer on
-    // point-to-point links); IPv6 only has IFA_ADDRESS.
-    let mut addr = None;
-    for a in &m.attributes {
-        match a {
-            AddressAttribute::Local(ip) => addr = Some(*ip),
-            AddressAttribute::Address(ip) if addr.is_none() => addr = Some(*ip),
-            _ => {}
-        }
-    }
-    addr.and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok())
-}
-
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-/// A main-table unicast route; None for anything else (local, broadcast, other tables).
-fn parse_route(m: &RouteMessage) -> Option<Route> {
-    let mut table = u32::from(m.header.table);
-    let (mut dest, mut gateway, mut oif) = (None, None, None);
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(d) => dest = route_ip(d),
-            RouteAttribute::Gateway(g) => gateway = route_ip(g),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || m.header.kind != RouteType::Unicast {
-        return None;
-    }
-    let len = m.header.destination_prefix_length;
-    let dest = match dest {
-        Some(ip) => IpNet::new(ip, len).ok()?.trunc(),
-        None if m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6 => {
-            IpNet::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).ok()?
-        }
-        None => IpNet::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).ok()?,
-    };
-    Some(Route { dest, gateway, oif })
-}
-
-fn route_msg(dest: IpNet, gateway: Option<IpAddr>, oif: Option<u32>) -> Result<RouteMessage> {
-    let wrong = |fam: &str| Error::Invalid(format!("{fam} gateway for route {dest}"));
-    let mut msg = match dest {
-        IpNet::V4(d) => {
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(d.network(), d.prefix_len());
-            match gateway {
-                Some(IpAddr::V4(g)) => b = b.gateway(g),
-                Some(IpAddr::V6(_)) => return Err(wrong("IPv6")),
-                None => {}
-            }
-            if let Some(i) = oif {
-                b = b.output_interface(i);
-            }
-            b.build()
-        }
-        IpNet::V6(d) => {
-            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(d.network(), d.prefix_len());
-            match gateway {
-                Some(IpAddr::V6(g)) => b = b.gateway(g),
-                Some(IpAddr::V4(_)) => return Err(wrong("IPv4")),
-                None => {}
-            }
-            if let Some(i) = oif {
-                b = b.output_interface(i);
-            }
-            b.build()
-        }
-    };
-    if gateway.is_none() && matches!(dest, IpNet::V4(_)) {
-        // What `ip route replace PREFIX dev X` makes: directly reachable.
-        msg.header.scope = RouteScope::Link;
-    }
-    Ok(msg)
-}
-
-fn summary(m: &LinkMessage) -> LinkInfo {
-    let mut s = LinkInfo {
-        index: m.header.index,
-        name: String::new(),
-        kind: None,
-        mac: None,
-        master: None,
-        mtu: None,
-        up: m.header.flags.contains(LinkFlags::Up),
-        alias: None,
-    };
-    for a in &m.attributes {
-        match a {
-            LinkAttribute::IfName(n) => s.name = n.clone(),
-            LinkAttribute::Controller(c) => s.master = Some(*c),
-            LinkAttribute::Mtu(v) => s.mtu = Some(*v),
-            LinkAttribute::IfAlias(a) if !a.is_empty() => s.alias = Some(a.clone()),
-            LinkAttribute::Address(mac) => {
-                if let Ok(b) = <[u8; 6]>::try_from(mac.as_slice()) {
-                    s.mac = Some(b);
-                }
-            }
-            LinkAttribute::LinkInfo(infos) => {
-                for i in infos {
-                    if let NlLinkInfo::Kind(k) = i {
-                        s.kind = Some(k.to_string());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    s
-}
-
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -810,107 +688,9 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// Announces `ip` on `ifname` inside `ns` with unsolicited ARP (an announcement request and
-/// a gratuitous reply, RFC 5227): neighbours that cached another MAC for a reused address
-/// learn the new one at once. The interface must be up.
-pub fn send_gratuitous_arp(ns: &Netns, ifname: &str, ip: Ipv4Addr) -> Result<()> {
-    ns.run(|| arp(ifname, ip))?
-}
-
-const ARP_REQUEST: u16 = 1;
-const ARP_REPLY: u16 = 2;
-
-fn arp_packet(op: u16, mac: &[u8; 6], ip: Ipv4Addr) -> [u8; 28] {
-    let mut p = [0u8; 28];
-    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
-    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
-    p[4] = 6;
-    p[5] = 4;
-    p[6..8].copy_from_slice(&op.to_be_bytes());
-    p[8..14].copy_from_slice(mac);
-    p[14..18].copy_from_slice(&ip.octets());
-    // Target hardware address: zero in the request, ours in the reply.
-    if op == ARP_REPLY {
-        p[18..24].copy_from_slice(mac);
-    }
-    p[24..28].copy_from_slice(&ip.octets());
-    p
-}
-
-/// EtherType of ARP.
-const ETH_P_ARP: u16 = 0x0806;
-
-/// An Ethernet broadcast frame carrying [`arp_packet`].
-fn arp_frame(op: u16, mac: &[u8; 6], ip: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(mac);
-    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-    f[14..].copy_from_slice(&arp_packet(op, mac, ip));
-    f
-}
-
-fn arp(ifname: &str, ip: Ipv4Addr) -> Result<()> {
-    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
-        return Err(Error::Invalid(format!("invalid interface name {ifname:?}")));
-    }
-    // The interface's link-layer address (index and MAC) is its AF_PACKET entry; getifaddrs
-    // asks over a netlink socket made on this thread, so in this namespace.
-    let link = getifaddrs()
-        .map_err(Error::sys(format!("looking up interface {ifname}")))?
-        .filter(|a| a.interface_name == ifname)
-        .find_map(|a| a.address.and_then(|s| s.as_link_addr().copied()))
-        .ok_or_else(|| Error::sys(format!("looking up interface {ifname}"))(Errno::ENODEV))?;
-    // A raw packet socket (we write the Ethernet header) with protocol 0: it only sends, so
-    // it receives nothing while open.
-    let sock = socket(
-        AddressFamily::Packet,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(Error::sys("opening a packet socket"))?;
-    let r = send_arp(&sock, ifname, &link, ip);
-    // Closing a packet socket waits for the kernel to synchronize (~10 ms).
-    crate::reap::close_later(sock);
-    r
-}
-
-fn send_arp(sock: &OwnedFd, ifname: &str, link: &LinkAddr, ip: Ipv4Addr) -> Result<()> {
-    let mac = link.addr().unwrap_or_default();
-    for op in [ARP_REQUEST, ARP_REPLY] {
-        // The address names the interface; the frame carries its own destination.
-        sendto(
-            sock.as_raw_fd(),
-            &arp_frame(op, &mac, ip),
-            link,
-            MsgFlags::empty(),
-        )
-        .map_err(Error::sys(format!("sending ARP on {ifname}")))?;
-    }
-    debug!(ifname, %ip, "sent gratuitous ARP");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn arp_layout() {
-        let mac = [2, 0x42, 10, 0, 0, 2];
-        let ip = Ipv4Addr::new(10, 0, 0, 2);
-        let req = arp_packet(ARP_REQUEST, &mac, ip);
-        assert_eq!(&req[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
-        assert_eq!(&req[8..14], &mac);
-        assert_eq!(&req[14..18], &[10, 0, 0, 2]);
-        assert_eq!(&req[18..24], &[0; 6]);
-        assert_eq!(&req[24..28], &[10, 0, 0, 2]);
-        let rep = arp_packet(ARP_REPLY, &mac, ip);
-        assert_eq!(&rep[6..8], &[0, 2]);
-        assert_eq!(&rep[18..24], &mac);
-        assert_eq!(fmt_mac(&mac), "02:42:0a:00:00:02");
-    }
 
     #[test]
     fn macvlan_modes() {
@@ -923,38 +703,6 @@ mod tests {
         assert_eq!(
             MacVlanMode::from(MacvlanMode::Passthru),
             MacVlanMode::Passthrough
-        );
-    }
-
-    #[test]
-    fn arp_frame_layout() {
-        let mac = [2, 0x42, 10, 0, 0, 2];
-        let ip = Ipv4Addr::new(10, 0, 0, 2);
-        let frame = arp_frame(ARP_REPLY, &mac, ip);
-        assert_eq!(&frame[..6], &[0xff; 6]);
-        assert_eq!(&frame[6..12], &mac);
-        assert_eq!(&frame[12..14], &[8, 6]);
-        assert_eq!(&frame[14..], &arp_packet(ARP_REPLY, &mac, ip));
-    }
-
-    #[test]
-    fn route_messages() {
-        assert!(
-            route_msg(
-                "10.0.0.0/8".parse().unwrap(),
-                Some("::1".parse().unwrap()),
-                None
-            )
-            .is_err()
-        );
-        let m = route_msg("10.1.2.3/8".parse().unwrap(), None, Some(3)).unwrap();
-        assert_eq!(m.header.scope, RouteScope::Link);
-        assert_eq!(m.header.destination_prefix_length, 8);
-        assert!(
-            m.attributes
-                .contains(&RouteAttribute::Destination(RouteAddress::Inet(
-                    Ipv4Addr::new(10, 0, 0, 0)
-                )))
         );
     }
 }
