@@ -173,7 +173,7 @@ fn garbage(addr: SocketAddr, secs: f64, rate: u64) {
     while Instant::now() < until {
         let len = (rng.next() % 600) as usize;
         rng.fill(&mut buf[..len]);
-        if len >= 12 && sent % 2 == 0 {
+        if len >= 12 && sent.is_multiple_of(2) {
             // Looks like a query (QR clear, one question) with a broken body.
             buf[2] &= 0x7F;
             buf[4] = 0;

@@ -311,3 +311,55 @@ fn a_passthru_parent_takes_one_sandbox_and_a_second_is_refused_cleanly() {
     d.ok(&["rm", "-f", "only"]);
     d.ok(&["network", "rm", "pt"]);
 }
+
+/// A sandbox's macvlan deleted by hand (or set down) inside the sandbox comes back on the
+/// next full pass, with its address: the drift check looks inside sandboxes for endpoints
+/// that live there.
+#[test]
+fn a_macvlan_deleted_inside_its_sandbox_is_made_again() {
+    let d = Daemon::start_with("mvdrift", &["--resync-interval", "1s"]);
+    let nb = Ns::new("mvdriftnb");
+    d.ns.run_ok(
+        "ip",
+        &[
+            "link", "add", "up0", "type", "veth", "peer", "name", "nb0", "netns", &nb.name,
+        ],
+    );
+    d.ns.run_ok("ip", &["link", "set", "up0", "up"]);
+    nb.run_ok("ip", &["addr", "add", "192.168.62.50/24", "dev", "nb0"]);
+    nb.run_ok("ip", &["link", "set", "nb0", "up"]);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=up0",
+        "--subnet",
+        "192.168.62.0/24",
+        "mvd",
+    ]);
+    d.ok(&["run", "-d", "--name", "m1", "--network", "mvd"]);
+    let ip = d.ip("m1", "mvd");
+    assert!(pings(nb.run("ping", &["-c1", "-W2", &ip])));
+    let before = eth0_index(&d, "m1");
+    d.exec_ok("m1", &["ip", "link", "del", "eth0"]);
+    let back = sdnet_tests::wait_for(std::time::Duration::from_secs(15), || {
+        let o = d.exec("m1", &["ip", "-o", "link", "show", "eth0"]);
+        (o.status.success() && String::from_utf8_lossy(&o.stdout).contains("UP")).then_some(())
+    });
+    assert!(back.is_some(), "eth0 not made again:\n{}", d.log());
+    assert_ne!(eth0_index(&d, "m1"), before);
+    let addrs = d.exec_ok("m1", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("inet {ip}/24")), "{addrs}");
+    assert!(pings(nb.run("ping", &["-c1", "-W2", &ip])));
+    // Set down by hand: up again.
+    d.exec_ok("m1", &["ip", "link", "set", "eth0", "down"]);
+    let up = sdnet_tests::wait_for(std::time::Duration::from_secs(15), || {
+        let o = d.exec_ok("m1", &["ip", "-o", "link", "show", "eth0"]);
+        o.contains(",UP").then_some(())
+    });
+    assert!(up.is_some(), "eth0 stayed down");
+    d.ok(&["rm", "-f", "m1"]);
+    d.ok(&["network", "rm", "mvd"]);
+}

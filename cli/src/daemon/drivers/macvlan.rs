@@ -276,9 +276,20 @@ impl NetworkDriver for MacvlanDriver {
         parent_of(net).is_ok_and(|p| links.contains_key(p))
     }
 
-    /// An endpoint lives inside its sandbox only: nothing in the daemon's namespace to check.
+    /// An endpoint lives inside its sandbox only: here, only its parent to check.
     fn endpoint_intact(&self, net: &NetworkRec, _: &EndpointRec, links: &Links) -> bool {
         self.network_intact(net, links)
+    }
+
+    fn inside_sandbox(&self) -> bool {
+        true
+    }
+
+    /// Its macvlan is there, a macvlan, and up.
+    fn endpoint_intact_inside(&self, ep: &EndpointRec, sandbox_links: &Links) -> bool {
+        sandbox_links
+            .get(&format!("eth{}", ep.index))
+            .is_some_and(|l| l.up && l.kind.as_deref() == Some("macvlan"))
     }
 }
 

@@ -150,6 +150,16 @@ pub trait NetworkDriver: Send + Sync {
     fn network_intact(&self, net: &NetworkRec, links: &Links) -> bool;
     /// Same for an endpoint: false = call `attach` again.
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, links: &Links) -> bool;
+    /// Whether an endpoint's own link lives inside the sandbox (a macvlan): then the drift
+    /// check also asks [`NetworkDriver::endpoint_intact_inside`] with a dump of the
+    /// sandbox's links (made only on full passes, and only for sandboxes that need it).
+    fn inside_sandbox(&self) -> bool {
+        false
+    }
+    /// The drift check against the sandbox's links: false = call `attach` again.
+    fn endpoint_intact_inside(&self, _ep: &EndpointRec, _sandbox_links: &Links) -> bool {
+        true
+    }
     /// A network across nodes: how many endpoints this node has on it, and every other
     /// node's. Single-node drivers have nothing to do.
     async fn sync_peers(&self, _net: &NetworkRec, _local: usize, _peers: &[Peer]) -> Result<()> {

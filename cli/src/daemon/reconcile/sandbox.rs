@@ -279,6 +279,28 @@ async fn realize_inner(
         }
     }
     let mut nl: Option<Netlink> = None;
+    // On a full pass, endpoints that live inside the sandbox are checked in there too.
+    let mut inside: Option<crate::daemon::drivers::Links> = None;
+    if links.is_some()
+        && eps
+            .iter()
+            .any(|(_, n)| node.drivers.get(n.driver).inside_sandbox())
+    {
+        let ns = ns.clone();
+        let sb_nl = blocking(move || crate::daemon::drivers::netlink(&ns))
+            .await
+            .context("netlink in the sandbox")?;
+        inside = Some(
+            sb_nl
+                .links()
+                .await
+                .context("listing the sandbox's links")?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect(),
+        );
+        nl = Some(sb_nl);
+    }
     let mut default_done = false;
     for (ep, net) in &eps {
         // The default route goes through the first network with a way out: a bridge or a
@@ -292,7 +314,11 @@ async fn realize_inner(
             .eps
             .get(&ep.network)
             .is_some_and(|(e, dr, _)| e == ep && *dr == default_route);
-        let intact = links.is_none_or(|l| driver.endpoint_intact(net, ep, l));
+        let intact = links.is_none_or(|l| driver.endpoint_intact(net, ep, l))
+            && (!driver.inside_sandbox()
+                || inside
+                    .as_ref()
+                    .is_none_or(|l| driver.endpoint_intact_inside(ep, l)));
         if same && intact {
             continue;
         }
