@@ -8,7 +8,7 @@ use crate::daemon::store::schema::stable_hash;
 
 /// Prefixes of the links we create: bridges `sd-<id12>`, veth host ends `sdv<hash12>`.
 /// (Not Docker's `br-`/`veth`: a host running Docker too must never see its links collected.)
-pub const BRIDGE_PREFIX: &str = "sd-";
+pub use crate::daemon::store::schema::{BRIDGE_PREFIX, bridge_name, short};
 pub const VETH_PREFIX: &str = "sdv";
 /// VXLAN devices of overlay networks (`sdx<vni>`): made in the node's namespace and moved into
 /// the network's at once, so one left here is a leftover.
@@ -45,15 +45,6 @@ pub fn valid_ifname(name: &str) -> bool {
         && !name
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-}
-
-pub fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
-}
-
-/// The bridge of a bridge network.
-pub fn bridge_name(net_id: &str) -> String {
-    format!("{BRIDGE_PREFIX}{}", short(net_id))
 }
 
 /// The host end of a sandbox's veth pair on a network (15 characters, the kernel's limit).

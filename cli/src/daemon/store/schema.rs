@@ -296,7 +296,7 @@ impl NetworkRec {
     pub fn bridge(&self) -> String {
         match self.options.get(BRIDGE_NAME_OPTION) {
             Some(n) => n.clone(),
-            None => crate::daemon::config::bridge_name(&self.id),
+            None => bridge_name(&self.id),
         }
     }
     /// The host zone serves its names: bridge and overlay networks (the default `bridge`
@@ -609,6 +609,20 @@ pub struct StatusRec {
     pub error: Option<String>,
 }
 
+/// The prefix of the bridges we create (`sd-<id12>`; see `config` for the other links').
+pub const BRIDGE_PREFIX: &str = "sd-";
+
+/// The first 12 characters of an ID (all of it if shorter). Never splits a character: IDs
+/// are hex when we make them, but a record may come from a corrupted store.
+pub fn short(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
+/// The bridge of a bridge network.
+pub fn bridge_name(net_id: &str) -> String {
+    format!("{BRIDGE_PREFIX}{}", short(net_id))
+}
+
 /// A stable 64-bit hash (FNV-1a) of parts, for names derived from IDs. Unlike std's
 /// `DefaultHasher` it never changes between builds, Rust releases or nodes.
 pub fn stable_hash(parts: &[&str]) -> u64 {
@@ -622,9 +636,73 @@ pub fn stable_hash(parts: &[&str]) -> u64 {
     h
 }
 
+/// Fuzzing (`fuzz/fuzz_targets/store_record.rs`, and over the kept corpus in the tests):
+/// arbitrary bytes as a key and as any record. A key parses or is `Other`; a value decodes
+/// into a record that survives a round trip unchanged, or is refused — never a panic.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn fuzz_record(data: &[u8]) {
+    fn round<T>(value: &[u8])
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        if let Ok(r) = decode::<T>("fuzz", value) {
+            match decode::<T>("fuzz", &encode(&r)) {
+                Ok(again) => assert_eq!(again, r, "a record changed in a round trip"),
+                Err(e) => panic!("a decoded record does not decode again: {e}"),
+            }
+        }
+    }
+    let Some((&kind, value)) = data.split_first() else {
+        return;
+    };
+    if let Ok(key) = std::str::from_utf8(value) {
+        let _ = parse(key);
+    }
+    match kind % 12 {
+        0 => round::<NetworkRec>(value),
+        1 => round::<SandboxRec>(value),
+        2 => round::<EndpointRec>(value),
+        3 => round::<ServiceRec>(value),
+        4 => round::<StatusRec>(value),
+        5 => round::<NodeRec>(value),
+        6 => round::<PeerRec>(value),
+        7 => round::<AssignRec>(value),
+        8 => round::<SubnetRec>(value),
+        9 => round::<HealthRec>(value),
+        10 => round::<PlacementRec>(value),
+        _ => {
+            if let Ok(n) = decode::<NetworkRec>("fuzz", value) {
+                let _ = (n.bridge(), n.dns_on(), n.host_dns_on());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fuzz target's corpus (kept in `fuzz/corpus/store_record/`) through the same
+    /// checks: a deterministic slice of the fuzzing in every test run.
+    #[test]
+    fn fuzz_corpus_slice() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/store_record");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if let Ok(data) = std::fs::read(e.path()) {
+                fuzz_record(&data);
+                n += 1;
+            }
+        }
+        for seed in [
+            &b"\x00{\"id\":\"n\",\"name\":\"n\"}"[..],
+            b"\x01{}",
+            b"\x05/sdnet/v1/endpoints/a/b",
+        ] {
+            fuzz_record(seed);
+        }
+        assert!(n > 0 || !dir.exists(), "corpus at {} unreadable", dir.display());
+    }
 
     #[test]
     fn keys_parse_back() {
