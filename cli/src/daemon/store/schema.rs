@@ -686,7 +686,8 @@ mod tests {
     /// checks: a deterministic slice of the fuzzing in every test run.
     #[test]
     fn fuzz_corpus_slice() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/store_record");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/store_record");
         let mut n = 0;
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if let Ok(data) = std::fs::read(e.path()) {
@@ -701,7 +702,11 @@ mod tests {
         ] {
             fuzz_record(seed);
         }
-        assert!(n > 0 || !dir.exists(), "corpus at {} unreadable", dir.display());
+        assert!(
+            n > 0 || !dir.exists(),
+            "corpus at {} unreadable",
+            dir.display()
+        );
     }
 
     #[test]
@@ -723,6 +728,17 @@ mod tests {
             subnet(&"10.1.0.0/16".parse().unwrap()),
             "/sdnet/v1/subnets/10.1.0.0_16"
         );
+    }
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        // Byte 12 falls inside "é": a byte slice there panicked.
+        assert_eq!(short("aéééééééééééé"), "aééééééééééé");
+        let rec = r#"{"id":"aéééééééééééé","name":"x","driver":"bridge","created":0,"subnets":[]}"#;
+        let n: NetworkRec = decode("k", rec.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.bridge(), "sd-aééééééééééé");
     }
 
     #[test]
