@@ -139,6 +139,27 @@ pub fn state_json(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// Every input the fuzzers kept (`fuzz/corpus/<target>/`, minimized after each long
+    /// run) through the same entry points: what the fuzzers found interesting stays checked.
+    #[test]
+    fn kept_corpora() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        let targets: [(&str, fn(&[u8])); 4] = [
+            ("dns_udp", super::udp),
+            ("dns_tcp", super::tcp),
+            ("dns_upstream", super::upstream),
+            ("state_json", super::state_json),
+        ];
+        for (name, run) in targets {
+            let dir = root.join(name);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if let Ok(data) = std::fs::read(e.path()) {
+                    run(&data);
+                }
+            }
+        }
+    }
+
     /// A deterministic slice of what the fuzzers do, so CI runs the same checks.
     #[test]
     fn smoke() {
