@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use sdnet_tests::{Dig, Dnsmasq, Ns, TempDir, netns_id, require_root, sdctl, wait_for};
 
+#[path = "aardvark/resolvconf.rs"]
+mod resolvconf;
+
 const NETAVARK: &str = "/usr/lib/podman/netavark";
 const REAL_AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
 
