@@ -133,8 +133,11 @@ impl Resolver {
         let _ = self.freshen.set(f);
     }
 
-    fn freshen(&self) -> bool {
-        self.freshen.get().is_some_and(|f| f())
+    /// Runs the hook after a miss answered from tables of generation `seen`; true if the
+    /// tables are newer now (the hook changed them, or a reload it waited for did).
+    fn freshen(&self, seen: u64) -> bool {
+        let changed = self.freshen.get().is_some_and(|f| f());
+        changed || self.tables.snapshot().generation != seen
     }
 
     /// Snapshot, view and `handle` for one query; with a freshen hook, a miss is answered
@@ -150,11 +153,11 @@ impl Resolver {
         let run = |out: &mut Vec<u8>| {
             let snap = self.tables.snapshot();
             let view = sel.select(&snap, src);
-            self.handle(&snap, view, msg, udp, out)
+            (self.handle(&snap, view, msg, udp, out), snap.generation)
         };
-        let handled = run(out);
-        if self.freshen.get().is_some() && missed(&handled, out) && self.freshen() {
-            return run(out);
+        let (handled, seen) = run(out);
+        if self.freshen.get().is_some() && missed(&handled, out) && self.freshen(seen) {
+            return run(out).0;
         }
         handled
     }
@@ -275,8 +278,9 @@ impl Resolver {
             let r = BATCH.with_borrow_mut(|b| {
                 let n = sock.try_io(Interest::READABLE, || b.recv(fd))?;
                 let watch = self.freshen.get().is_some();
-                let (mut replies, missed) = self.answer_batch(b, n, &sel, &mut forwards, watch);
-                if missed && self.freshen() {
+                let (mut replies, missed, seen) =
+                    self.answer_batch(b, n, &sel, &mut forwards, watch);
+                if missed && self.freshen(seen) {
                     // The received datagrams are still in the buffers: answer them again.
                     forwards.clear();
                     replies = self.answer_batch(b, n, &sel, &mut forwards, false).0;
@@ -315,7 +319,7 @@ impl Resolver {
 impl Resolver {
     /// Answers the `n` received datagrams of a batch from one snapshot: replies into the
     /// output slots, forwards onto `forwards`. Returns the number of replies and (with
-    /// `watch`) whether any query missed.
+    /// `watch`) whether any query missed, and the tables' generation used.
     fn answer_batch(
         &self,
         b: &mut Batch,
@@ -323,7 +327,7 @@ impl Resolver {
         sel: &ViewSelector,
         forwards: &mut Vec<(Arc<View>, Vec<u8>, SocketAddr)>,
         watch: bool,
-    ) -> (usize, bool) {
+    ) -> (usize, bool, u64) {
         let snap = self.tables.snapshot();
         let mut replies = 0;
         let mut any_miss = false;
@@ -355,7 +359,7 @@ impl Resolver {
                 Handled::Silent => {}
             }
         }
-        (replies, any_miss)
+        (replies, any_miss, snap.generation)
     }
 }
 
