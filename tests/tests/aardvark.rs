@@ -16,7 +16,10 @@ use sdnet_tests::{Dig, Dnsmasq, Ns, TempDir, netns_id, require_root, sdctl, wait
 #[path = "aardvark/resolvconf.rs"]
 mod resolvconf;
 
-const NETAVARK: &str = "/usr/lib/podman/netavark";
+/// Debian's netavark (the CI path); `SDNET_NETAVARK=/path/to/netavark` tries another build.
+fn netavark() -> String {
+    std::env::var("SDNET_NETAVARK").unwrap_or_else(|_| "/usr/lib/podman/netavark".into())
+}
 const REAL_AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
 
 /// A netavark "host": its namespace, its config dir and the DNS binary it starts.
@@ -54,7 +57,7 @@ impl Host {
             "timeout",
             &[
                 "60",
-                NETAVARK,
+                &netavark(),
                 "--config",
                 &self.dir.path().display().to_string(),
                 "-a",
