@@ -16,7 +16,8 @@ use sdnet_tests::{Dig, Dnsmasq, Ns, TempDir, netns_id, require_root, sdctl, wait
 #[path = "aardvark/resolvconf.rs"]
 mod resolvconf;
 
-/// Debian's netavark (the CI path); `SDNET_NETAVARK=/path/to/netavark` tries another build.
+/// Debian's netavark (the CI path); `SDNET_NETAVARK=/path/to/netavark` tries another build
+/// (with `SDNET_NETAVARK_FW=nftables` for 2.x).
 fn netavark() -> String {
     std::env::var("SDNET_NETAVARK").unwrap_or_else(|_| "/usr/lib/podman/netavark".into())
 }
@@ -68,7 +69,9 @@ impl Host {
         );
         // netavark 1.4 knows iptables and firewalld only; its rules go to the host namespace,
         // which is ours.
-        c.env("NETAVARK_FW", "iptables")
+        // (2.x has only nftables: `SDNET_NETAVARK_FW=nftables`.)
+        let fw = std::env::var("SDNET_NETAVARK_FW").unwrap_or_else(|_| "iptables".into());
+        c.env("NETAVARK_FW", fw)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
