@@ -11,7 +11,8 @@
 #
 # Knobs: N (containers per server, 200), NETAVARK (/usr/lib/podman/netavark; any version),
 # AARDVARK (/usr/lib/podman/aardvark-dns), SDCTL (default: cargo build --release -p sdctl),
-# OUT (results dir, default a new /tmp/sdnvready-out.*).
+# OUT (results dir, default a new /tmp/sdnvready-out.*), NETAVARK_FW (netavark's firewall
+# driver, iptables; netavark 2.x has only nftables).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

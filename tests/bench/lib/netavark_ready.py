@@ -160,7 +160,8 @@ def probe(sock, name, want, server, returned):
 def run_phase(label, binary, net, n, netavark, cfg, prefix, out):
     os.makedirs(cfg, exist_ok=True)
     made = []
-    env = dict(os.environ, NETAVARK_FW="iptables")
+    env = dict(os.environ)
+    env.setdefault("NETAVARK_FW", "iptables")  # netavark 2.x: NETAVARK_FW=nftables
     log(f"{label}: {n} setups with -a {binary}")
     try:
         for i in range(1, n + 1):
