@@ -17,5 +17,5 @@ pub mod wire;
 
 pub use forward::{DefaultUpstreams, ForwardConfig};
 pub use model::State;
-pub use server::{Resolver, ResolverConfig, TcpConfig, ViewSelector};
+pub use server::{Freshen, Resolver, ResolverConfig, TcpConfig, ViewSelector};
 pub use table::{Change, Tables};

@@ -1,13 +1,17 @@
 //! The host's resolv.conf: upstream servers for sandboxes without their own, and the search
 //! domains and options copied into each sandbox's resolv.conf. Read from the daemon's own
-//! namespace (so a 127.0.0.53 stub works) and re-read when the file changes.
+//! namespace (so a 127.0.0.53 stub works) and re-read when the file changes: watched with
+//! inotify (`watch.rs`) when started inside a tokio runtime, else polled (one `stat` a second).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::table::UpstreamSet;
+
+mod watch;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvConf {
@@ -75,19 +79,36 @@ struct Cached {
     set: Arc<UpstreamSet>,
 }
 
-/// Watches a resolv.conf path: at most one `stat` per second, a re-read when it changed.
+/// Follows a resolv.conf path: re-read after inotify saw it change, or (no watch) at most
+/// one `stat` per second and a re-read when it changed.
 pub struct HostResolvConf {
     path: PathBuf,
     cached: Mutex<Cached>,
+    /// Set by the watch when the file changed.
+    stale: Arc<AtomicBool>,
+    watch: Option<watch::Watch>,
 }
 
 const RECHECK: Duration = Duration::from_secs(1);
 
 impl HostResolvConf {
+    /// Reads `path` now; watches it with inotify when called inside a tokio runtime (else,
+    /// or if the watch cannot be set up, polls it).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
+        let stale = Arc::new(AtomicBool::new(false));
+        // Watch first: a change while reading is then seen.
+        let watch = match watch::start(&path, stale.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "not watching resolv.conf; polling it");
+                None
+            }
+        };
         let (mtime, len, conf) = read(&path);
         HostResolvConf {
+            stale,
+            watch,
             cached: Mutex::new(Cached {
                 checked: Instant::now(),
                 mtime,
@@ -101,19 +122,31 @@ impl HostResolvConf {
 
     fn refresh(&self) -> std::sync::MutexGuard<'_, Cached> {
         let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if c.checked.elapsed() >= RECHECK {
+        let watched = self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.alive.load(Ordering::Acquire));
+        let reread = if watched {
+            // Cleared before reading: a change during the read marks it again.
+            self.stale.swap(false, Ordering::AcqRel)
+        } else if c.checked.elapsed() >= RECHECK {
             c.checked = Instant::now();
             let meta = std::fs::metadata(&self.path).ok();
             let mtime = meta.as_ref().and_then(|m| m.modified().ok());
             let len = meta.map(|m| m.len()).unwrap_or(0);
-            if mtime != c.mtime || len != c.len {
-                let (mtime, len, conf) = read(&self.path);
+            mtime != c.mtime || len != c.len
+        } else {
+            false
+        };
+        if reread {
+            let (mtime, len, conf) = read(&self.path);
+            if conf != *c.conf {
                 tracing::info!(path = %self.path.display(), servers = ?conf.nameservers, "host resolv.conf changed");
-                c.mtime = mtime;
-                c.len = len;
-                c.set = Arc::new(upstreams(&conf));
-                c.conf = Arc::new(conf);
             }
+            c.mtime = mtime;
+            c.len = len;
+            c.set = Arc::new(upstreams(&conf));
+            c.conf = Arc::new(conf);
         }
         c
     }
@@ -209,6 +242,59 @@ mod tests {
         std::fs::write(&p, "nameserver 10.0.0.2\nnameserver 10.0.0.3\n").unwrap();
         h.cached.lock().unwrap().checked -= RECHECK;
         assert_eq!(h.upstreams().servers.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Under a runtime the file is watched, never polled: only inotify can show these
+    /// changes. In place, replaced by a rename, deleted and written again, through a symlink.
+    // Two threads: the test sleeps on its own while a worker runs the watch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn watched_changes_are_seen_without_polling() {
+        let dir = std::env::temp_dir().join(format!("sdnet-rcw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("target")).unwrap();
+        let real = dir.join("target/resolv.conf");
+        std::fs::write(&real, "nameserver 10.0.0.1\n").unwrap();
+        let link = dir.join("resolv.conf");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let h = HostResolvConf::new(&link);
+        assert!(h.watch.is_some(), "no inotify watch");
+        let first = |h: &HostResolvConf| h.upstreams().servers.first().copied();
+        let wait_for = |h: &HostResolvConf, want: &str| {
+            let want: SocketAddr = want.parse().unwrap();
+            // Bounded: 5 s at most.
+            for _ in 0..500 {
+                if first(h) == Some(want) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        assert_eq!(first(&h), Some("10.0.0.1:53".parse().unwrap()));
+        std::fs::write(&real, "nameserver 10.0.0.2\n").unwrap();
+        assert!(wait_for(&h, "10.0.0.2:53"), "in-place rewrite not seen");
+        let tmp = dir.join("target/.new");
+        std::fs::write(&tmp, "nameserver 10.0.0.3\n").unwrap();
+        std::fs::rename(&tmp, &real).unwrap();
+        assert!(wait_for(&h, "10.0.0.3:53"), "rename over the file not seen");
+        // The inode watch follows the new file: an in-place write after the rename.
+        std::fs::write(&real, "nameserver 10.0.0.4\n").unwrap();
+        assert!(
+            wait_for(&h, "10.0.0.4:53"),
+            "rewrite after a rename not seen"
+        );
+        std::fs::remove_file(&real).unwrap();
+        std::fs::write(&real, "nameserver 10.0.0.5\n").unwrap();
+        assert!(wait_for(&h, "10.0.0.5:53"), "delete + create not seen");
+        // The symlink itself replaced.
+        let other = dir.join("target/other.conf");
+        std::fs::write(&other, "nameserver 10.0.0.6\n").unwrap();
+        let newlink = dir.join(".link");
+        std::os::unix::fs::symlink(&other, &newlink).unwrap();
+        std::fs::rename(&newlink, &link).unwrap();
+        assert!(wait_for(&h, "10.0.0.6:53"), "symlink replaced not seen");
+        drop(h);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,8 +12,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -25,7 +25,7 @@ use crate::forward::{DefaultUpstreams, ForwardConfig, Forwarder};
 use crate::model::Policy;
 use crate::stats::{InFlight, Source};
 use crate::table::{Snapshot, Tables, View, ViewIdx};
-use crate::wire::{self, RCODE_REFUSED, Reject, Response, parse_query};
+use crate::wire::{self, RCODE_NXDOMAIN, RCODE_REFUSED, Reject, Response, parse_query};
 
 mod tcp;
 
@@ -87,6 +87,10 @@ impl ViewSelector {
     }
 }
 
+/// Applies changes its owner knows are pending to the tables; true if it changed them. See
+/// [`Resolver::set_freshen`].
+pub type Freshen = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// The resolver: tables, forwarder and serving knobs, shared by every listener.
 pub struct Resolver {
     pub tables: Tables,
@@ -94,6 +98,7 @@ pub struct Resolver {
     tcp: TcpConfig,
     log_queries: AtomicBool,
     rotation: AtomicU32,
+    freshen: OnceLock<Freshen>,
 }
 
 /// What the no-I/O part of the request path decided.
@@ -114,7 +119,47 @@ impl Resolver {
             tcp: cfg.tcp,
             log_queries: AtomicBool::new(false),
             rotation: AtomicU32::new(0),
+            freshen: OnceLock::new(),
         })
+    }
+
+    /// Sets the hook asked before a miss is answered (once; later calls are ignored). A query
+    /// that would get NXDOMAIN or go upstream — a name, or a client, the tables may not know
+    /// yet — first lets the owner apply what is pending, and is answered again from the new
+    /// tables if it did. aardvark mode: netavark writes a container's file, signals and
+    /// returns without waiting; the container's first query must already see its name.
+    /// Without a hook, misses cost nothing extra. (A query answered twice is counted twice.)
+    pub fn set_freshen(&self, f: Freshen) {
+        let _ = self.freshen.set(f);
+    }
+
+    /// Runs the hook after a miss answered from tables of generation `seen`; true if the
+    /// tables are newer now (the hook changed them, or a reload it waited for did).
+    fn freshen(&self, seen: u64) -> bool {
+        let changed = self.freshen.get().is_some_and(|f| f());
+        changed || self.tables.snapshot().generation != seen
+    }
+
+    /// Snapshot, view and `handle` for one query; with a freshen hook, a miss is answered
+    /// again after the hook changed the tables.
+    fn handle_fresh(
+        &self,
+        sel: &ViewSelector,
+        src: IpAddr,
+        msg: &[u8],
+        udp: bool,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let run = |out: &mut Vec<u8>| {
+            let snap = self.tables.snapshot();
+            let view = sel.select(&snap, src);
+            (self.handle(&snap, view, msg, udp, out), snap.generation)
+        };
+        let (handled, seen) = run(out);
+        if self.freshen.get().is_some() && missed(&handled, out) && self.freshen(seen) {
+            return run(out).0;
+        }
+        handled
     }
 
     /// Logs every answered query at info level (target `sdnet::query`).
@@ -232,33 +277,13 @@ impl Resolver {
             let mut unsent = Vec::new();
             let r = BATCH.with_borrow_mut(|b| {
                 let n = sock.try_io(Interest::READABLE, || b.recv(fd))?;
-                let snap = self.tables.snapshot();
-                let mut replies = 0;
-                // A batch mostly comes from one client: look its view up once (with 100k
-                // sandboxes, each lookup in the view maps is a few cache misses).
-                let mut last: Option<(IpAddr, Option<&Arc<View>>)> = None;
-                for i in 0..n {
-                    let Some((src, len)) = b.received(i) else {
-                        continue;
-                    };
-                    let view = match last {
-                        Some((ip, view)) if ip == src.ip() => view,
-                        _ => {
-                            let view = sel.select(&snap, src.ip());
-                            last = Some((src.ip(), view));
-                            view
-                        }
-                    };
-                    let (msg, out) = b.slot(i, replies);
-                    let msg = &msg[..len];
-                    match self.handle(&snap, view, msg, true, out) {
-                        Handled::Reply => {
-                            b.reply_from[replies] = i;
-                            replies += 1;
-                        }
-                        Handled::Forward(view) => forwards.push((view, msg.to_vec(), src)),
-                        Handled::Silent => {}
-                    }
+                let watch = self.freshen.get().is_some();
+                let (mut replies, missed, seen) =
+                    self.answer_batch(b, n, &sel, &mut forwards, watch);
+                if missed && self.freshen(seen) {
+                    // The received datagrams are still in the buffers: answer them again.
+                    forwards.clear();
+                    replies = self.answer_batch(b, n, &sel, &mut forwards, false).0;
                 }
                 b.send(fd, replies, &mut unsent);
                 Ok::<_, io::Error>(())
@@ -288,6 +313,62 @@ impl Resolver {
                 });
             }
         }
+    }
+}
+
+impl Resolver {
+    /// Answers the `n` received datagrams of a batch from one snapshot: replies into the
+    /// output slots, forwards onto `forwards`. Returns the number of replies and (with
+    /// `watch`) whether any query missed, and the tables' generation used.
+    fn answer_batch(
+        &self,
+        b: &mut Batch,
+        n: usize,
+        sel: &ViewSelector,
+        forwards: &mut Vec<(Arc<View>, Vec<u8>, SocketAddr)>,
+        watch: bool,
+    ) -> (usize, bool, u64) {
+        let snap = self.tables.snapshot();
+        let mut replies = 0;
+        let mut any_miss = false;
+        // A batch mostly comes from one client: look its view up once (with 100k
+        // sandboxes, each lookup in the view maps is a few cache misses).
+        let mut last: Option<(IpAddr, Option<&Arc<View>>)> = None;
+        for i in 0..n {
+            let Some((src, len)) = b.received(i) else {
+                continue;
+            };
+            let view = match last {
+                Some((ip, view)) if ip == src.ip() => view,
+                _ => {
+                    let view = sel.select(&snap, src.ip());
+                    last = Some((src.ip(), view));
+                    view
+                }
+            };
+            let (msg, out) = b.slot(i, replies);
+            let msg = &msg[..len];
+            let handled = self.handle(&snap, view, msg, true, out);
+            any_miss |= watch && missed(&handled, out);
+            match handled {
+                Handled::Reply => {
+                    b.reply_from[replies] = i;
+                    replies += 1;
+                }
+                Handled::Forward(view) => forwards.push((view, msg.to_vec(), src)),
+                Handled::Silent => {}
+            }
+        }
+        (replies, any_miss, snap.generation)
+    }
+}
+
+/// A query the tables could not answer: going upstream, or NXDOMAIN.
+fn missed(handled: &Handled, out: &[u8]) -> bool {
+    match handled {
+        Handled::Forward(_) => true,
+        Handled::Reply => out.get(3).is_some_and(|b| b & 0xF == RCODE_NXDOMAIN),
+        Handled::Silent => false,
     }
 }
 

@@ -15,7 +15,8 @@
 # --release -p sdnet-resolver --example udp_floor),
 # AARDVARK_ALL=1 (aardvark at every size, not only ≤ 1000 names), CLIENTS (4), OUTSTANDING (100),
 # NX_NAMES (distinct unknown names in the 10 % mix, 1000), PRIO (autogroup nice, -20),
-# SDCTL_THREADS (1), SDCTL_REV (label for the binary's revision), KEEP=1 (keep the work dir).
+# SDCTL_THREADS (1), SDCTL_REV (label for the binary's revision), KEEP=1 (keep the work dir),
+# AARDVARK_BIN (the aardvark-dns to compare, /usr/lib/podman/aardvark-dns).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -321,7 +322,7 @@ start_floor() { # NAME ADDR PORT MODE: resolver/examples/udp_floor.rs
 
 start_all() { # N DIR
   local n=$1 d=$2 name addr port pid src
-  local aard=/usr/lib/podman/aardvark-dns
+  local aard=${AARDVARK_BIN:-/usr/lib/podman/aardvark-dns}
   if ! has aardvark || { [ "$n" -gt 1000 ] && [ "$AARDVARK_ALL" != 1 ]; }; then aard=/nonexistent; fi
   if has dnsmasq || has unbound || [ "$aard" != /nonexistent ]; then
     rm -rf "$W/anchors"

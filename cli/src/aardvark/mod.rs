@@ -5,9 +5,11 @@
 //! writes `DIR/aardvark.pid`, binds UDP and TCP on every listen address, leaves the session
 //! and its stdio, then tells the waiting parent (exit 0); a child that fails says why on
 //! stderr and the parent exits 1. The child serves (`serve.rs`) with sdnet's resolver under
-//! `Policy::Podman`; SIGHUP re-reads the directory (`config.rs`). Logs: `log.rs`.
+//! `Policy::Podman`; SIGHUP re-reads the directory (`config.rs`), and a query that misses
+//! re-reads it first if a file changed since (`fresh.rs`). Logs: `log.rs`.
 
 pub mod config;
+mod fresh;
 pub mod log;
 mod process;
 mod serve;

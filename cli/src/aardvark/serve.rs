@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use super::config::{self, PID_FILE};
+use super::fresh::{self, Fresh, no_proxy};
 use super::process;
 
 pub struct Options {
@@ -61,7 +62,18 @@ async fn run(opts: Options, ready: OwnedFd) -> Result<()> {
     let previous = std::fs::read(&pid_path).ok();
     std::fs::write(&pid_path, std::process::id().to_string())
         .with_context(|| format!("writing {}", pid_path.display()))?;
-    let started = start(&opts, &pid_path).await;
+    // Watching before the first load: a file written meanwhile is seen.
+    let fresh = match Fresh::new(opts.dir.clone(), opts.no_proxy) {
+        Ok(f) => Some(Arc::new(f)),
+        Err(e) => {
+            error!(
+                "cannot watch {}: {e}; names change on SIGHUP only",
+                opts.dir.display()
+            );
+            None
+        }
+    };
+    let started = locked(&fresh, || start(&opts, &pid_path, fresh.as_ref()));
     let (resolver, mut listeners) = match started {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(()),
@@ -80,7 +92,7 @@ async fn run(opts: Options, ready: OwnedFd) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if !reload(&opts, &resolver, &mut listeners) {
+                if !locked(&fresh, || reload(&opts, &resolver, &mut listeners)) {
                     break;
                 }
             }
@@ -95,11 +107,20 @@ async fn run(opts: Options, ready: OwnedFd) -> Result<()> {
 
 type Listeners = HashMap<IpAddr, Listener>;
 
+/// Runs a load of the directory under the watch's lock (see `fresh.rs`).
+fn locked<T>(fresh: &Option<Arc<Fresh>>, f: impl FnOnce() -> T) -> T {
+    match fresh {
+        Some(w) => w.locked(f),
+        None => f(),
+    }
+}
+
 /// Loads the directory and binds every listener; None if there is nothing to serve (the pid
 /// file is removed).
-async fn start(
+fn start(
     opts: &Options,
     pid_path: &std::path::Path,
+    fresh: Option<&Arc<Fresh>>,
 ) -> Result<Option<(Arc<Resolver>, Listeners)>> {
     let resolver = Resolver::new(
         ResolverConfig {
@@ -116,6 +137,9 @@ async fn start(
         },
         DefaultUpstreams::Host(HostResolvConf::new("/etc/resolv.conf")),
     );
+    if let Some(f) = fresh {
+        resolver.set_freshen(f.hook(&resolver));
+    }
     let cfg = config::load(&opts.dir).map_err(anyhow::Error::msg)?;
     for e in &cfg.errors {
         error!("{e}");
@@ -164,13 +188,9 @@ fn reload(opts: &Options, resolver: &Arc<Resolver>, listeners: &mut Listeners) -
         return false;
     }
     // Names first (one atomic swap), then listeners: a new listener answers at once.
-    if let Err(e) = resolver
-        .tables
-        .replace_all(&no_proxy(cfg.state, opts.no_proxy))
-    {
-        error!("reload: {e}; keeping the previous names");
-    }
-    for e in reconcile(resolver, listeners, &cfg.listeners, opts.port) {
+    let listen = cfg.listeners.clone();
+    fresh::apply_names(resolver, cfg, opts.no_proxy);
+    for e in reconcile(resolver, listeners, &listen, opts.port) {
         error!("reload: {e}");
     }
     info!(
@@ -179,16 +199,6 @@ fn reload(opts: &Options, resolver: &Arc<Resolver>, listeners: &mut Listeners) -
         "configuration reloaded"
     );
     true
-}
-
-/// AARDVARK_NO_PROXY: every network internal, as far as forwarding goes.
-fn no_proxy(mut state: sdnet_resolver::State, on: bool) -> sdnet_resolver::State {
-    if on {
-        for n in &mut state.networks {
-            n.internal = true;
-        }
-    }
-    state
 }
 
 /// Stops listeners no longer wanted, starts missing ones; the bind errors.

@@ -196,11 +196,7 @@ impl Resolver {
                 break;
             };
             let mut out = Vec::with_capacity(512);
-            let handled = {
-                let snap = self.tables.snapshot();
-                let view = sel.select(&snap, peer.ip());
-                self.handle(&snap, view, &msg, false, &mut out)
-            };
+            let handled = self.handle_fresh(&sel, peer.ip(), &msg, false, &mut out);
             match handled {
                 Handled::Reply => {
                     if tx.send(out).await.is_err() {

@@ -125,6 +125,19 @@ END {
     if (hp99[k] == "") { printf "- MISS p99 < 1 ms at ½ load, %s %s: no latency samples\n", label(SRV[s]), mixlabel(MIX[m]); continue }
     printf "- %s p99 < 1 ms at ½ load, %s %s: %.3f ms at %d QPS\n", pm(hp99[k] < 1), label(SRV[s]), mixlabel(MIX[m]), hp99[k], hrate[k]
   }
+  # Podman's drop-in (issue 14): sdctl aardvark-dns vs aardvark-dns on the same config, same
+  # run; goal for A: ≥ 3× the QPS at ≤ 0.3× the CPU per query (other mixes listed).
+  for (m = 1; m <= nmix; m++) {
+    ks = N SUBSEP "sdctl-aardvark" SUBSEP MIX[m]; kv = N SUBSEP "aardvark" SUBSEP MIX[m]
+    if (!ns[ks] || !ns[kv]) continue
+    qs = median(qps, ks, ns[ks]); qv = median(qps, kv, ns[kv]); cs = median(us, ks, ns[ks]); cv = median(us, kv, ns[kv])
+    if (!(qv > 0) || !(cv > 0)) continue
+    if (MIX[m] == "a") {
+      printf "- %s sdctl aardvark-dns ≥ 3× aardvark-dns QPS, A: %.0f vs %.0f = %.2f×\n", pm(qs >= 3 * qv), qs, qv, qs / qv
+      printf "- %s sdctl aardvark-dns ≤ 0.3× aardvark-dns CPU/query, A: %.2f vs %.2f µs = %.2f×\n", pm(cs <= 0.3 * cv), cs, cv, cs / cv
+    } else
+      printf "- (info) sdctl aardvark-dns vs aardvark-dns, %s: QPS %.0f vs %.0f = %.2f×, CPU/query %.2f vs %.2f µs = %.2f×\n", mixlabel(MIX[m]), qs, qv, qs / qv, cs, cv, cs / cv
+  }
   print ""
 }
 # The kernel's floor: µs CPU/query of the udp_floor servers and sdctl's distance above it.
