@@ -18,6 +18,7 @@
 //! back) and removes objects of ours nobody wants.
 
 pub mod cluster;
+pub mod cni;
 pub mod files;
 pub mod firewall;
 pub mod gc;
