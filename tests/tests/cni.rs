@@ -4,6 +4,9 @@
 //! Every daemon has its own namespace (so bridge names cannot collide) and host-local keeps
 //! its leases in the test's temporary directory.
 
+// `[ip.clone()]` reads better in an assertion than `slice::from_ref(&ip)`.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
