@@ -25,6 +25,9 @@ done
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# tests/tests/cni.rs: the real CNI plugins (bridge, host-local, portmap — iptables —, macvlan,
+# static) that `-d cni` networks run.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 # etcd-client's build compiles etcd's protos, which import protobuf's well-known types.
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then

@@ -32,6 +32,8 @@ pub enum Driver {
     None,
     Overlay,
     Macvlan,
+    /// Endpoints made by CNI plugins.
+    Cni,
     /// Accepted by the parser so that the daemon can say why it cannot make one.
     Ipvlan,
 }
@@ -44,6 +46,7 @@ impl std::fmt::Display for Driver {
             Driver::None => "none",
             Driver::Overlay => "overlay",
             Driver::Macvlan => "macvlan",
+            Driver::Cni => "cni",
             Driver::Ipvlan => "ipvlan",
         })
     }
@@ -58,13 +61,17 @@ impl std::str::FromStr for Driver {
             "none" => Ok(Driver::None),
             "overlay" => Ok(Driver::Overlay),
             "macvlan" => Ok(Driver::Macvlan),
+            "cni" => Ok(Driver::Cni),
             "ipvlan" => Ok(Driver::Ipvlan),
             _ => Err(format!(
-                "unknown driver {s:?}: use bridge, macvlan or overlay (host and none exist already)"
+                "unknown driver {s:?}: use bridge, macvlan, cni or overlay (host and none exist already)"
             )),
         }
     }
 }
+
+/// `network create -d cni`: the option carrying the CNI configuration list (JSON).
+pub const CNI_CONFIG_OPTION: &str = "cni.config";
 
 /// One subnet of a network as requested (`--subnet`, `--ip-range`, `--gateway`, `--aux-address`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

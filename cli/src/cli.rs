@@ -265,6 +265,9 @@ pub struct DaemonArgs {
     /// Subnet of the default `bridge` network (default: first free of Docker's pools).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub default_bridge_subnet: Option<ipnet::IpNet>,
+    /// Where CNI plugin binaries are (`network create -d cni`).
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/cni")]
+    pub cni_bin_dir: PathBuf,
     /// Join a cluster whose store is this etcd: etcd://HOST:PORT[,HOST:PORT…]. Overlay
     /// networks, their addresses and the cluster's nodes live there; everything else stays in
     /// this node's store.
@@ -418,6 +421,13 @@ pub struct NetworkCreateArgs {
     /// com.docker.network.bridge.name; macvlan: parent, macvlan_mode.
     #[arg(short = 'o', long = "opt")]
     pub opts: Vec<String>,
+    /// `-d cni`: the CNI network configuration (a .conflist or a .conf), stored whole.
+    #[arg(long, value_name = "FILE", conflicts_with = "cni_conf_dir")]
+    pub cni_conf: Option<PathBuf>,
+    /// `-d cni`: the directory holding the CNI configuration whose `name` is NAME
+    /// (.conflist, .conf or .json files).
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     #[arg(long = "label")]
     pub labels: Vec<String>,
     pub name: String,

@@ -7,6 +7,7 @@
 #   tests/bench/sandboxes.sh            # N=1000 sandboxes, netavark N=200
 #   N=200 NV_N=100 tests/bench/sandboxes.sh
 # Env: N (sandboxes), MV_N (sandboxes on a macvlan network, after the bridge ones; 0 = skip;
+# default 200), CNI_N (sandboxes on a CNI network of the bridge + host-local plugins; 0 = skip;
 # default 200), NV_N (netavark containers, 0 = skip), DUR (dnsperf seconds),
 # DNS_REPS (alternating dnsperf runs per side, median; default 3), OUT.
 # Everything runs in namespaces the script creates; only processes it started are ended.
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 N=${N:-1000}
 MV_N=${MV_N:-200}
+CNI_N=${CNI_N:-200}
 NV_N=${NV_N:-200}
 DUR=${DUR:-10}
 OUT=${OUT:-$(mktemp -d /tmp/sdbench-sb.XXXXXX)}
@@ -99,6 +101,28 @@ if [ "$MV_N" -gt 0 ]; then
   "$SDCTL" network rm benchmv >/dev/null
 fi
 
+if [ "$CNI_N" -gt 0 ]; then
+  # The same API calls on a CNI network run by Debian's containernetworking-plugins (bridge
+  # + host-local, leases in the work dir): every create execs the plugins. The daemon logs
+  # each ADD with the time spent in plugin execs (cni_exec_ms): the CNI exec share.
+  [ -x /usr/lib/cni/bridge ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins >/dev/null
+  echo "== $CNI_N sandboxes on a CNI network (bridge + host-local plugins)"
+  cat >"$W/benchcni.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "benchcni", "plugins": [
+  {"type": "bridge", "bridge": "benchcni0", "isGateway": true,
+   "ipam": {"type": "host-local", "dataDir": "$W/cni-leases", "ranges": [[{"subnet": "10.202.0.0/16"}]]}}]}
+JSON
+  "$SDCTL" network create -d cni --cni-conf "$W/benchcni.conflist" benchcni >/dev/null
+  "$SDCTL" run -d --name probecni --network benchcni >/dev/null
+  mark=$(grep -c 'CNI ADD' "$W/daemon.log" || true)
+  SB_WRITERS=0 "$BENCH" "$W/sock" benchcni "$CNI_N" "/proc/$DPID/root$W/run/netns/probecni" c \
+    | tee "$OUT/sdnet-create-cni.txt"
+  grep 'CNI ADD' "$W/daemon.log" | tail -n +"$((mark + 1))" | grep -oE 'cni_exec_ms=[0-9.]+' \
+    | cut -d= -f2 >"$OUT/cni-exec-ms.txt"
+  "$SDCTL" rm -f probecni >/dev/null
+  "$SDCTL" network rm benchcni >/dev/null
+fi
+
 echo "== DNS through 127.0.0.11 inside a sandbox vs the standalone resolver"
 python3 - "$W/q.txt" <<'PY'
 import random, sys
@@ -172,6 +196,13 @@ if [ -f "$OUT/sdnet-create-macvlan.txt" ]; then
   mv_p99=$(grep -oE 'p99_ms=[0-9.]+' "$OUT/sdnet-create-macvlan.txt" | head -1 | cut -d= -f2)
   mv_ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create-macvlan.txt" | cut -d= -f2)
 fi
+cni_med="" cni_p99="" cni_ready="" cni_exec=""
+if [ -f "$OUT/sdnet-create-cni.txt" ]; then
+  cni_med=$(grep -oE 'median_ms=[0-9.]+' "$OUT/sdnet-create-cni.txt" | head -1 | cut -d= -f2)
+  cni_p99=$(grep -oE 'p99_ms=[0-9.]+' "$OUT/sdnet-create-cni.txt" | head -1 | cut -d= -f2)
+  cni_ready=$(grep -oE 'dns_ready_at_return=[0-9/]+' "$OUT/sdnet-create-cni.txt" | cut -d= -f2)
+  cni_exec=$(sort -g "$OUT/cni-exec-ms.txt" | awk '{v[NR] = $1} END {if (NR) printf "%.2f", v[int((NR + 1) / 2)]}')
+fi
 {
   echo "# sandboxes benchmark — $(date -u +%F) — $(uname -r) — $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) — sdctl $(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)"
   echo
@@ -181,6 +212,7 @@ fi
   echo "| create + attach + DNS ready, median (ms) | $med | ≤ 10 | netavark setup + aardvark ready: ${NV_MED:-n/a}$(ratio "$med" "$NV_MED"); ip-batch floor (netns add + attach, no DNS): ${FLOOR:-n/a} |"
   echo "| same, p99 (ms) | $p99 | ≤ 50 | netavark: ${NV_P99:-n/a}$(ratio "$p99" "$NV_P99") |"
   [ -n "$mv_med" ] && echo "| same on a macvlan network ($MV_N), median / p99 (ms); names ready | $mv_med / $mv_p99; $mv_ready | | the bridge above |"
+  [ -n "$cni_med" ] && echo "| same on a CNI network, bridge + host-local plugins ($CNI_N), median / p99 (ms); names ready | $cni_med / $cni_p99; $cni_ready | | the bridge above; plugin execs per create, median: ${cni_exec:-n/a} ms |"
   echo "| rm, median / p99 (ms) | $rm_med / $rm_p99 | ≤ 10 (median) | |"
   echo "| \`ps\` (GET /v1/sandboxes) while 4 clients create: median / p99 (ms) | ${ps_med:-n/a} / ${ps_p99:-n/a} | p99 ≤ 20 | creates meanwhile: median ${cc_med:-n/a} ms |"
   echo "| $N sandboxes, wall (s) | $wall | ≤ 20 (1,000) | |"

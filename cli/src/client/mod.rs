@@ -164,6 +164,47 @@ fn kv(s: &str, what: &str) -> Result<(String, String)> {
         .ok_or_else(|| anyhow!("invalid {what} {s:?}: expected KEY=VALUE"))
 }
 
+/// The CNI configuration `network create` sends (its content: the file may change or go):
+/// `--cni-conf FILE`, or the file in `--cni-conf-dir DIR` whose network `name` is NAME.
+fn cni_config(a: &NetworkCreateArgs) -> Result<Option<String>> {
+    if let Some(f) = &a.cni_conf {
+        return std::fs::read_to_string(f)
+            .map(Some)
+            .with_context(|| format!("reading {}", f.display()));
+    }
+    let Some(dir) = &a.cni_conf_dir else {
+        return Ok(None);
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("conf" | "conflist" | "json")
+            )
+        })
+        .collect();
+    // libcni's order: by file name; the first with the name wins.
+    files.sort();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let name = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string));
+        if name.as_deref() == Some(a.name.as_str()) {
+            return Ok(Some(text));
+        }
+    }
+    bail!(
+        "no CNI configuration named {:?} in {} (.conflist, .conf, .json)",
+        a.name,
+        dir.display()
+    )
+}
+
 fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
     let mut ipam: Vec<IpamRequest> = a
         .subnet
@@ -218,6 +259,12 @@ fn network_create(a: NetworkCreateArgs) -> Result<NetworkCreate> {
                 options.insert(k, v);
             }
         }
+    }
+    if let Some(text) = cni_config(&a)? {
+        if a.driver != Driver::Cni {
+            bail!("--cni-conf and --cni-conf-dir are for -d cni");
+        }
+        options.insert(CNI_CONFIG_OPTION.to_string(), text);
     }
     let labels = a
         .labels

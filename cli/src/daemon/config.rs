@@ -69,6 +69,8 @@ pub struct Config {
     pub netns_link_dir: Option<PathBuf>,
     pub default_bridge_subnet: Option<ipnet::IpNet>,
     pub resync: std::time::Duration,
+    /// CNI plugin binaries (`--cni-bin-dir`).
+    pub cni_bin_dir: PathBuf,
 }
 
 impl Config {
@@ -78,6 +80,11 @@ impl Config {
     /// A sandbox's namespace file (by name, so `ip netns exec NAME` finds it through a link).
     pub fn netns_path(&self, name: &str) -> PathBuf {
         self.netns_dir().join(name)
+    }
+    /// The CNI driver's record of each endpoint it added (kept across reboots, like the
+    /// plugins' own IPAM state).
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cni")
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.state_dir.join("logs")

@@ -233,6 +233,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         netns_link_dir: (!args.no_netns_links).then(|| args.netns_link_dir.clone()),
         default_bridge_subnet: args.default_bridge_subnet,
         resync: args.resync_interval,
+        cni_bin_dir: args.cni_bin_dir.clone(),
     };
     for d in [&cfg.state_dir, &cfg.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -326,6 +327,10 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         drivers: Drivers {
             bridge: BridgeDriver { host: host.clone() },
             macvlan: drivers::macvlan::MacvlanDriver { host },
+            cni: drivers::cni::CniDriver {
+                bin_dir: cfg.cni_bin_dir.clone(),
+                cache_dir: cfg.cni_cache_dir(),
+            },
             null: NullDriver,
             overlay,
         },

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::daemon::Node;
 use crate::daemon::reconcile::Failure;
 use crate::daemon::state::{Dirty, Lookup, Source};
+use crate::daemon::store::schema::DriverKind;
 use crate::daemon::store::{Rev, StoreError, Txn, TxnResult};
 
 /// How often a transaction that lost a race is validated and tried again.
@@ -154,6 +155,29 @@ pub async fn settle_in(node: &Node, src: Source, rev: Rev, obj: &Dirty) -> ApiRe
         Some(f) => Err(f.into()),
         None => Ok(()),
     }
+}
+
+/// [`settle`] for a sandbox; with endpoints on CNI networks, also until the addresses their
+/// plugins chose are served: the reconciler writes them into the endpoints' records (a newer
+/// revision, already in the state cache when it finishes the round that ran the plugins),
+/// and a name must answer when the call returns.
+pub async fn settle_sandbox(node: &Node, rev: Rev, sandbox: &str) -> ApiResult<()> {
+    settle(node, rev, &Dirty::Sandbox(sandbox.to_string())).await?;
+    let cni = {
+        let d = node.cache.read();
+        d.endpoints_of(sandbox).iter().any(|e| {
+            d.networks
+                .get(e.rec.network.as_str())
+                .is_some_and(|n| n.rec.driver == DriverKind::Cni)
+        })
+    };
+    if cni {
+        let now = node.cache.rev(Source::Local);
+        if now > rev {
+            settle(node, now, &Dirty::Sandbox(sandbox.to_string())).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until the reconciler applied `rev` of this node's store (no per-object result).

@@ -113,6 +113,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
                 .await
                 .map_err(refused)?,
         ),
+        Driver::Cni => (DriverKind::Cni, cni_options(node, &req)?),
         Driver::Ipvlan => return Err(refused(MacvlanDriver::check_ipvlan().await)),
         Driver::Overlay => {
             if let Some(k) = req.options.keys().next() {
@@ -160,7 +161,12 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
             driver,
             scope: Scope::Local,
             created: now(),
-            subnets: plan_subnets(d, &reqs, req.ipv6, &reserved, ipam::Scope::Local)?,
+            // A CNI network's addresses are its plugins'.
+            subnets: if driver == DriverKind::Cni {
+                Vec::new()
+            } else {
+                plan_subnets(d, &reqs, req.ipv6, &reserved, ipam::Scope::Local)?
+            },
             internal: req.internal,
             // On one node every local network is attachable (by `run` and `connect`).
             attachable: true,
@@ -204,6 +210,30 @@ fn refused(r: Refusal) -> ApiError {
         Refusal::Failed(e) => ApiError::Internal(e),
         other => ApiError::BadRequest(other.to_string()),
     }
+}
+
+/// A CNI network's configuration, checked: it parses and its plugins are in the plugin
+/// directory. What sdnet's IPAM would do is the plugins' business: refused here.
+fn cni_options(node: &Node, req: &NetworkCreate) -> ApiResult<BTreeMap<String, String>> {
+    if let Some(k) = req.options.keys().find(|k| *k != CNI_CONFIG_OPTION) {
+        return bad(format!(
+            "unknown option {k:?} for driver cni (use --cni-conf FILE or --cni-conf-dir DIR)"
+        ));
+    }
+    let Some(text) = req.options.get(CNI_CONFIG_OPTION) else {
+        return bad("a CNI network needs its configuration: --cni-conf FILE or --cni-conf-dir DIR");
+    };
+    if !req.ipam.is_empty() || req.ipv6 || req.mtu.is_some() || req.internal {
+        return bad(
+            "--subnet, --ip-range, --gateway, --aux-address, --ipv6, --mtu and --internal are the \
+             CNI plugins' business on a CNI network: set them in its configuration",
+        );
+    }
+    let list = node.drivers.cni.check(text).map_err(ApiError::BadRequest)?;
+    Ok(BTreeMap::from([(
+        schema::CNI_CONFIG_OPTION.to_string(),
+        list.to_json(),
+    )]))
 }
 
 /// A bridge network's options, checked: `com.docker.network.bridge.name` (an existing bridge
@@ -450,6 +480,12 @@ pub fn plan_endpoint(
     for al in &a.aliases {
         model::check_dns_name("alias", al).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
+    if net.driver == DriverKind::Cni && (a.ipv4.is_some() || a.ipv6.is_some()) {
+        return bad(format!(
+            "network {} is a CNI network: its plugins pick the addresses (no --ip/--ip6)",
+            net.name
+        ));
+    }
     let (ipv4, ipv6) = node.ipam.endpoint(d, net, a.ipv4, a.ipv6, claim)?;
     let mac = match ipv4 {
         Some(v4) => sdnet_netstack::ipam::mac_from_ipv4(v4),
@@ -567,7 +603,7 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
         let net = &d.networks[net_id];
         if !matches!(
             net.rec.driver,
-            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+            DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan | DriverKind::Cni
         ) {
             return bad(format!(
                 "cannot connect to network {} (driver {})",
@@ -642,7 +678,7 @@ pub async fn connect(node: &Node, net_ref: &str, req: ConnectRequest) -> ApiResu
         }
     };
     let (sb_id, sb_name, net_name) = ids;
-    if let Err(e) = settle(node, rev, &Dirty::Sandbox(sb_id.clone())).await {
+    if let Err(e) = super::settle_sandbox(node, rev, &sb_id).await {
         // Undo: the endpoint must not stay in the store if the kernel refused it.
         let d = node.cache.read();
         let ep = d

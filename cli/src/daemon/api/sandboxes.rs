@@ -9,12 +9,12 @@ use super::networks::{
     delete_endpoint, plan_endpoint, put_endpoint, put_endpoint_record, swarm_endpoint,
 };
 use super::overlay;
-use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
+use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, views, write};
 use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::config::short;
 use crate::daemon::names;
-use crate::daemon::state::{Desired, Dirty, Entry};
+use crate::daemon::state::{Desired, Entry};
 use crate::daemon::store::schema::{
     self, DriverKind, NetMode, NetworkRec, PublishRec, SandboxRec, Scope, TaskRef,
 };
@@ -172,7 +172,10 @@ async fn create_as(
                 }
                 DriverKind::Host => mode = NetMode::Host,
                 DriverKind::None => {}
-                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan => {
+                DriverKind::Bridge
+                | DriverKind::Overlay
+                | DriverKind::Macvlan
+                | DriverKind::Cni => {
                     if nets.iter().any(|(x, _)| x.rec.id == n.rec.id) {
                         return bad(format!("network {} given twice", n.rec.name));
                     }
@@ -284,7 +287,7 @@ async fn create_as(
         }
     };
     let stored = started.elapsed();
-    if let Err(e) = settle(node, rev, &Dirty::Sandbox(id.clone())).await {
+    if let Err(e) = super::settle_sandbox(node, rev, &id).await {
         // Undo: a sandbox the kernel refused must not exist at all.
         let _ = remove_by_id(node, &id).await;
         return Err(match e {

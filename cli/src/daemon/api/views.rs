@@ -109,6 +109,7 @@ impl From<DriverKind> for Driver {
             DriverKind::None => Driver::None,
             DriverKind::Overlay => Driver::Overlay,
             DriverKind::Macvlan => Driver::Macvlan,
+            DriverKind::Cni => Driver::Cni,
         }
     }
 }

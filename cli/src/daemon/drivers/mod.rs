@@ -4,6 +4,7 @@
 //! missing and tolerates what is already there.
 
 pub mod bridge;
+pub mod cni;
 pub mod endpoint;
 pub mod macvlan;
 pub mod overlay;
@@ -18,7 +19,7 @@ use sdnet_netstack::netns::Netns;
 use sdnet_netstack::nft;
 
 use crate::daemon::config::our_link_info;
-use crate::daemon::store::schema::{DriverKind, EndpointRec, NetworkRec};
+use crate::daemon::store::schema::{DriverKind, EndpointRec, NetworkRec, PublishRec};
 
 /// The runtime that drives every netlink connection of the daemon. The kernel does a
 /// request's work inside `sendmsg` (a veth waits for an RCU grace period there), so netlink
@@ -109,6 +110,8 @@ pub(crate) async fn set_sysctl(ns: &Netns, key: String, value: &'static str) -> 
 pub struct SandboxNs<'a> {
     pub ns: &'a Netns,
     pub nl: &'a Netlink,
+    /// The sandbox's published ports (a CNI portmap plugin maps them).
+    pub ports: &'a [PublishRec],
 }
 
 /// Links of the daemon's namespace at one moment (one netlink dump per resync).
@@ -203,6 +206,7 @@ pub struct Drivers {
     pub bridge: bridge::BridgeDriver,
     pub null: NullDriver,
     pub macvlan: macvlan::MacvlanDriver,
+    pub cni: cni::CniDriver,
     /// Only on a node of a cluster.
     pub overlay: Option<overlay::OverlayDriver>,
 }
@@ -216,6 +220,7 @@ impl Drivers {
                 None => &self.null,
             },
             DriverKind::Macvlan => &self.macvlan,
+            DriverKind::Cni => &self.cni,
             DriverKind::Host | DriverKind::None => &self.null,
         }
     }

@@ -52,6 +52,10 @@ pub async fn collect(
     let known_ids: HashSet<&str> = d.sandboxes.keys().map(String::as_str).collect();
     let known_names: HashSet<&str> = d.sandboxes.values().map(|s| s.rec.name.as_str()).collect();
 
+    // Endpoints CNI plugins added that nobody wants any more: DEL, before their namespaces go.
+    let wanted = |net: &str, sb: &str| d.endpoints.get(sb).is_some_and(|m| m.contains_key(net));
+    node.drivers.cni.collect(&wanted).await;
+
     // Descriptors the keeper still holds for sandboxes that are gone; their processes die
     // (a removal stored just before a crash: nobody else knows them any more).
     let stale: Vec<(String, OwnedFd)> = {
@@ -202,6 +206,8 @@ fn known_owned_ids(d: &Desired) -> HashSet<String> {
 /// `sdctl daemon --cleanup`: every kernel object and file of ours (the store stays).
 pub async fn cleanup_everything(cfg: &Config) -> Result<()> {
     let host = Host::open().await?;
+    // CNI endpoints first, while their namespaces may still be there.
+    crate::daemon::drivers::cni::cleanup(&cfg.cni_cache_dir(), &cfg.cni_bin_dir).await;
     let c = cfg.clone();
     tokio::task::spawn_blocking(move || {
         for dir in [c.netns_dir(), c.run_dir.join("ov")] {

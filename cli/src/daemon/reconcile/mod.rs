@@ -19,6 +19,7 @@
 
 pub mod cleaner;
 pub mod cluster;
+pub mod cni;
 pub mod files;
 pub mod firewall;
 pub mod gc;

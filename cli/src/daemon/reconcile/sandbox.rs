@@ -331,12 +331,20 @@ async fn realize_inner(
             );
         }
         let Some(nl) = nl.as_ref() else { continue };
+        let sbns = SandboxNs {
+            ns: &ns,
+            nl,
+            ports: &sb.ports,
+        };
         driver
-            .attach(net, ep, SandboxNs { ns: &ns, nl }, default_route)
+            .attach(net, ep, sbns, default_route)
             .await
             .with_context(|| format!("attaching to network {}", net.name))?;
         r.eps
             .insert(ep.network.clone(), (ep.clone(), default_route, net.clone()));
+        if net.driver == DriverKind::Cni {
+            super::cni::write_back(node, d, ep).await?;
+        }
         steps.mark("endpoint");
     }
 
@@ -742,7 +750,13 @@ pub async fn teardown(node: &Node, id: &str, mut r: RealSb) -> Leftovers {
 impl Leftovers {
     pub async fn finish(self, node: Arc<Node>) {
         for (ep, net) in &self.eps {
-            if let Err(e) = node.drivers.get(net.driver).detach(net, ep, None).await {
+            // CNI plugins get the namespace on DEL while we still hold it (nothing else
+            // needs it: what is inside goes with it).
+            let ns = match net.driver {
+                DriverKind::Cni => self.ns.as_deref(),
+                _ => None,
+            };
+            if let Err(e) = node.drivers.get(net.driver).detach(net, ep, ns).await {
                 warn!(sandbox = %self.name, "removing an endpoint: {e:#}");
             }
         }

@@ -207,6 +207,9 @@ pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 /// Macvlan networks: the parent interface, and the mode (bridge, private, vepa, passthru).
 pub const PARENT_OPTION: &str = "parent";
 pub const MACVLAN_MODE_OPTION: &str = "macvlan_mode";
+/// CNI networks: the network configuration list (JSON), stored whole when the network is
+/// created (the file it came from may change or vanish).
+pub const CNI_CONFIG_OPTION: &str = "cni.config";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +222,8 @@ pub enum DriverKind {
     Overlay,
     /// One macvlan link per endpoint on an existing parent interface.
     Macvlan,
+    /// Endpoints made by CNI plugins (the addresses are theirs).
+    Cni,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -288,7 +293,7 @@ impl NetworkRec {
         self.dns
             && matches!(
                 self.driver,
-                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan
+                DriverKind::Bridge | DriverKind::Overlay | DriverKind::Macvlan | DriverKind::Cni
             )
     }
     /// The kernel bridge of a bridge network: the one named by

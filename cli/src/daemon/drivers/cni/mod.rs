@@ -1,0 +1,299 @@
+//! The CNI driver (`-d cni`): a sandbox joins the network by running the network's CNI
+//! plugins (spec 1.0.0) — ADD through the configuration list in order, each plugin given the
+//! previous one's result; DEL in reverse order with the cached ADD result — from the
+//! plugin directory (`--cni-bin-dir`). The plugins make every kernel object (a bridge, veths,
+//! macvlans, iptables rules of portmap) and pick the addresses (their IPAM); sdnet makes
+//! none and keeps no IPAM for the network.
+//!
+//! The addresses the plugins chose are read from the ADD result (`ips` on the container's
+//! interface) and written back into the endpoint's record by the reconciler, like an
+//! address IPAM picked: DNS, `inspect`, hosts files and other readers then see them, and a
+//! restarted daemon does not run ADD again (the cached result says it was done). The
+//! result's `dns` field is not used: the embedded resolver is the sandbox's DNS.
+//!
+//! A failed ADD is undone before the error is returned: DEL runs for the whole list (the
+//! spec's way to release what the plugins that succeeded took).
+
+pub mod cache;
+pub mod exec;
+pub mod spec;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use async_trait::async_trait;
+use sdnet_netstack::netns::{Netns, is_netns};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use self::cache::Cached;
+use self::exec::{Command, ExecError, Invocation};
+use self::spec::{AddResult, Assigned, ConfList, PortMapping, RuntimeConfig};
+use super::{Links, NetworkDriver, SandboxNs};
+use crate::daemon::store::schema::{CNI_CONFIG_OPTION, EndpointRec, NetworkRec, PublishRec};
+
+pub struct CniDriver {
+    /// Where plugin binaries are (`--cni-bin-dir`).
+    pub bin_dir: PathBuf,
+    /// The result cache (`<state-dir>/cni`).
+    pub cache_dir: PathBuf,
+}
+
+fn conf_of(net: &NetworkRec) -> Result<ConfList> {
+    let text = net
+        .options
+        .get(CNI_CONFIG_OPTION)
+        .ok_or_else(|| anyhow!("CNI network {} has no configuration", net.name))?;
+    Ok(ConfList::parse(text)?)
+}
+
+/// A sandbox's published ports as the `portMappings` capability.
+pub fn port_mappings(ports: &[PublishRec]) -> Vec<PortMapping> {
+    ports
+        .iter()
+        .map(|p| PortMapping {
+            host_port: p.host_port,
+            container_port: p.container_port,
+            protocol: p.protocol.to_string(),
+            host_ip: p.host_ip.map(|ip| ip.to_string()),
+        })
+        .collect()
+}
+
+/// A path a plugin can open for a namespace we hold, whether or not it is mounted anywhere.
+fn fd_path(ns: &Netns) -> String {
+    format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd())
+}
+
+impl CniDriver {
+    /// Checks a configuration for `network create`: it parses, and every plugin it names
+    /// (IPAM plugins too) is in the plugin directory. Returns the list to store.
+    pub fn check(&self, text: &str) -> Result<ConfList, String> {
+        let list = ConfList::parse(text).map_err(|e| e.to_string())?;
+        for t in list.binaries().map_err(|e| e.to_string())? {
+            if !self.bin_dir.join(&t).is_file() {
+                return Err(format!(
+                    "unknown CNI plugin type {t:?}: no such plugin in {} (--cni-bin-dir)",
+                    self.bin_dir.display()
+                ));
+            }
+        }
+        Ok(list)
+    }
+
+    fn cache_path(&self, net: &str, sandbox: &str) -> PathBuf {
+        cache::path(&self.cache_dir, net, sandbox)
+    }
+
+    /// What the plugins assigned to a sandbox's endpoint, from the cached ADD result.
+    pub async fn assigned(&self, net: &str, sandbox: &str) -> Result<Option<Assigned>> {
+        let Some(c) = cache::load(&self.cache_path(net, sandbox)).await? else {
+            return Ok(None);
+        };
+        let Some(r) = c.result else { return Ok(None) };
+        let r: AddResult = serde_json::from_value(r).context("the cached CNI result")?;
+        Ok(Some(r.assigned(&c.ifname)))
+    }
+
+    /// ADD through the list; the final result. On a failure, what succeeded is undone (DEL
+    /// of the whole list) and the first error returned.
+    async fn add(&self, c: &Cached, list: &ConfList) -> Result<Value> {
+        let inv = Invocation {
+            command: Command::Add,
+            container_id: &c.sandbox,
+            netns: &c.netns,
+            ifname: &c.ifname,
+            bin_dir: &self.bin_dir,
+        };
+        let rc = RuntimeConfig {
+            port_mappings: c.ports.clone(),
+        };
+        let mut prev: Option<Value> = None;
+        let mut took = Duration::ZERO;
+        for i in 0..list.plugins.len() {
+            let stdin = list.plugin_stdin(i, prev.as_ref(), &rc);
+            match exec::run(list.plugin_type(i), &inv, stdin).await {
+                Ok((r, t)) => {
+                    took += t;
+                    prev = r;
+                }
+                Err(e) => {
+                    if let Err(d) = self.del(c, list, prev.as_ref(), &c.netns).await {
+                        warn!(network = %list.name, sandbox = %c.sandbox, "undoing a failed CNI ADD: {d:#}");
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        info!(
+            network = %list.name,
+            sandbox = %c.sandbox,
+            ifname = %c.ifname,
+            cni_exec_ms = took.as_secs_f64() * 1000.0,
+            "CNI ADD"
+        );
+        prev.ok_or_else(|| {
+            anyhow!(
+                "CNI ADD of network {}: the plugins returned no result",
+                list.name
+            )
+        })
+    }
+
+    /// DEL through the list in reverse order, every plugin tried; the first error.
+    async fn del(
+        &self,
+        c: &Cached,
+        list: &ConfList,
+        prev: Option<&Value>,
+        netns: &str,
+    ) -> Result<(), ExecError> {
+        let inv = Invocation {
+            command: Command::Del,
+            container_id: &c.sandbox,
+            netns,
+            ifname: &c.ifname,
+            bin_dir: &self.bin_dir,
+        };
+        let rc = RuntimeConfig {
+            port_mappings: c.ports.clone(),
+        };
+        let mut first = None;
+        for i in (0..list.plugins.len()).rev() {
+            let stdin = list.plugin_stdin(i, prev, &rc);
+            if let Err(e) = exec::run(list.plugin_type(i), &inv, stdin).await {
+                warn!(network = %list.name, sandbox = %c.sandbox, "{e}");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// DEL of one cached record, then the record removed. `netns`: the namespace when we
+    /// hold it; else the recorded path if it still is one, else none (the plugins release
+    /// what lives outside the namespace).
+    async fn del_cached(&self, p: &Path, c: &Cached, netns: Option<&Netns>) -> Result<()> {
+        let list = ConfList::parse(&c.config)?;
+        let ns = match netns {
+            Some(ns) => fd_path(ns),
+            None if is_netns(Path::new(&c.netns)) => c.netns.clone(),
+            None => String::new(),
+        };
+        self.del(c, &list, c.result.as_ref(), &ns)
+            .await
+            .with_context(|| format!("CNI DEL of network {}", list.name))?;
+        cache::remove(p).await?;
+        Ok(())
+    }
+
+    /// Endpoints whose records remain though nobody wants them (removed while no daemon
+    /// ran, or a DEL that failed): DEL and forget them.
+    pub async fn collect(&self, wanted: &(dyn Fn(&str, &str) -> bool + Sync)) {
+        for (p, c) in cache::list(&self.cache_dir).await {
+            if wanted(&c.network, &c.sandbox) {
+                continue;
+            }
+            info!(network = %c.network, sandbox = %c.sandbox, "CNI DEL of an endpoint nobody wants");
+            if let Err(e) = self.del_cached(&p, &c, None).await {
+                warn!("{e:#}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl NetworkDriver for CniDriver {
+    /// The plugins make what a network needs on the first ADD; nothing to do before.
+    async fn ensure_network(&self, net: &NetworkRec) -> Result<()> {
+        conf_of(net).map(|_| ())
+    }
+
+    /// CNI has no network-wide teardown: what is left of the network is what its endpoints'
+    /// DELs did not remove (a bridge the bridge plugin made stays, as with every CNI
+    /// runtime). Records of endpoints still cached are DELed here.
+    async fn remove_network(&self, net: &NetworkRec) -> Result<()> {
+        self.collect(&|n, _| n != net.id).await;
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        net: &NetworkRec,
+        ep: &EndpointRec,
+        sb: SandboxNs<'_>,
+        _default_route: bool,
+    ) -> Result<()> {
+        let p = self.cache_path(&net.id, &ep.sandbox);
+        let ifname = format!("eth{}", ep.index);
+        if let Some(c) = cache::load(&p).await? {
+            if c.result.is_some() && c.ifname == ifname {
+                // Added already (the plugins' routes and addresses are theirs to keep).
+                return Ok(());
+            }
+            // An ADD that never finished (a crash) or another interface: undo it first.
+            self.del_cached(&p, &c, Some(sb.ns)).await?;
+        }
+        let list = conf_of(net)?;
+        let mut c = Cached {
+            network: net.id.clone(),
+            sandbox: ep.sandbox.clone(),
+            ifname,
+            netns: sb.ns.path().to_string_lossy().into_owned(),
+            config: list.to_json(),
+            ports: port_mappings(sb.ports),
+            result: None,
+        };
+        cache::store(&p, &c)
+            .await
+            .context("writing the CNI cache record")?;
+        match self.add(&c, &list).await {
+            Ok(r) => {
+                c.result = Some(r);
+                if let Err(e) = cache::store(&p, &c).await {
+                    let _ = self.del(&c, &list, c.result.as_ref(), &c.netns).await;
+                    let _ = cache::remove(&p).await;
+                    return Err(e).context("writing the CNI cache record");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = cache::remove(&p).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn detach(
+        &self,
+        net: &NetworkRec,
+        ep: &EndpointRec,
+        sandbox: Option<&Netns>,
+    ) -> Result<()> {
+        let p = self.cache_path(&net.id, &ep.sandbox);
+        match cache::load(&p).await? {
+            Some(c) => self.del_cached(&p, &c, sandbox).await,
+            None => Ok(()),
+        }
+    }
+
+    fn network_intact(&self, _: &NetworkRec, _: &Links) -> bool {
+        true
+    }
+
+    /// The plugins' objects are theirs (and CHECK is an exec per plugin): the record of the
+    /// ADD is what is checked.
+    fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, _: &Links) -> bool {
+        self.cache_path(&net.id, &ep.sandbox).is_file()
+    }
+}
+
+/// `sdctl daemon --cleanup`: DEL of every cached endpoint.
+pub async fn cleanup(cache_dir: &Path, bin_dir: &Path) {
+    let d = CniDriver {
+        bin_dir: bin_dir.to_path_buf(),
+        cache_dir: cache_dir.to_path_buf(),
+    };
+    d.collect(&|_, _| false).await;
+}
