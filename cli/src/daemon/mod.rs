@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dns_serve;
 pub mod drivers;
+pub mod events;
 pub mod hostdns;
 pub mod ipam;
 pub mod keeper;
