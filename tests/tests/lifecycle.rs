@@ -317,6 +317,46 @@ fn restart_policies() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(status(&d, "phoenix"), "exited");
 
+    // Daemon restarts: a stopped `always` sandbox is started with the daemon, a stopped
+    // `unless-stopped` one is not; a running one is adopted, not restarted.
+    d.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "unless-stopped",
+        "--name",
+        "quiet",
+        "--network",
+        "lcn",
+        "--",
+        "sh",
+        "-c",
+        "while :; do sleep 0.1; done",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--restart",
+        "unless-stopped",
+        "--name",
+        "steady",
+        "--network",
+        "lcn",
+        "--",
+        "sh",
+        "-c",
+        "while :; do sleep 0.1; done",
+    ]);
+    running(&d, "quiet");
+    let steady = running(&d, "steady");
+    d.ok(&["stop", "-t", "2", "quiet"]);
+    let mut d = d;
+    d.stop_and_restart();
+    running(&d, "phoenix");
+    assert_eq!(pid(&d, "steady"), Some(steady));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(status(&d, "quiet"), "exited");
+
     // Errors.
     let e = d.fails(&["run", "-d", "--restart", "sometimes", "--", "true"]);
     assert!(e.contains("invalid restart policy"), "{e}");

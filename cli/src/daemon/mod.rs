@@ -391,6 +391,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("restoring cluster state: {e}"))?;
     }
     api::networks::ensure_defaults(&node).await?;
+    api::lifecycle::start_always(&node).await;
     {
         let d = node.cache.read();
         info!(

@@ -300,3 +300,41 @@ pub async fn wait(node: &Node, r: &str) -> ApiResult<WaitResult> {
     }
     Ok(WaitResult { status_code: code })
 }
+
+/// At daemon start: a sandbox with `--restart always` that the user stopped runs again (as
+/// Docker starts such a container when its daemon starts; `unless-stopped` stays stopped).
+/// Not waited for: the reconciler starts the processes.
+pub async fn start_always(node: &Node) {
+    let ids: Vec<String> = {
+        let d = node.cache.read();
+        d.sandboxes
+            .values()
+            .filter(|s| {
+                s.rec.restart == schema::SandboxRestart::Always
+                    && s.rec.stopped
+                    && s.rec.task.is_none()
+                    && !s.rec.command.is_empty()
+            })
+            .map(|s| s.rec.id.clone())
+            .collect()
+    };
+    for id in ids {
+        let r = change(node, &id, |_, rec| {
+            let mut new = rec.clone();
+            if !new.stopped {
+                return Ok(None);
+            }
+            new.stopped = false;
+            new.paused = false;
+            new.runs += 1;
+            Ok(Some(new))
+        })
+        .await;
+        match r {
+            Ok(_) => {
+                tracing::info!(sandbox = %id, "restart policy always: starting it with the daemon")
+            }
+            Err(e) => tracing::warn!(sandbox = %id, "starting a sandbox with the daemon: {e}"),
+        }
+    }
+}
