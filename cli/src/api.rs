@@ -336,6 +336,116 @@ pub struct SandboxCreate {
     /// Remove the sandbox when its process exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// What happens when its process exits (`--restart`).
+    #[serde(default)]
+    pub restart: SandboxRestartSpec,
+}
+
+/// Docker's `--restart no|on-failure[:N]|always|unless-stopped` for a plain sandbox.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SandboxRestartSpec {
+    pub policy: SandboxRestartPolicy,
+    /// `on-failure:N`: at most N restarts in a row (0: no limit).
+    #[serde(default)]
+    pub max_retries: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxRestartPolicy {
+    #[default]
+    No,
+    OnFailure,
+    Always,
+    UnlessStopped,
+}
+
+impl std::str::FromStr for SandboxRestartSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, max) = match s.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (s, None),
+        };
+        let policy = match name {
+            "no" => SandboxRestartPolicy::No,
+            "on-failure" => SandboxRestartPolicy::OnFailure,
+            "always" => SandboxRestartPolicy::Always,
+            "unless-stopped" => SandboxRestartPolicy::UnlessStopped,
+            _ => {
+                return Err(format!(
+                    "invalid restart policy {name:?}: use no, on-failure[:N], always or unless-stopped"
+                ));
+            }
+        };
+        let max_retries = match max {
+            None => 0,
+            Some(m) if policy == SandboxRestartPolicy::OnFailure => m
+                .parse::<u32>()
+                .map_err(|_| format!("invalid restart policy {s:?}: maximum retry count must be a non-negative number"))?,
+            Some(_) => {
+                return Err(format!(
+                    "invalid restart policy {s:?}: maximum retry count can only be used with 'on-failure'"
+                ));
+            }
+        };
+        Ok(SandboxRestartSpec {
+            policy,
+            max_retries,
+        })
+    }
+}
+
+impl std::fmt::Display for SandboxRestartSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.policy {
+            SandboxRestartPolicy::No => f.write_str("no"),
+            SandboxRestartPolicy::OnFailure if self.max_retries > 0 => {
+                write!(f, "on-failure:{}", self.max_retries)
+            }
+            SandboxRestartPolicy::OnFailure => f.write_str("on-failure"),
+            SandboxRestartPolicy::Always => f.write_str("always"),
+            SandboxRestartPolicy::UnlessStopped => f.write_str("unless-stopped"),
+        }
+    }
+}
+
+/// `sdctl stop|restart`: how long to wait after SIGTERM before SIGKILL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+/// `sdctl kill`: the signal, by name (`KILL`, `SIGUSR1`) or number.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct KillRequest {
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `sdctl wait`: the exit code of the process.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct WaitResult {
+    pub status_code: i32,
+}
+
+/// One event of `sdctl events` (one JSON object per line on `GET /v1/events`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// RFC 3339 with nanoseconds, UTC.
+    pub time: String,
+    /// Nanoseconds since the Unix epoch.
+    pub time_nano: u64,
+    /// `sandbox`, `network` or `service`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub action: String,
+    pub id: String,
+    pub name: String,
+    /// More about it: `exitCode`, `sandbox` (of a connect), `signal`, `health_status`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,7 +453,11 @@ pub struct SandboxCreate {
 pub enum SandboxStatus {
     /// Exists, no process (or its process is running).
     Running,
-    /// Its process exited.
+    /// Its process is frozen (`sdctl pause`).
+    Paused,
+    /// Its process exited; the restart policy starts it again shortly.
+    Restarting,
+    /// Its process exited (or was stopped).
     Exited,
 }
 
@@ -374,6 +488,12 @@ pub struct SandboxInfo {
     pub hosts_file: Option<PathBuf>,
     /// Where 127.0.0.11 listens inside (UDP, TCP ports; port 53 is redirected to them).
     pub dns_ports: Option<(u16, u16)>,
+    /// `no`, `on-failure[:N]`, `always`, `unless-stopped`.
+    #[serde(default)]
+    pub restart_policy: String,
+    /// Restarts by the restart policy since the last start by the user.
+    #[serde(default)]
+    pub restart_count: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -199,6 +199,84 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Start stopped sandboxes' commands again (a sandbox keeps its namespace, addresses
+    /// and names while stopped).
+    Start {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop sandboxes' processes: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before killing the process.
+        #[arg(
+            short = 't',
+            long = "time",
+            visible_alias = "timeout",
+            value_name = "SECONDS"
+        )]
+        time: Option<u64>,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop, then start sandboxes' processes.
+    Restart {
+        /// Seconds to wait before killing the process.
+        #[arg(
+            short = 't',
+            long = "time",
+            visible_alias = "timeout",
+            value_name = "SECONDS"
+        )]
+        time: Option<u64>,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Send a signal to sandboxes' processes (the restart policy applies when they die).
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Block until sandboxes' processes exit, then print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List a sandbox's published ports, or the host address of one.
+    Port {
+        name: String,
+        /// PORT[/tcp|udp]
+        private: Option<String>,
+    },
+    /// Freeze sandboxes' processes (SIGSTOP to the process group).
+    Pause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Thaw paused sandboxes' processes.
+    Unpause {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stream what happens: sandboxes, networks and services created, connected, started,
+    /// dying, removed…
+    Events {
+        /// Also events since this time (RFC 3339, Unix seconds, or a duration ago: 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop at this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// type=sandbox|network|service, event=NAME, sandbox=NAME, network=NAME (repeat
+        /// the flag: the same key ORs, different keys AND).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filters: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Print a sandbox's process output.
     Logs {
         /// Keep following the output until the process exits.
@@ -441,6 +519,9 @@ pub struct RunArgs {
     /// Remove the sandbox when its command exits.
     #[arg(long)]
     pub rm: bool,
+    /// When its command exits: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no", value_name = "POLICY")]
+    pub restart: crate::api::SandboxRestartSpec,
     #[arg(long)]
     pub name: Option<String>,
     #[arg(long)]

@@ -84,6 +84,51 @@ impl Client {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call::<(), T>(Method::DELETE, path, None).await
     }
+
+    /// A streamed GET: `each` gets every line of the reply as it arrives, until the daemon
+    /// ends the stream.
+    pub async fn lines(&self, path: &str, mut each: impl FnMut(&str)) -> Result<()> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| connect_error(&self.socket, &e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("talking to the daemon")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{API_PREFIX}{path}"))
+            .header("host", "sdnet")
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .context("talking to the daemon")?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if status != StatusCode::OK {
+            let b = body.collect().await?.to_bytes();
+            match serde_json::from_slice::<ErrorBody>(&b) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&b)),
+            }
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("reading the daemon's stream")?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                each(String::from_utf8_lossy(&line[..i]).trim_end());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why the socket could not be reached, and what to do about it.

@@ -2,6 +2,7 @@
 
 mod docs;
 pub mod http;
+mod lifecycle;
 mod output;
 mod services;
 
@@ -118,6 +119,54 @@ async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
                 }
             }
             Ok(i32::from(failed))
+        }
+        Command::Start { names } => {
+            lifecycle::each(&Client::new(&client.socket), &names, "start", &()).await
+        }
+        Command::Stop { time, names } => {
+            let body = StopRequest { timeout_s: time };
+            lifecycle::each(&Client::new(&client.socket), &names, "stop", &body).await
+        }
+        Command::Restart { time, names } => {
+            let body = StopRequest { timeout_s: time };
+            lifecycle::each(&Client::new(&client.socket), &names, "restart", &body).await
+        }
+        Command::Kill { signal, names } => {
+            let body = KillRequest {
+                signal: Some(signal),
+            };
+            lifecycle::each(&Client::new(&client.socket), &names, "kill", &body).await
+        }
+        Command::Pause { names } => {
+            lifecycle::each(&Client::new(&client.socket), &names, "pause", &()).await
+        }
+        Command::Unpause { names } => {
+            lifecycle::each(&Client::new(&client.socket), &names, "unpause", &()).await
+        }
+        Command::Wait { names } => lifecycle::wait(&Client::new(&client.socket), &names).await,
+        Command::Port { name, private } => {
+            let sb: SandboxInfo = Client::new(&client.socket)
+                .get(&format!("/sandboxes/{}", seg(&name)))
+                .await?;
+            for l in lifecycle::port_lines(&sb, private.as_deref())? {
+                println!("{l}");
+            }
+            Ok(0)
+        }
+        Command::Events {
+            since,
+            until,
+            filters,
+            format,
+        } => {
+            lifecycle::events(
+                &Client::new(&client.socket),
+                since.as_deref(),
+                until.as_deref(),
+                &filters,
+                format,
+            )
+            .await
         }
         Command::Logs { follow, name } => {
             follow_logs(&Client::new(&client.socket), &name, follow).await?;
@@ -500,6 +549,9 @@ async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
         first.ipv6 = a.ip6;
     }
     let foreground = !a.detach && !a.command.is_empty();
+    if a.rm && a.restart.policy != SandboxRestartPolicy::No {
+        bail!("conflicting options: --restart and --rm");
+    }
     let netns = match &a.netns {
         // Relative paths mean nothing to the daemon.
         Some(p) => {
@@ -518,6 +570,7 @@ async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
         env: a.env.clone(),
         // In the foreground the client removes it after reading the exit code.
         auto_remove: a.rm && !foreground,
+        restart: a.restart,
     };
     let sb: SandboxInfo = c.post("/sandboxes", &req).await?;
     if !foreground {

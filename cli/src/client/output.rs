@@ -72,8 +72,19 @@ pub fn status(s: &SandboxInfo, now: SystemTime) -> String {
                 None => "Up".into(),
             }
         }
-        SandboxStatus::Exited => {
-            let mut out = "Exited".to_string();
+        SandboxStatus::Paused => {
+            let from = s.started_at.as_deref().unwrap_or(&s.created);
+            match since(from, now) {
+                Some(d) => format!("Up {} (Paused)", human_duration(d)),
+                None => "Up (Paused)".into(),
+            }
+        }
+        SandboxStatus::Restarting | SandboxStatus::Exited => {
+            let mut out = if s.status == SandboxStatus::Restarting {
+                "Restarting".to_string()
+            } else {
+                "Exited".to_string()
+            };
             if let Some(c) = s.exit_code {
                 out.push_str(&format!(" ({c})"));
             }
@@ -330,6 +341,8 @@ mod tests {
             resolv_conf: None,
             hosts_file: None,
             dns_ports: None,
+            restart_policy: "no".into(),
+            restart_count: 0,
         }
     }
 
@@ -357,5 +370,13 @@ mod tests {
         assert_eq!(status(&s, at(1_300 + 3600)), "Exited (0) About an hour ago");
         s.finished_at = None;
         assert_eq!(status(&s, at(1_300)), "Exited (0)");
+
+        let mut s = sandbox(SandboxStatus::Restarting);
+        s.exit_code = Some(1);
+        s.finished_at = Some(rfc3339(1_299));
+        assert_eq!(status(&s, at(1_300)), "Restarting (1) 1 second ago");
+        let mut s = sandbox(SandboxStatus::Paused);
+        s.started_at = Some(rfc3339(1_290));
+        assert_eq!(status(&s, at(1_300)), "Up 10 seconds (Paused)");
     }
 }

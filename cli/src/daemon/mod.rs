@@ -17,6 +17,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dns_serve;
 pub mod drivers;
+pub mod events;
 pub mod hostdns;
 pub mod ipam;
 pub mod keeper;
@@ -395,6 +396,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("restoring cluster state: {e}"))?;
     }
     api::networks::ensure_defaults(&node).await?;
+    api::lifecycle::start_always(&node).await;
     {
         let d = node.cache.read();
         info!(

@@ -468,6 +468,8 @@ pub struct StateCache {
     revs: watch::Sender<Revs>,
     /// Serializes the feeds' writes (each builds the next version from the latest).
     write: std::sync::Mutex<()>,
+    /// `sdctl events`, derived from the changes as they are applied.
+    pub events: crate::daemon::events::EventLog,
 }
 
 impl StateCache {
@@ -476,6 +478,7 @@ impl StateCache {
             current: ArcSwap::from_pointee(Desired::default()),
             revs: watch::channel([0, 0]).0,
             write: std::sync::Mutex::new(()),
+            events: Default::default(),
         })
     }
 
@@ -501,19 +504,26 @@ impl StateCache {
     }
 
     /// Applies events (a batch of one revision, or a relist's diff) of store `src`.
+    /// `batch`: the watched changes applied, for the events they make (none for a listing).
     fn update(
         &self,
         src: Source,
         rev: Rev,
+        batch: Option<&[Event]>,
         f: impl FnOnce(&mut Desired, &mut BTreeSet<Dirty>),
     ) -> BTreeSet<Dirty> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut dirty = BTreeSet::new();
-        let mut d = Desired::clone(&self.current.load());
+        let prev = self.current.load_full();
+        let mut d = Desired::clone(&prev);
         f(&mut d, &mut dirty);
         match src {
             Source::Local => d.rev = rev,
             Source::Cluster => d.cluster_rev = rev,
+        }
+        if let Some(b) = batch {
+            self.events
+                .emit(crate::daemon::events::derive(&prev, &d, b));
         }
         self.current.store(Arc::new(d));
         self.revs.send_modify(|r| r[src.idx()] = rev);
@@ -523,7 +533,7 @@ impl StateCache {
     /// A fresh listing of store `src`, diffed against what the cache had from it: what is
     /// gone is deleted, everything listed is put.
     fn reset(&self, src: Source, items: Vec<KeyValue>, rev: Rev) -> BTreeSet<Dirty> {
-        self.update(src, rev, |d, dirty| {
+        self.update(src, rev, None, |d, dirty| {
             let listed: std::collections::HashSet<&str> =
                 items.iter().map(|kv| kv.key.as_str()).collect();
             let gone: Vec<String> = d.keys[src.idx()]
@@ -634,7 +644,7 @@ impl StateCache {
                 match w.next().await {
                     Some(Ok(b)) => {
                         rev = b.rev;
-                        let dirty = self.update(src, b.rev, |d, dirty| {
+                        let dirty = self.update(src, b.rev, Some(&b.events), |d, dirty| {
                             for ev in &b.events {
                                 d.apply(ev, src, dirty);
                             }

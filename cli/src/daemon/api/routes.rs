@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::api::guard::{self, Body};
-use crate::daemon::api::{ApiError, networks, nodes, sandboxes, services, validate};
+use crate::daemon::api::{ApiError, lifecycle, networks, nodes, sandboxes, services, validate};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -51,6 +51,14 @@ pub fn router(d: Arc<Node>) -> Router {
         .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
         .route("/v1/sandboxes/{name}/exec", get(exec_info))
         .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/sandboxes/{name}/start", post(start_sandbox))
+        .route("/v1/sandboxes/{name}/stop", post(stop_sandbox))
+        .route("/v1/sandboxes/{name}/restart", post(restart_sandbox))
+        .route("/v1/sandboxes/{name}/kill", post(kill_sandbox))
+        .route("/v1/sandboxes/{name}/pause", post(pause_sandbox))
+        .route("/v1/sandboxes/{name}/unpause", post(unpause_sandbox))
+        .route("/v1/sandboxes/{name}/wait", post(wait_sandbox))
+        .route("/v1/events", get(events))
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/update", post(update_service))
@@ -61,6 +69,97 @@ pub fn router(d: Arc<Node>) -> Router {
         .layer(axum::middleware::from_fn(guard::check_length))
         .layer(axum::middleware::from_fn(guard::check_peer))
         .with_state(d)
+}
+
+async fn start_sandbox(State(d): D, Path(name): Path<String>) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::start(&d, &name).await?))
+}
+
+async fn stop_sandbox(
+    State(d): D,
+    Path(name): Path<String>,
+    Body(req): Body<StopRequest>,
+) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::stop(&d, &name, &req).await?))
+}
+
+async fn restart_sandbox(
+    State(d): D,
+    Path(name): Path<String>,
+    Body(req): Body<StopRequest>,
+) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::restart(&d, &name, &req).await?))
+}
+
+async fn kill_sandbox(
+    State(d): D,
+    Path(name): Path<String>,
+    Body(req): Body<KillRequest>,
+) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::kill(&d, &name, &req).await?))
+}
+
+async fn pause_sandbox(State(d): D, Path(name): Path<String>) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::pause(&d, &name, true).await?))
+}
+
+async fn unpause_sandbox(State(d): D, Path(name): Path<String>) -> R<SandboxInfo> {
+    Ok(Json(lifecycle::pause(&d, &name, false).await?))
+}
+
+async fn wait_sandbox(State(d): D, Path(name): Path<String>) -> R<WaitResult> {
+    Ok(Json(lifecycle::wait(&d, &name).await?))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    until: Option<u64>,
+}
+
+/// `GET /v1/events`: newline-delimited JSON, streamed (chunked) until `until`, or until the
+/// client goes away.
+async fn events(State(d): D, Query(q): Query<EventsQuery>) -> Response {
+    let (past, rx) = d.cache.events.subscribe(q.since);
+    let until = q.until;
+    let line = |e: &crate::api::Event| {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v))
+    };
+    let past: Vec<_> = past
+        .iter()
+        .filter(|e| until.is_none_or(|u| e.time_nano <= u))
+        .map(|e| line(e))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_nanos() as u64)
+        .unwrap_or(0);
+    let live = futures::stream::unfold(rx, move |mut rx| async move {
+        let left = match until {
+            Some(u) if u <= now => return None,
+            Some(u) => std::time::Duration::from_nanos(u - now),
+            None => std::time::Duration::from_secs(u64::from(u32::MAX)),
+        };
+        let deadline = tokio::time::Instant::now() + left;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(e)) if until.is_none_or(|u| e.time_nano <= u) => {
+                    return Some((line(&e), rx));
+                }
+                Ok(Ok(_)) | Err(_) => return None,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    });
+    let stream = futures::StreamExt::chain(futures::stream::iter(past), live);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn info(State(d): D) -> R<DaemonInfo> {

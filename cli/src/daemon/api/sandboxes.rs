@@ -16,7 +16,7 @@ use crate::daemon::config::short;
 use crate::daemon::names;
 use crate::daemon::state::{Desired, Entry};
 use crate::daemon::store::schema::{
-    self, DriverKind, NetMode, NetworkRec, PublishRec, SandboxRec, Scope, TaskRef,
+    self, DriverKind, NetMode, NetworkRec, PublishRec, SandboxRec, SandboxRestart, Scope, TaskRef,
 };
 use crate::daemon::store::{Compare, Txn};
 use crate::daemon::supervisor::{self, Proc};
@@ -98,6 +98,14 @@ async fn create_as(
         && !p.exists()
     {
         return bad(format!("namespace {} does not exist", p.display()));
+    }
+    if req.restart.policy != SandboxRestartPolicy::No {
+        if req.auto_remove {
+            return bad("conflicting options: --restart and --rm");
+        }
+        if req.command.is_empty() {
+            return bad("--restart needs a command to restart");
+        }
     }
     if !req.command.is_empty() {
         // A command that cannot start is refused before anything is made.
@@ -243,6 +251,12 @@ async fn create_as(
             env: req.env.clone(),
             auto_remove: req.auto_remove,
             task: task.clone(),
+            restart: restart_rec(req.restart.policy),
+            restart_max: req.restart.max_retries,
+            stopped: false,
+            stop_timeout_ms: schema::default_stop_ms(),
+            runs: 0,
+            paused: false,
         };
         let mut txn = Txn::new()
             .when(Compare::Absent(schema::sandbox_name(&name)))
@@ -307,13 +321,22 @@ async fn create_as(
     Ok(id)
 }
 
+pub fn restart_rec(p: SandboxRestartPolicy) -> SandboxRestart {
+    match p {
+        SandboxRestartPolicy::No => SandboxRestart::No,
+        SandboxRestartPolicy::OnFailure => SandboxRestart::OnFailure,
+        SandboxRestartPolicy::Always => SandboxRestart::Always,
+        SandboxRestartPolicy::UnlessStopped => SandboxRestart::UnlessStopped,
+    }
+}
+
 pub fn list(node: &Node, all: bool) -> Vec<SandboxInfo> {
     let d = node.cache.read();
     let mut v: Vec<SandboxInfo> = d
         .sandboxes
         .keys()
         .filter_map(|id| views::sandbox(node, &d, id))
-        .filter(|s| all || s.status == SandboxStatus::Running)
+        .filter(|s| all || s.status != SandboxStatus::Exited)
         .collect();
     v.sort_by(|a, b| b.created.cmp(&a.created).then(a.name.cmp(&b.name)));
     v

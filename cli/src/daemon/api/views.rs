@@ -10,7 +10,8 @@ use crate::daemon::Node;
 use crate::daemon::reconcile::model::dns_names;
 use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{
-    DeclaredPortRec, DriverKind, EndpointRec, HealthRec, NetMode, PublishRec, Restart, Scope,
+    DeclaredPortRec, DriverKind, EndpointRec, HealthRec, NetMode, PublishRec, Restart, SandboxRec,
+    Scope,
 };
 
 impl From<&PortSpec> for PublishRec {
@@ -185,7 +186,8 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
     let rec = &d.sandboxes.get(id)?.rec;
     let st = d.status_of(id);
     let dir = node.cfg.files_dir(id);
-    let exited = st.is_some_and(|s| s.exited);
+    let exited = st.is_some_and(|s| s.exited && !s.due);
+    let restarting = exited && st.is_some_and(|s| s.restarting) && !rec.stopped;
     Some(SandboxInfo {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -193,8 +195,12 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
         created: rfc3339(rec.created),
         started_at: st.and_then(|s| s.started_at).map(rfc3339),
         finished_at: st.and_then(|s| s.finished_at).map(rfc3339),
-        status: if exited {
+        status: if restarting {
+            SandboxStatus::Restarting
+        } else if exited {
             SandboxStatus::Exited
+        } else if rec.paused {
+            SandboxStatus::Paused
         } else {
             SandboxStatus::Running
         },
@@ -216,7 +222,23 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
         resolv_conf: Some(dir.join("resolv.conf")),
         hosts_file: Some(dir.join("hosts")),
         dns_ports: node.live.dns(id),
+        restart_policy: restart_spec(rec).to_string(),
+        restart_count: st.map_or(0, |s| s.restart_count),
     })
+}
+
+/// A sandbox record's restart policy in the API's terms.
+pub fn restart_spec(rec: &SandboxRec) -> SandboxRestartSpec {
+    use crate::daemon::store::schema::SandboxRestart as R;
+    SandboxRestartSpec {
+        policy: match rec.restart {
+            R::No => SandboxRestartPolicy::No,
+            R::OnFailure => SandboxRestartPolicy::OnFailure,
+            R::Always => SandboxRestartPolicy::Always,
+            R::UnlessStopped => SandboxRestartPolicy::UnlessStopped,
+        },
+        max_retries: rec.restart_max,
+    }
 }
 
 pub fn service(node: &Node, d: &Desired, id: &str) -> Option<ServiceInfo> {

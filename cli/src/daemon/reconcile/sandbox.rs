@@ -28,7 +28,7 @@ use crate::daemon::state::Desired;
 use crate::daemon::store::schema::{
     self, DriverKind, EndpointRec, NetMode, NetworkRec, PublishRec, SandboxRec, StatusRec,
 };
-use crate::daemon::store::{Compare, Txn, TxnResult};
+use crate::daemon::store::{Compare, Rev, Txn, TxnResult};
 use crate::daemon::supervisor::health::CheckTarget;
 use crate::daemon::supervisor::{self, Proc, SpawnSpec, Supervisor};
 
@@ -63,6 +63,11 @@ pub struct RealSb {
     pub lb: Option<BTreeMap<Ipv4Addr, VipLb>>,
     pub model: Option<sdnet_resolver::model::Sandbox>,
     pub proc: Option<Proc>,
+    /// The revision of the last status record this reconciler wrote (a state older than it
+    /// has not seen its own start yet).
+    pub status_rev: Rev,
+    /// The process is frozen (`pause` applied).
+    pub paused: bool,
     /// The routing mesh's guard as applied (a task of a service with mesh ports).
     pub guard: Option<String>,
 }
@@ -81,6 +86,8 @@ impl RealSb {
             lb: None,
             model: None,
             proc: None,
+            status_rev: 0,
+            paused: false,
             guard: None,
         }
     }
@@ -491,32 +498,74 @@ async fn write_files(
     Ok(())
 }
 
-/// The sandbox's process: started once (gated until its PID is in the store), adopted after
-/// a restart, watched until it exits; a task's health checker alongside.
+/// The sandbox's process, made to match desired state: started (gated until its PID is in
+/// the store) for the sandbox's current run, or again when the restart policy made a restart
+/// due; stopped when the user stopped the sandbox or a newer run replaces it; frozen while
+/// paused; adopted after a daemon restart and watched until it exits; a task's health
+/// checker alongside.
 async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> Result<()> {
     if sb.command.is_empty() {
         return Ok(());
     }
-    let status = d.status_of(&sb.id).cloned();
+    let entry = d.status.get(sb.id.as_str());
+    if entry.map_or(0, |e| e.rev) < r.status_rev {
+        // Our own last write is not in this state yet.
+        return Ok(());
+    }
+    let status = entry.map(|e| (*e.rec).clone());
     match &status {
-        // Started by an earlier round; its status record is not in this state yet.
-        None if r.proc.is_some() => {}
-        None => {
-            let p = start(node, sb).await?;
+        None if !sb.stopped => {
+            let (p, rev) = start(node, sb, None).await?;
             r.proc = Some(p);
+            r.status_rev = rev;
+            r.paused = false;
         }
+        None => {}
         Some(st) => {
-            if let Some(pid) = st.pid {
-                let p = Proc {
-                    pid,
-                    start_ticks: st.start_ticks,
-                };
-                r.proc = Some(p);
-                if !st.exited {
+            let p = st.pid.map(|pid| Proc {
+                pid,
+                start_ticks: st.start_ticks,
+            });
+            let rev = entry.map_or(0, |e| e.rev);
+            match p {
+                Some(p) if !st.exited => {
+                    r.proc = Some(p);
                     // Adopted after a restart, or already watched (idempotent). A process
                     // that died meanwhile is reported at once.
                     node.supervisor.watch(&sb.id, p);
+                    if sb.stopped || st.run < sb.runs {
+                        let t = std::time::Duration::from_millis(sb.stop_timeout_ms);
+                        node.supervisor.stop(&sb.id, p, Signal::SIGTERM, t);
+                    } else if r.paused != sb.paused {
+                        node.supervisor.set_paused(&p, sb.paused);
+                        r.paused = sb.paused;
+                    }
                 }
+                _ if st.due || (!sb.stopped && st.run < sb.runs) => {
+                    let again = Restart {
+                        rev,
+                        restart_count: if st.due { st.restart_count } else { 0 },
+                        backoff_ms: if st.due { st.backoff_ms } else { 0 },
+                    };
+                    let (p, rev) = start(node, sb, Some(again)).await?;
+                    r.proc = Some(p);
+                    r.status_rev = rev;
+                    r.paused = false;
+                }
+                Some(p) if st.restarting => {
+                    // Stopped or replaced meanwhile: at once, so the status says so.
+                    let delay = if sb.stopped || st.run < sb.runs {
+                        0
+                    } else {
+                        st.backoff_ms
+                    };
+                    node.supervisor.schedule_restart(
+                        &sb.id,
+                        p.pid,
+                        std::time::Duration::from_millis(delay),
+                    );
+                }
+                _ => {}
             }
         }
     }
@@ -541,7 +590,16 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
     Ok(())
 }
 
-async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
+/// A start that replaces an earlier status record (a new run, or a policy restart).
+struct Restart {
+    /// The revision of the record replaced.
+    rev: Rev,
+    restart_count: u32,
+    backoff_ms: u64,
+}
+
+/// Starts the sandbox's process; its PID and the revision of the status record written.
+async fn start(node: &Node, sb: &SandboxRec, again: Option<Restart>) -> Result<(Proc, Rev)> {
     let cfg = node.cfg.clone();
     let rec = sb.clone();
     let spawned = blocking(move || {
@@ -560,6 +618,13 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
     })
     .await;
     let key = schema::status(&sb.id);
+    let (restart_count, backoff_ms) = again
+        .as_ref()
+        .map_or((0, 0), |a| (a.restart_count, a.backoff_ms));
+    let cmp = match &again {
+        None => Compare::Absent(key.clone()),
+        Some(a) => Compare::ModRev(key.clone(), a.rev),
+    };
     let gated = match spawned {
         Ok(g) => g,
         Err(e) => {
@@ -569,13 +634,16 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
                 exit_code: Some(127),
                 error: Some(format!("{e:#}")),
                 finished_at: Some(supervisor::status::now()),
+                run: sb.runs,
+                restart_count,
+                backoff_ms,
                 ..StatusRec::default()
             };
             let _ = node
                 .store
                 .txn(
                     Txn::new()
-                        .when(Compare::Absent(key.clone()))
+                        .when(cmp)
                         .when(Compare::Exists(schema::sandbox(&sb.id)))
                         .put(key, schema::encode(&st)),
                 )
@@ -588,19 +656,22 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
         pid: Some(p.pid),
         start_ticks: p.start_ticks,
         started_at: Some(supervisor::status::now()),
+        run: sb.runs,
+        restart_count,
+        backoff_ms,
         ..StatusRec::default()
     };
     let r = node
         .store
         .txn(
             Txn::new()
-                .when(Compare::Absent(key.clone()))
+                .when(cmp)
                 .when(Compare::Exists(schema::sandbox(&sb.id)))
                 .put(key, schema::encode(&st)),
         )
         .await;
     match r {
-        Ok(TxnResult::Committed(_)) => {
+        Ok(TxnResult::Committed(rev)) => {
             // The keeper holds the process too (before it runs: a daemon that dies here
             // closes the gate), so that it is found and killed when the sandbox's removal is
             // stored but the daemon dies before acting on it, or before a restarted daemon
@@ -618,10 +689,10 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
             gated.open().context("releasing the process")?;
             node.supervisor.watch(&sb.id, p);
             info!(sandbox = %sb.name, pid = p.pid, "process started");
-            Ok(p)
+            Ok((p, rev))
         }
-        // Removed meanwhile, or the store failed: the gated child exits on its own.
-        Ok(TxnResult::Failed(_)) => bail!("sandbox {} was removed while starting", sb.name),
+        // Removed or changed meanwhile, or the store failed: the gated child exits on its own.
+        Ok(TxnResult::Failed(_)) => bail!("sandbox {} changed while starting", sb.name),
         Err(e) => Err(anyhow!("recording the process: {e}")),
     }
 }

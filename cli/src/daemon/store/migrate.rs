@@ -297,6 +297,12 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
                 version: t.version,
                 draining: t.draining,
             }),
+            restart: Default::default(),
+            restart_max: 0,
+            stopped: false,
+            stop_timeout_ms: schema::default_stop_ms(),
+            runs: 0,
+            paused: false,
         };
         txn = txn
             .put(schema::sandbox(&rec.id), schema::encode(&rec))

@@ -394,6 +394,40 @@ pub struct SandboxRec {
     pub auto_remove: bool,
     #[serde(default)]
     pub task: Option<TaskRef>,
+    /// What happens when its process exits (`--restart`).
+    #[serde(default)]
+    pub restart: SandboxRestart,
+    /// `on-failure:N`: at most N restarts in a row (0: no limit).
+    #[serde(default)]
+    pub restart_max: u32,
+    /// Stopped by the user (`sdctl stop`): its process is not to run. Desired state: the
+    /// reconciler makes the process match.
+    #[serde(default)]
+    pub stopped: bool,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    #[serde(default = "default_stop_ms")]
+    pub stop_timeout_ms: u64,
+    /// Bumped by every `start`/`restart`: a process started for an older run is replaced.
+    #[serde(default)]
+    pub runs: u64,
+    /// Frozen by the user (`sdctl pause`).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+pub fn default_stop_ms() -> u64 {
+    10_000
+}
+
+/// A plain sandbox's restart policy (Docker's `--restart`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxRestart {
+    #[default]
+    No,
+    OnFailure,
+    Always,
+    UnlessStopped,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -612,6 +646,21 @@ pub struct StatusRec {
     /// The process could not be started: why.
     #[serde(default)]
     pub error: Option<String>,
+    /// The sandbox's run (`SandboxRec::runs`) this process was started for.
+    #[serde(default)]
+    pub run: u64,
+    /// Restarts by the restart policy since the last start by the user.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Exited, and the restart policy starts it again after `backoff_ms`.
+    #[serde(default)]
+    pub restarting: bool,
+    /// The delay before the last policy restart (doubles, from 100 ms).
+    #[serde(default)]
+    pub backoff_ms: u64,
+    /// A policy restart is due: the reconciler starts a process for this record.
+    #[serde(default)]
+    pub due: bool,
 }
 
 /// The prefix of the bridges we create (`sd-<id12>`; see `config` for the other links').

@@ -12,6 +12,7 @@
 //! child exits instead of running as a process nobody knows about.
 
 pub mod health;
+pub mod lifecycle;
 pub mod status;
 
 use std::collections::HashMap;
@@ -47,6 +48,11 @@ pub enum Observation {
     Health {
         sandbox: String,
         healthy: bool,
+    },
+    /// The backoff before a policy restart of the exited process `pid` is over.
+    RestartDue {
+        sandbox: String,
+        pid: u32,
     },
 }
 
@@ -85,6 +91,10 @@ pub struct Supervisor {
     obs: mpsc::Sender<Observation>,
     watchers: Mutex<HashMap<String, (Proc, JoinHandle<()>)>>,
     checks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Stops in progress (signal, then SIGKILL after the timeout).
+    stops: Mutex<HashMap<String, (Proc, JoinHandle<()>)>>,
+    /// Policy restarts waiting out their backoff, by the PID of the process that exited.
+    timers: Mutex<HashMap<String, (u32, JoinHandle<()>)>>,
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat).
@@ -259,6 +269,8 @@ impl Supervisor {
             obs,
             watchers: Mutex::new(HashMap::new()),
             checks: Mutex::new(HashMap::new()),
+            stops: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -357,6 +369,7 @@ impl Supervisor {
             h.abort();
         }
         self.stop_health(sandbox);
+        self.forget_lifecycle(sandbox);
     }
 }
 
