@@ -32,11 +32,7 @@ pub struct ZoneData {
 impl ZoneData {
     fn new(origin: LowerName) -> ZoneData {
         ZoneData {
-            soa: Arc::new(RecordSet::with_ttl(
-                Name::from(&origin),
-                RecordType::SOA,
-                0,
-            )),
+            soa: Arc::new(RecordSet::with_ttl(Name::from(&origin), RecordType::SOA, 0)),
             origin,
             sets: imbl::HashMap::new(),
             names: imbl::HashMap::new(),
@@ -207,7 +203,9 @@ impl Zones {
         let old = if recs.is_empty() {
             self.held.remove(&h).unwrap_or_default()
         } else {
-            self.held.insert(h.clone(), recs.clone()).unwrap_or_default()
+            self.held
+                .insert(h.clone(), recs.clone())
+                .unwrap_or_default()
         };
         if old == recs {
             return;
