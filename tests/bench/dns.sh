@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # DNS benchmark: `sdctl dns serve` (and `sdctl aardvark-dns`, sdctl-aardvark: the same
 # aardvark config directory as aardvark-dns) against dnsmasq, unbound and aardvark-dns, all answering the
-# same names in a throw-away network namespace (loopback only), loaded with dnsperf. The floor-*
+# same names in a throw-away network namespace (loopback only), loaded with dnsperf. The host
+# zone (sdctl-hostzone: `sdctl daemon --host-dns` with sandboxes made through its API) is
+# measured beside BIND serving the same zone from a file written from its AXFR (bind-zonefile),
+# with AXFR time and size and the cost of one change to the zone. The floor-*
 # servers (resolver/examples/udp_floor.rs) echo every query with no work: their CPU per query is
 # what the kernel's UDP path alone costs. See tests/bench/README.md. Run as root:
 #
@@ -9,14 +12,15 @@
 #   DUR=3 REPS=1 SIZES=1000 tests/bench/dns.sh  # quick run (~3 min)
 #
 # Knobs (environment): DUR (s per run, 10), REPS (3 for A, 2 for the other mixes), SIZES
-# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark
-# floor-gso floor-mmsg"; also floor-sendto, floor-uring), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
+# ("1000 100000"), ONLY (servers, "sdctl sdctl-nocache sdctl-aardvark sdctl-hostzone bind-zonefile
+# dnsmasq unbound aardvark floor-gso floor-mmsg"; also floor-sendto, floor-uring), OUT (results dir, default a new /tmp/sdbench-out.*), SDCTL
 # (binary; default: cargo build --release -p sdctl), FLOOR (udp_floor binary; default: cargo build
 # --release -p sdnet-resolver --example udp_floor),
 # AARDVARK_ALL=1 (aardvark at every size, not only ≤ 1000 names), CLIENTS (4), OUTSTANDING (100),
 # NX_NAMES (distinct unknown names in the 10 % mix, 1000), PRIO (autogroup nice, -20),
 # SDCTL_THREADS (1), SDCTL_REV (label for the binary's revision), KEEP=1 (keep the work dir),
-# AARDVARK_BIN (the aardvark-dns to compare, /usr/lib/podman/aardvark-dns).
+# AARDVARK_BIN (the aardvark-dns to compare, /usr/lib/podman/aardvark-dns),
+# HZ_SANDBOXES (sandboxes the host zone's names are spread over, 1000), XFR_REPS (3), CHANGES (5).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,7 +31,7 @@ REPORT_AWK=$HERE/lib/report.awk
 DUR=${DUR:-10}
 REPS=${REPS:-}
 SIZES=${SIZES:-1000 100000}
-ONLY=${ONLY:-sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark floor-gso floor-mmsg}
+ONLY=${ONLY:-sdctl sdctl-nocache sdctl-aardvark sdctl-hostzone bind-zonefile dnsmasq unbound aardvark floor-gso floor-mmsg}
 FLOORS="floor-gso floor-mmsg floor-sendto floor-uring" # zero-work echo servers: the kernel's floor
 FLOOR=${FLOOR:-}
 AARDVARK_ALL=${AARDVARK_ALL:-0}
@@ -37,6 +41,10 @@ NX_NAMES=${NX_NAMES:-1000}
 PRIO=${PRIO:--20}
 SDCTL_THREADS=${SDCTL_THREADS:-1}
 KEEP=${KEEP:-0}
+HZ_SANDBOXES=${HZ_SANDBOXES:-1000} # a Linux bridge takes at most 1,024 ports
+XFR_REPS=${XFR_REPS:-3}
+CHANGES=${CHANGES:-5}
+HZ_ALIASES=64 # aliases per sandbox and network the API allows (MAX_ALIASES)
 QUERIES=100000 # lines per query file
 
 REPS_A=${REPS:-3}
@@ -46,20 +54,22 @@ say() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 has() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 has_floor() { local f; for f in $FLOORS; do has "$f" && return 0; done; return 1; }
+has_hz() { has sdctl-hostzone || has bind-zonefile; } # BIND's zone file comes from the daemon's AXFR
 
 # ---------------------------------------------------------------------------------------------
 # Stage 1 (caller's session): checks, install, build; then re-run in a session of our own so
 # that raising the autogroup priority touches only the benchmark and its servers.
 if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   [ "$(id -u)" = 0 ] || die "run as root (network namespaces, taskset, autogroup)"
-  for v in DUR REPS_A REPS_OTHER CLIENTS OUTSTANDING NX_NAMES SDCTL_THREADS; do
+  for v in DUR REPS_A REPS_OTHER CLIENTS OUTSTANDING NX_NAMES SDCTL_THREADS HZ_SANDBOXES XFR_REPS CHANGES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
   done
   for n in $SIZES; do [[ $n =~ ^[1-9][0-9]*$ ]] && [ "$n" -le 1000000 ] || die "bad size '$n'"; done
   for s in $ONLY; do
-    case $s in sdctl | sdctl-nocache | sdctl-aardvark | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto | floor-uring) ;;
+    case $s in sdctl | sdctl-nocache | sdctl-aardvark | sdctl-hostzone | bind-zonefile | dnsmasq | unbound | aardvark | floor-gso | floor-mmsg | floor-sendto | floor-uring) ;;
       *) die "unknown server '$s' in ONLY" ;; esac
   done
+  [ "$HZ_SANDBOXES" -le 1000 ] || die "HZ_SANDBOXES: at most 1000 (sandboxes on one bridge)"
   missing=0
   for t in dnsperf dnsmasq unbound dig taskset setsid timeout ip; do
     command -v "$t" >/dev/null 2>&1 || missing=1
@@ -67,6 +77,13 @@ if [ "${_SDBENCH_INNER:-}" != 1 ]; then
   if [ "$missing" = 1 ]; then
     say "installing dnsperf, dnsmasq, unbound, aardvark-dns, dig, kdig ($ANCHORS install)"
     "$ANCHORS" install
+  fi
+  if has_hz; then
+    for pair in named:bind9 curl:curl nft:nftables; do
+      command -v "${pair%%:*}" >/dev/null 2>&1 ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pair#*:}" >/dev/null ||
+        die "cannot install ${pair#*:}"
+    done
   fi
   if [ -z "${SDCTL:-}" ]; then
     say "building sdctl (cargo build --release -p sdctl)"
@@ -109,10 +126,13 @@ OUT=$(readlink -f "$OUT")
 TSV=$OUT/results.tsv
 MD=$OUT/results.md
 
-SRV_PIDS=()   # every server process we started (sdctl, upstream unbound, floors, anchors)
+SRV_PIDS=()   # every server process we started (sdctl, upstream unbound, floors, anchors, named)
 DP_PID=""     # running load generator
 UP_PID=""     # upstream unbound of sdctl
-declare -A S_ADDR S_PORT S_PID S_SRC
+declare -A S_ADDR S_PORT S_PID S_SRC S_NS S_QDIR
+HZ_NS=$NS-hz  # the host-zone daemon's namespace (its firewall stays out of the others' path)
+HZ_PID=""     # the host-zone daemon
+HZ_DIR=$W/hz  # its state, run dir and socket
 
 kill_wait() { # PID...: TERM, up to 3 s, then KILL
   local p i
@@ -132,7 +152,8 @@ stop_servers() {
   [ ${#pids[@]} -eq 0 ] || kill_wait "${pids[@]}"
   SRV_PIDS=()
   UP_PID=""
-  S_ADDR=() S_PORT=() S_PID=() S_SRC=()
+  S_ADDR=() S_PORT=() S_PID=() S_SRC=() S_NS=() S_QDIR=()
+  hz_stop
 }
 
 cleanup() {
@@ -142,6 +163,7 @@ cleanup() {
   [ -z "$DP_PID" ] || kill_wait "$DP_PID"
   stop_servers
   ip netns del "$NS" 2>/dev/null
+  ip netns del "$HZ_NS" 2>/dev/null
   if [ "$KEEP" = 1 ]; then say "work dir kept: $W"; else rm -rf "$W"; fi
   [ "$rc" = 0 ] || say "failed (exit $rc); partial results in $OUT"
   exit "$rc"
@@ -208,7 +230,7 @@ dig_q() { # SERVER NAME TYPE [dig options...]
   local s=$1 name=$2 type=$3; shift 3
   local src=()
   [ -z "${S_SRC[$s]:-}" ] || src=(-b "${S_SRC[$s]}")
-  X timeout 5 dig +time=1 +tries=1 "${src[@]}" @"${S_ADDR[$s]}" -p "${S_PORT[$s]}" "$name" "$type" "$@" 2>/dev/null || true
+  ip netns exec "${S_NS[$s]:-$NS}" timeout 5 dig +time=1 +tries=1 "${src[@]}" @"${S_ADDR[$s]}" -p "${S_PORT[$s]}" "$name" "$type" "$@" 2>/dev/null || true
 }
 
 wait_ready() { # SERVER N: c1/cN A and PTR answer correctly (up to 120 s, for big name tables)
@@ -340,22 +362,246 @@ start_all() { # N DIR
     has sdctl-nocache && start_sdctl sdctl-nocache 127.0.0.12 5312 "$d" --cache-size 0
   fi
   has sdctl-aardvark && start_sdctl_aardvark "$d"
+  if has_hz; then
+    if [ "$n" -le $((HZ_SANDBOXES * (HZ_ALIASES + 1))) ]; then
+      hz_start "$n"
+      has bind-zonefile && start_bind_zonefile
+    else
+      say "host zone: $n names is more than $HZ_SANDBOXES sandboxes × $((HZ_ALIASES + 1)) names; not started"
+    fi
+  fi
   has floor-sendto && start_floor floor-sendto 127.0.0.20 5320 sendto
   has floor-uring && start_floor floor-uring 127.0.0.23 5323 uring
   has floor-mmsg && start_floor floor-mmsg 127.0.0.21 5321 mmsg
   has floor-gso && start_floor floor-gso 127.0.0.22 5322 gso
   local comm
-  for name in sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark $FLOORS; do
+  for name in sdctl sdctl-nocache sdctl-aardvark sdctl-hostzone bind-zonefile dnsmasq unbound aardvark $FLOORS; do
     has "$name" || continue
     [ -n "${S_PID[$name]:-}" ] || { say "$name not started at $n names (see README)"; continue; }
-    case $name in floor-*) wait_ready_floor "$name" ;; *) wait_ready "$name" "$n" ;; esac
+    case $name in
+      floor-*) wait_ready_floor "$name" ;;
+      sdctl-hostzone | bind-zonefile) hz_wait_ready "$name" "$n" ;;
+      *) wait_ready "$name" "$n" ;;
+    esac
     # the PID we measure must be the server itself, not a wrapper
     comm=$(cat "/proc/${S_PID[$name]}/comm" 2>/dev/null || true)
-    case "$name:$comm" in sdctl*:sdctl | dnsmasq:dnsmasq | unbound:unbound | aardvark:aardvark-dns | floor-*:udp_floor) ;;
+    case "$name:$comm" in sdctl*:sdctl | bind-zonefile:named | dnsmasq:dnsmasq | unbound:unbound | aardvark:aardvark-dns | floor-*:udp_floor) ;;
       *) die "PID ${S_PID[$name]} of $name is '$comm', not the server" ;; esac
   done
   for name in sdctl sdctl-nocache; do
     [ -z "${S_PID[$name]:-}" ] || check_nx_soa "$name"
+  done
+  if [ -n "$HZ_PID" ]; then
+    hz_xfr "$n"
+    hz_changes "$n"
+  fi
+}
+
+# ---- the host zone (sdctl-hostzone) and BIND serving the same zone from a file (bind-zonefile)
+# The daemon runs in a namespace of its own ($HZ_NS: its firewall hooks stay out of the other
+# servers' path), and so does named, so both host-zone servers see the same kernel path.
+# Names: network `test` (10.88.0.0/16), S = min(N, HZ_SANDBOXES) sandboxes c1..cS made through
+# the API, sandbox j also carrying the aliases c(S*k+j) for k ≥ 1 up to N, so c1..cN all exist
+# as `ci.test.sdnet.` (plus each sandbox's short ID) and the reverse zone has S PTR records.
+HZ_ADDR=127.0.0.14 HZ_PORT=5314 HZ_METRICS=127.0.0.15:9315
+BZ_PORT=5316 # bind-zonefile on 127.0.0.1 (named listens on interface addresses only)
+BS_PORT=5317 # a BIND secondary, briefly, to time its transfer
+REV_ZONE=88.10.in-addr.arpa.
+HZ_TSV="" # AXFR and change figures, one row each
+
+hz() { SDNET_SOCKET=$HZ_DIR/sock "$SDCTL" "$@"; }
+hz_dig() { ip netns exec "$HZ_NS" taskset -c 1 timeout 30 dig +time=5 +tries=1 @"$HZ_ADDR" -p "$HZ_PORT" "$@" 2>/dev/null || true; }
+hz_serial() { hz_dig sdnet. SOA +short | awk '{print $3}'; }
+hz_metric() { # -> "SUM COUNT" of the host zone's rebuild histogram
+  ip netns exec "$HZ_NS" curl -sf --max-time 5 "http://$HZ_METRICS/metrics" |
+    awk '$1=="sdnet_hostdns_rebuild_duration_seconds_sum"{s=$2} $1=="sdnet_hostdns_rebuild_duration_seconds_count"{c=$2} END{print s+0, c+0}'
+}
+
+hz_stop() { # the daemon by PID, then `daemon --cleanup` (sandbox namespaces, keeper, tables)
+  [ -n "$HZ_PID" ] || return 0
+  kill_wait "$HZ_PID"
+  HZ_PID=""
+  ip netns exec "$HZ_NS" "$SDCTL" daemon --cleanup --state-dir "$HZ_DIR/state" --run-dir "$HZ_DIR/run" \
+    --socket "$HZ_DIR/sock" --etc-netns-dir "$HZ_DIR/etc" --no-netns-links >>"$W/sdctl-hostzone.log" 2>&1 ||
+    say "warning: daemon --cleanup failed; see $W/sdctl-hostzone.log"
+  ip netns del "$HZ_NS" 2>/dev/null || true
+}
+
+hz_populate() { # N: the sandboxes and aliases above, through the API (4 clients at once)
+  local n=$1 s per w
+  s=$HZ_SANDBOXES; [ "$n" -ge "$s" ] || s=$n
+  per=$(((n + s - 1) / s))
+  [ "$per" -le $((HZ_ALIASES + 1)) ] || return 1
+  hz network create --subnet 10.88.0.0/16 test >/dev/null
+  local pids=()
+  for w in 0 1 2 3; do
+    (
+      local j k i args
+      for ((j = 1 + w; j <= s; j += 4)); do
+        args=(run -d --name "c$j" --network test)
+        for ((k = 1; k < per; k++)); do
+          i=$((s * k + j))
+          [ "$i" -le "$n" ] && args+=(--network-alias "c$i")
+        done
+        hz "${args[@]}" >/dev/null || { say "sdctl ${args[*]:0:4} failed"; exit 1; }
+      done
+    ) &
+    pids+=("$!")
+  done
+  local rc=0 p
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  return $rc
+}
+
+hz_zone_files() { # DIR: each zone's AXFR as a zone file (the closing SOA left out)
+  local d=$1 z
+  for z in sdnet. $REV_ZONE; do
+    hz_dig "$z" AXFR +nocomments +nocmd +nostats | awk '$4=="SOA" && seen++ {next} NF && $1 !~ /^;/' >"$d/${z%.}.zone"
+  done
+}
+
+hz_queries() { # N DIR: the mixes of gen_data under the zone, PTR over the reverse zone's names
+  local n=$1 d=$2
+  awk -v n="$n" -v q=$QUERIES 'BEGIN{srand(1); for(k=1;k<=q;k++) printf "c%d.test.sdnet A\n", int(rand()*n)+1}' >"$d/q-a.txt"
+  awk '$4=="PTR"{print $1}' "$d/${REV_ZONE%.}.zone" >"$d/ptr-names"
+  awk -v q=$QUERIES 'NR==FNR{p[NR]=$1; m=NR; next} END{srand(2); for(k=1;k<=q;k++) printf "%s PTR\n", p[int(rand()*m)+1]}' "$d/ptr-names" /dev/null >"$d/q-ptr.txt"
+  awk -v n="$n" -v q=$QUERIES -v nx="$NX_NAMES" 'BEGIN{srand(3); for(k=1;k<=q;k++){
+      if (k%10==0) printf "nx%d.test.sdnet A\n", int(rand()*nx)+1; else printf "c%d.test.sdnet A\n", int(rand()*n)+1}}' >"$d/q-nx.txt"
+}
+
+hz_start() { # N: the daemon with the zone's names; its AXFR, zone files and query files
+  local n=$1 i
+  ip netns add "$HZ_NS"
+  ip -n "$HZ_NS" link set lo up
+  rm -rf "$HZ_DIR"
+  mkdir -p "$HZ_DIR/q"
+  echo "nameserver 127.0.0.11" >"$HZ_DIR/resolv.conf" # nothing is forwarded here
+  ip netns exec "$HZ_NS" taskset -c 0 "$SDCTL" daemon --state-dir "$HZ_DIR/state" --run-dir "$HZ_DIR/run" \
+    --socket "$HZ_DIR/sock" --etc-netns-dir "$HZ_DIR/etc" --no-netns-links --resolv-conf "$HZ_DIR/resolv.conf" \
+    --resync-interval 1h --host-dns "$HZ_ADDR:$HZ_PORT" --metrics-addr "$HZ_METRICS" >"$W/sdctl-hostzone.log" 2>&1 &
+  HZ_PID=$!
+  set_prio "$HZ_PID"
+  for i in $(seq 100); do hz ps >/dev/null 2>&1 && break; sleep 0.1; done
+  hz ps >/dev/null 2>&1 || die "the host-zone daemon does not answer on $HZ_DIR/sock; see $W/sdctl-hostzone.log"
+  local t0=$EPOCHREALTIME
+  hz_populate "$n" || die "could not make the host zone's $n names; see $W/sdctl-hostzone.log"
+  say "host zone: $n names made through the API in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}') s"
+  hz_zone_files "$HZ_DIR/q"
+  hz_queries "$n" "$HZ_DIR/q"
+  if has sdctl-hostzone; then
+    S_ADDR[sdctl-hostzone]=$HZ_ADDR S_PORT[sdctl-hostzone]=$HZ_PORT S_PID[sdctl-hostzone]=$HZ_PID
+    S_SRC[sdctl-hostzone]="" S_NS[sdctl-hostzone]=$HZ_NS S_QDIR[sdctl-hostzone]=$HZ_DIR/q
+  fi
+}
+
+named_conf() { # DIR PORT ZONES...: a named.conf (zones as `NAME TYPE FILE [PRIMARY]`)
+  local d=$1 port=$2 z; shift 2
+  cat <<CONF
+options {
+  directory "$d";
+  listen-on port $port { 127.0.0.1; };
+  listen-on-v6 { none; };
+  recursion no;
+  dnssec-validation no;
+  notify no;
+  pid-file none;
+  session-keyfile none;
+  managed-keys-directory "$d";
+};
+controls { };
+logging { channel all { file "$d/named.log"; print-time yes; severity info; }; category default { all; }; };
+CONF
+  for z in "$@"; do
+    set -- $z
+    if [ "$2" = primary ]; then echo "zone \"$1\" { type primary; file \"$3\"; };"
+    else echo "zone \"$1\" { type secondary; file \"$3\"; primaries { $4 port $HZ_PORT; }; };"; fi
+  done
+}
+
+start_bind_zonefile() { # named authoritative for the zone files written from the AXFR
+  local d=$W/bind
+  rm -rf "$d"; mkdir -p "$d"
+  named_conf "$d" "$BZ_PORT" "sdnet primary $HZ_DIR/q/sdnet.zone" "${REV_ZONE%.} primary $HZ_DIR/q/${REV_ZONE%.}.zone" >"$d/named.conf"
+  ip netns exec "$HZ_NS" taskset -c 0 named -f -4 -n 1 -c "$d/named.conf" >"$W/bind-zonefile.log" 2>&1 &
+  S_PID[bind-zonefile]=$!
+  SRV_PIDS+=("$!")
+  S_ADDR[bind-zonefile]=127.0.0.1 S_PORT[bind-zonefile]=$BZ_PORT S_SRC[bind-zonefile]=""
+  S_NS[bind-zonefile]=$HZ_NS S_QDIR[bind-zonefile]=$HZ_DIR/q
+  set_prio "$!"
+}
+
+hz_wait_ready() { # SERVER: c1, cN and a PTR give what the zone file says
+  local s=$1 n=$2 i a1 an p pt
+  a1=$(awk '$1=="c1.test.sdnet." && $4=="A"{print $5; exit}' "$HZ_DIR/q/sdnet.zone")
+  an=$(awk -v k="c$n.test.sdnet." '$1==k && $4=="A"{print $5; exit}' "$HZ_DIR/q/sdnet.zone")
+  read -r p pt < <(awk '$4=="PTR"{print $1, $5; exit}' "$HZ_DIR/q/${REV_ZONE%.}.zone")
+  [ -n "$a1" ] && [ -n "$an" ] && [ -n "$pt" ] || die "the host zone's AXFR lacks c1/c$n/PTR; see $HZ_DIR/q"
+  for i in $(seq 240); do
+    kill -0 "${S_PID[$s]}" 2>/dev/null || die "$s (PID ${S_PID[$s]}) exited; see $W"
+    if [ "$(dig_q "$s" c1.test.sdnet A +short)" = "$a1" ] && [ "$(dig_q "$s" "c$n.test.sdnet" A +short)" = "$an" ] &&
+      [ "$(dig_q "$s" "$p" PTR +short)" = "$pt" ]; then
+      say "$s answers (c1, c$n, PTR) after ~$((i / 2)) s"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "$s does not answer c1/c$n/PTR of the host zone correctly; see $W"
+}
+
+hz_xfr() { # N: AXFR time and size (dig, XFR_REPS times), a BIND secondary's transfer
+  local n=$1 r t0 t1 out recs msgs bytes i line
+  for r in $(seq "$XFR_REPS"); do
+    t0=$EPOCHREALTIME
+    out=$(hz_dig sdnet. AXFR +nocmd +noall +stats)
+    t1=$EPOCHREALTIME
+    read -r recs msgs bytes < <(sed -n 's/.*XFR size: \([0-9]*\) records (messages \([0-9]*\), bytes \([0-9]*\)).*/\1 \2 \3/p' <<<"$out")
+    [ -n "${bytes:-}" ] || { say "warning: AXFR rep $r: no XFR size in dig's output"; continue; }
+    printf '%s\taxfr-dig\t%s\t%s\t%s\t%s\t%s\n' "$n" "$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", (b-a)*1000}')" "$recs" "$msgs" "$bytes" >>"$HZ_TSV"
+  done
+  # BIND as a secondary: named logs each transfer's messages, records, bytes and seconds.
+  local d=$W/bind-secondary
+  rm -rf "$d"; mkdir -p "$d"
+  named_conf "$d" "$BS_PORT" "sdnet secondary $d/sdnet.db $HZ_ADDR" >"$d/named.conf"
+  ip netns exec "$HZ_NS" taskset -c 1 named -f -4 -n 1 -c "$d/named.conf" >"$d/named.out" 2>&1 &
+  local bpid=$!
+  SRV_PIDS+=("$bpid")
+  line=""
+  for i in $(seq 300); do
+    line=$(grep -m1 "transfer of 'sdnet/IN'.*Transfer completed" "$d/named.log" 2>/dev/null || true)
+    [ -z "$line" ] || break
+    sleep 0.1
+  done
+  kill_wait "$bpid"
+  if [ -n "$line" ]; then
+    # "... Transfer completed: 51 messages, 10006 records, 312345 bytes, 0.089 secs (...)"
+    sed -n 's/.*Transfer completed: \([0-9]*\) messages, \([0-9]*\) records, \([0-9]*\) bytes, \([0-9.]*\) secs.*/\4 \2 \1 \3/p' <<<"$line" |
+      awk -v n="$n" -v OFS='\t' '{print n, "axfr-bind-secondary", 1, $1 * 1000, $2, $3, $4}' >>"$HZ_TSV"
+  else
+    say "warning: the BIND secondary did not complete a transfer in 30 s; see $d"
+  fi
+}
+
+hz_changes() { # N: CHANGES × (run one sandbox, rm it): API call time, serial seen, rebuild cost
+  local n=$1 r op t0 t1 s0 s1 m0 m1 ok name
+  for r in $(seq "$CHANGES"); do
+    name=hzchange$r
+    for op in run rm; do
+      s0=$(hz_serial)
+      m0=$(hz_metric)
+      t0=$EPOCHREALTIME
+      if [ "$op" = run ]; then hz run -d --name "$name" --network test >/dev/null; else hz rm -f "$name" >/dev/null; fi
+      t1=$EPOCHREALTIME
+      # The zone follows before the call returns: the serial and the name are checked right after.
+      s1=$(hz_serial)
+      ok=1
+      [ -n "$s0" ] && [ -n "$s1" ] && [ "$s1" -gt "$s0" ] || ok=0
+      if [ "$op" = run ]; then [ -n "$(hz_dig "$name.test.sdnet" A +short)" ] || ok=0
+      else [ -z "$(hz_dig "$name.test.sdnet" A +short)" ] || ok=0; fi
+      m1=$(hz_metric)
+      awk -v n="$n" -v op="change-$op" -v r="$r" -v a="$t0" -v b="$t1" -v m0="$m0" -v m1="$m1" -v ok="$ok" -v OFS='\t' 'BEGIN{
+        split(m0, x, " "); split(m1, y, " "); c = y[2] - x[2]
+        print n, op, r, sprintf("%.1f", (b-a)*1000), c, (c > 0 ? sprintf("%.2f", (y[1]-x[1])*1000/c) : "-"), ok}' >>"$HZ_TSV"
+    done
   done
 }
 
@@ -364,7 +610,7 @@ start_all() { # N DIR
 run_one() {
   local n=$1 s=$2 mix=$3 kind=$4 rep=$5 rate=${6:-0}
   local pid=${S_PID[$s]} tag="n$n-$s-$mix-$kind-$rep"
-  local args=(-s "${S_ADDR[$s]}" -p "${S_PORT[$s]}" -d "$W/n$n/q-$mix.txt" -l "$DUR" -c "$CLIENTS" -q "$OUTSTANDING")
+  local args=(-s "${S_ADDR[$s]}" -p "${S_PORT[$s]}" -d "${S_QDIR[$s]:-$W/n$n}/q-$mix.txt" -l "$DUR" -c "$CLIENTS" -q "$OUTSTANDING")
   [ -z "${S_SRC[$s]:-}" ] || args+=(-a "${S_SRC[$s]}")
   [ "$kind" = sat ] || args+=(-Q "$rate" -v)
   kill -0 "$pid" 2>/dev/null || die "$s (PID $pid) is gone"
@@ -375,7 +621,7 @@ run_one() {
   t0=$EPOCHREALTIME
   children_ticks; c0=$CHILD_TICKS
   cpu_idle; i0=$IDLE q0=$SOFTIRQ
-  timeout -k 5 $((DUR + 30)) ip netns exec "$NS" taskset -c 1 dnsperf "${args[@]}" \
+  timeout -k 5 $((DUR + 30)) ip netns exec "${S_NS[$s]:-$NS}" taskset -c 1 dnsperf "${args[@]}" \
     >"$W/dnsperf.out" 2>"$W/dnsperf.err" &
   DP_PID=$!
   wait "$DP_PID" || rc=$?
@@ -462,6 +708,9 @@ HEADER=$(
   printf 'size\tserver\tmix\tkind\trep\trate\tqps\tavg_ms\tmin_ms\tmax_ms\tp50_ms\tp99_ms\tp999_ms\tsent\tcompleted\tlost\twall_s\tsrv_cpu_s\tus_per_q\tsrv_cpu_pct\trss_kib\thwm_kib\tdnsperf_cpu_s\tupstream_cpu_s\tforeign_cpu_s\tsoftirq_s\twarnings\trcodes\tcheck\tsrv_user_s\tsrv_sys_s\n'
 } >"$TSV"
 
+HZ_TSV=$OUT/hostzone.tsv
+printf 'size\twhat\trep\tms\trecords_or_rebuilds\tmessages_or_rebuild_ms\tbytes_or_ok\n' >"$HZ_TSV"
+
 SECTIONS=""
 for N in $SIZES; do
   say "== $N names: generating data"
@@ -469,7 +718,7 @@ for N in $SIZES; do
   say "starting servers"
   start_all "$N" "$W/n$N"
   servers=()
-  for s in sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark $FLOORS; do
+  for s in sdctl sdctl-nocache sdctl-aardvark sdctl-hostzone bind-zonefile dnsmasq unbound aardvark $FLOORS; do
     has "$s" && [ -n "${S_PID[$s]:-}" ] && servers+=("$s")
   done
   maxreps=$REPS_A; [ "$REPS_OTHER" -le "$maxreps" ] || maxreps=$REPS_OTHER
@@ -501,6 +750,11 @@ for N in $SIZES; do
   SECTIONS+=$section$'\n\n'
   printf '\n%s\n\n' "$section"
 done
+if has_hz && [ "$(wc -l <"$HZ_TSV")" -gt 1 ]; then
+  section=$(awk -v mode=hostzone -f "$REPORT_AWK" "$TSV" "$HZ_TSV")
+  SECTIONS+=$section$'\n\n'
+  printf '%s\n\n' "$section"
+fi
 
 set -- $SIZES
 first=$1
@@ -530,6 +784,6 @@ fi
   echo "a floor table (sdctl and best anchor ÷ floor-gso)."
   echo
   printf '%s' "$SECTIONS"
-  echo "Raw rows: results.tsv; dnsperf outputs: raw/."
+  echo "Raw rows: results.tsv (hostzone.tsv: AXFR and zone changes); dnsperf outputs: raw/."
 } >"$MD"
 say "done: $MD and $TSV"

@@ -30,6 +30,8 @@ use crate::daemon::Node;
 pub struct Metrics {
     pub reconcile_runs: Counter,
     pub reconcile_seconds: Histogram,
+    /// Host zone (`--host-dns`) rebuilds: one per reconcile round that changed it.
+    pub hostdns_rebuild_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -38,6 +40,8 @@ impl Default for Metrics {
             reconcile_runs: Counter::default(),
             // 1 ms to ~33 s.
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 50 µs to ~3.3 s.
+            hostdns_rebuild_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
         }
     }
 }
@@ -189,6 +193,11 @@ pub fn registry(node: &Arc<Node>) -> Registry {
         "sdnet_reconcile_duration_seconds",
         "time one reconcile round took",
         node.metrics.reconcile_seconds.clone(),
+    );
+    r.register(
+        "sdnet_hostdns_rebuild_duration_seconds",
+        "time one host zone (--host-dns) update took, from the changes to the zones served",
+        node.metrics.hostdns_rebuild_seconds.clone(),
     );
     r.register_collector(Box::new(NodeCollector(Arc::downgrade(node))));
     r

@@ -2,6 +2,7 @@
 #
 #   awk -v mode=size -v N=1000 -f report.awk results.tsv     table + targets for one size
 #   awk -v mode=scale -v small=1000 -v big=100000 -f report.awk results.tsv
+#   awk -v mode=hostzone -f report.awk results.tsv hostzone.tsv      host zone vs sdctl vs BIND
 #
 # Columns of results.tsv (tab-separated; lines starting with '#' and the header are skipped):
 #  1 size  2 server  3 mix  4 kind(sat|half)  5 rep  6 rate  7 qps  8 avg_ms  9 min_ms
@@ -9,6 +10,10 @@
 # 18 srv_cpu_s  19 us_per_q  20 srv_cpu_pct  21 rss_kib  22 hwm_kib  23 dnsperf_cpu_s
 # 24 upstream_cpu_s  25 foreign_cpu_s  26 softirq_s  27 warnings  28 rcodes  29 check
 # 30 srv_user_s  31 srv_sys_s
+# hostzone.tsv: 1 size  2 what (axfr-dig | axfr-bind-secondary | change-run | change-rm)  3 rep
+#  4 ms (transfer time, or the API call's wall time)  then for axfr-*: 5 records 6 messages
+#  7 bytes; for change-*: 5 zone rebuilds during the call 6 ms per rebuild 7 serial and name
+#  seen right after the call returned (1/0)
 
 function median(arr, key, n,    i, j, t, v) {
   for (i = 1; i <= n; i++) v[i] = arr[key, i] + 0
@@ -33,16 +38,23 @@ function maxof(arr, key, n,    i, m) {
 }
 function f(x, fmt) { return (x == "" ? "–" : sprintf(fmt, x)) }
 function pm(ok) { return ok ? "PASS" : "MISS" }
-function label(s) { return s == "sdctl-nocache" ? "sdctl (--cache-size 0)" : s == "sdctl-aardvark" ? "sdctl aardvark-dns" : s }
+function label(s) { return s == "sdctl-nocache" ? "sdctl (--cache-size 0)" : s == "sdctl-aardvark" ? "sdctl aardvark-dns" : s == "sdctl-hostzone" ? "sdctl host zone" : s == "bind-zonefile" ? "BIND (zone file)" : s }
 function mixlabel(m) { return m == "a" ? "A" : (m == "nx" ? "10 % NX" : (m == "ptr" ? "PTR" : m)) }
 
 BEGIN {
   FS = "\t"
   # floor-*: udp_floor (zero-work echo); listed, but never an anchor
-  nsrv = split("sdctl sdctl-nocache sdctl-aardvark dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto floor-uring", SRV, " ")
+  nsrv = split("sdctl sdctl-nocache sdctl-aardvark sdctl-hostzone bind-zonefile dnsmasq unbound aardvark floor-gso floor-mmsg floor-sendto floor-uring", SRV, " ")
   nmix = split("a nx ptr", MIX, " ")
 }
 /^#/ || $1 == "size" { next }
+FILENAME ~ /hostzone\.tsv$/ {
+  k = $1 SUBSEP $2
+  if (!(($1) in hzsize)) { hzsize[$1] = 1; hzsizes[++nhz] = $1 }
+  n = ++hn2[k]
+  hms[k, n] = $4; h5[k, n] = $5; h6[k, n] = $6; h7[k, n] = $7
+  next
+}
 {
   k = $1 SUBSEP $2 SUBSEP $3
   if ($4 == "sat") {
@@ -61,6 +73,7 @@ BEGIN {
 }
 END {
   if (mode == "scale") { scale(); exit }
+  if (mode == "hostzone") { hostzone(); exit }
   # Best anchor (dnsmasq/unbound) per mix: highest median QPS, lowest median CPU/query.
   for (m = 1; m <= nmix; m++) {
     bq[MIX[m]] = ""; bc[MIX[m]] = ""
@@ -175,6 +188,43 @@ function scale(    m, k1, k2, q1, q2, c1, c2) {
     c1 = median(us, k1, ns[k1]); c2 = median(us, k2, ns[k2])
     printf "| %s | %.0f → %.0f | %+.1f %% | %.2f → %.2f | %+.1f %% | QPS %s, CPU %s |\n", mixlabel(MIX[m]),
       q1, q2, (q2 / q1 - 1) * 100, c1, c2, (c2 / c1 - 1) * 100, pm(q2 >= 0.9 * q1), pm(c2 <= 1.1 * c1)
+  }
+  print ""
+}
+
+# The host zone beside the in-sandbox resolver (sdctl dns serve, same engine as 127.0.0.11) and
+# BIND serving the same zone from a file; then AXFR and the cost of one change.
+function hostzone(    i, z, m, kh, ks, kb, qh, qs, qb, ch, cs, cb, k, ok, j) {
+  print "### Host zone (sdctl daemon --host-dns) vs in-sandbox resolver vs BIND (zone file)\n"
+  print "Medians of the saturating runs. in-sandbox: the `sdctl` row (`sdctl dns serve`, the resolver of 127.0.0.11); BIND: `named -n 1` authoritative for the zone files written from the daemon's AXFR.\n"
+  print "| names | mix | host zone QPS | in-sandbox QPS | BIND QPS | host zone µs CPU/q | in-sandbox µs CPU/q | BIND µs CPU/q | QPS: host zone ÷ in-sandbox | ÷ BIND | CPU/q: host zone ÷ in-sandbox | ÷ BIND |"
+  print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for (i = 1; i <= nhz; i++) for (m = 1; m <= nmix; m++) {
+    kh = hzsizes[i] SUBSEP "sdctl-hostzone" SUBSEP MIX[m]; ks = hzsizes[i] SUBSEP "sdctl" SUBSEP MIX[m]; kb = hzsizes[i] SUBSEP "bind-zonefile" SUBSEP MIX[m]
+    if (!ns[kh]) continue
+    qh = median(qps, kh, ns[kh]); ch = median(us, kh, ns[kh])
+    qs = (ns[ks] ? median(qps, ks, ns[ks]) : ""); cs = (ns[ks] ? median(us, ks, ns[ks]) : "")
+    qb = (ns[kb] ? median(qps, kb, ns[kb]) : ""); cb = (ns[kb] ? median(us, kb, ns[kb]) : "")
+    printf "| %d | %s | %.0f | %s | %s | %.2f | %s | %s | %s | %s | %s | %s |\n", hzsizes[i], mixlabel(MIX[m]), qh, f(qs, "%.0f"), f(qb, "%.0f"),
+      ch, f(cs, "%.2f"), f(cb, "%.2f"), f(qs > 0 ? qh / qs : "", "%.2f"), f(qb > 0 ? qh / qb : "", "%.2f"),
+      f(cs > 0 ? ch / cs : "", "%.2f"), f(cb > 0 ? ch / cb : "", "%.2f")
+  }
+  print ""
+  print "AXFR of the forward zone (`dig sdnet. AXFR`, median of the reps; BIND as a secondary: the time it logs for its transfer) and one change (`sdctl run -d` of a sandbox, then `rm -f`): the API call's wall time (median), the zone rebuilds during it and their median duration (`sdnet_hostdns_rebuild_duration_seconds`), and whether the new serial (and the name) were seen right after the call returned.\n"
+  print "| names | AXFR ms (dig) | records | messages | bytes | BIND secondary transfer ms | run: API call ms | run: rebuild ms | rm: API call ms | rm: rebuild ms | rebuilds per call | seen at return |"
+  print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for (i = 1; i <= nhz; i++) {
+    z = hzsizes[i]
+    k = z SUBSEP "axfr-dig"; kb = z SUBSEP "axfr-bind-secondary"; kh = z SUBSEP "change-run"; ks = z SUBSEP "change-rm"
+    ok = 0; j = 0
+    for (m = 1; m <= hn2[kh]; m++) { j++; ok += h7[kh, m] }
+    for (m = 1; m <= hn2[ks]; m++) { j++; ok += h7[ks, m] }
+    printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d/%d |\n", z,
+      f(hn2[k] ? median(hms, k, hn2[k]) : "", "%.1f"), f(hn2[k] ? h5[k, 1] : "", "%d"), f(hn2[k] ? h6[k, 1] : "", "%d"), f(hn2[k] ? h7[k, 1] : "", "%d"),
+      f(hn2[kb] ? hms[kb, 1] : "", "%.1f"),
+      f(hn2[kh] ? median(hms, kh, hn2[kh]) : "", "%.1f"), f(hn2[kh] ? median(h6, kh, hn2[kh]) : "", "%.2f"),
+      f(hn2[ks] ? median(hms, ks, hn2[ks]) : "", "%.1f"), f(hn2[ks] ? median(h6, ks, hn2[ks]) : "", "%.2f"),
+      f(hn2[kh] ? median(h5, kh, hn2[kh]) : "", "%.0f"), ok, j
   }
   print ""
 }

@@ -1,13 +1,13 @@
 //! The host zone's content: the same model objects the name tables get (every `Change` the
-//! reconciler applies to them is fed here too), turned into record sets under the zone's
-//! origin and the reverse zones of the served networks' subnets. Pure: no I/O.
+//! reconciler applies to them is fed here too), and the records each of them contributes under
+//! the zone's origin and in the reverse zones of the served networks' subnets. The feed notes
+//! which objects changed, so `zones.rs` touches only their records. Pure: no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, AAAA, NS, PTR, SOA, SRV};
-use hickory_proto::rr::{LowerName, Name, RData, RecordSet, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, PTR, SRV};
+use hickory_proto::rr::{Name, RData};
 use ipnet::IpNet;
 use sdnet_resolver::Change;
 use sdnet_resolver::model::{
@@ -18,7 +18,7 @@ use sdnet_resolver::model::{
 /// a sandbox's name must answer as soon as `sdctl run` returns.
 pub const NEGATIVE_TTL: u32 = 5;
 /// TTL of the SOA and NS records at the apex.
-const APEX_TTL: u32 = 3600;
+pub const APEX_TTL: u32 = 3600;
 
 /// What the host zone needs of a network beyond the name tables' model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,35 @@ pub struct NetExtra {
     pub subnets: Vec<IpNet>,
 }
 
+/// Who contributes records. Sandboxes sort before services: the first claim on an address
+/// (its PTR) goes to the first holder in this order, as in the name tables.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Holder {
+    /// The zone's own NS and name server address.
+    Apex,
+    Sandbox(String),
+    Service(String),
+}
+
+/// One record a holder contributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub name: Name,
+    pub ttl: u32,
+    pub data: RData,
+}
+
+/// What changed since the zones last followed the feed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Dirty {
+    #[default]
+    Nothing,
+    /// These holders' records may have changed.
+    Holders(BTreeSet<Holder>),
+    /// A network or service changed (names, served subnets, tasks' records): everything.
+    All,
+}
+
 /// The model objects the name tables hold, mirrored from their change batches.
 #[derive(Default)]
 pub struct Feed {
@@ -35,6 +64,7 @@ pub struct Feed {
     extra: HashMap<String, NetExtra>,
     sandboxes: BTreeMap<String, Sandbox>,
     services: BTreeMap<String, Service>,
+    dirty: Dirty,
 }
 
 impl Feed {
@@ -43,24 +73,45 @@ impl Feed {
         match c {
             Change::UpsertNetwork(n) => {
                 self.nets.insert(n.id.clone(), n.clone());
+                self.dirty = Dirty::All;
             }
             Change::RemoveNetwork(id) => {
                 self.nets.remove(id);
                 self.extra.remove(id);
+                self.dirty = Dirty::All;
             }
             Change::UpsertSandbox(s) => {
                 self.sandboxes.insert(s.id.clone(), s.clone());
+                self.touch(Holder::Sandbox(s.id.clone()));
             }
             Change::RemoveSandbox(id) => {
                 self.sandboxes.remove(id);
+                self.touch(Holder::Sandbox(id.clone()));
             }
             Change::UpsertService(s) => {
                 self.services.insert(s.id.clone(), s.clone());
+                self.dirty = Dirty::All;
             }
             Change::RemoveService(id) => {
                 self.services.remove(id);
+                self.dirty = Dirty::All;
             }
         }
+    }
+
+    fn touch(&mut self, h: Holder) {
+        match &mut self.dirty {
+            Dirty::All => {}
+            Dirty::Holders(set) => {
+                set.insert(h);
+            }
+            d @ Dirty::Nothing => *d = Dirty::Holders(BTreeSet::from([h])),
+        }
+    }
+
+    /// What changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Sets a network's host-zone facts; true if they changed.
@@ -69,7 +120,48 @@ impl Feed {
             return false;
         }
         self.extra.insert(id.to_string(), e);
+        self.dirty = Dirty::All;
         true
+    }
+
+    /// Every holder, in claim order.
+    pub fn holders(&self) -> impl Iterator<Item = Holder> + '_ {
+        self.sandboxes
+            .keys()
+            .map(|id| Holder::Sandbox(id.clone()))
+            .chain(self.services.keys().map(|id| Holder::Service(id.clone())))
+    }
+
+    /// A holder's records now (none once it is gone).
+    pub fn records(&self, h: &Holder, origin: &Name) -> Vec<Rec> {
+        let mut out = Vec::new();
+        match h {
+            Holder::Apex => {}
+            Holder::Sandbox(id) => {
+                if let Some(sb) = self.sandboxes.get(id) {
+                    sandbox_records(self, sb, origin, &mut out);
+                }
+            }
+            Holder::Service(id) => {
+                if let Some(s) = self.services.get(id) {
+                    service_records(self, s, origin, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// The zones' origins: the forward zone and one per served subnet, sorted.
+    pub fn origins(&self, origin: &Name) -> Vec<Name> {
+        let mut origins: Vec<Name> = vec![origin.clone()];
+        for n in self.nets.values() {
+            if let Some(e) = self.extra.get(&n.id).filter(|e| e.served) {
+                origins.extend(e.subnets.iter().filter_map(reverse_origin));
+            }
+        }
+        origins.sort();
+        origins.dedup();
+        origins
     }
 
     fn net(&self, key: &str) -> Option<&Network> {
@@ -89,18 +181,6 @@ impl Feed {
         let n = self.net(key)?;
         self.extra.get(&n.id).is_some_and(|e| e.served).then_some(n)
     }
-}
-
-/// One zone's data, ready for lookups and transfers.
-pub struct ZoneData {
-    pub origin: LowerName,
-    pub soa: Arc<RecordSet>,
-    pub sets: HashMap<(LowerName, RecordType), Arc<RecordSet>>,
-    /// Every name that exists in the zone (owners and the names between them and the apex),
-    /// with the types it owns.
-    pub names: HashMap<LowerName, Vec<RecordType>>,
-    /// Record sets in a stable order (apex first), for AXFR.
-    pub order: Vec<Arc<RecordSet>>,
 }
 
 /// Where the zone's name server is: `ns.<origin>`, with its address when it has one.
@@ -139,29 +219,12 @@ pub fn reverse_origin(net: &IpNet) -> Option<Name> {
     Name::from_ascii(format!("{}.{suffix}", labels.join("."))).ok()
 }
 
-#[derive(Default)]
-struct Sets(BTreeMap<(Name, RecordType), RecordSet>);
-
-impl Sets {
-    fn add(&mut self, name: &Name, ttl: u32, data: RData) {
-        let rtype = data.record_type();
-        let set = self
-            .0
-            .entry((name.clone(), rtype))
-            .or_insert_with(|| RecordSet::with_ttl(name.clone(), rtype, ttl));
-        if ttl < set.ttl() {
-            set.set_ttl(ttl);
-        }
-        set.add_rdata(data);
-    }
-
-    /// A PTR: the first claim on an address wins (as in the name tables).
-    fn ptr(&mut self, ip: IpAddr, ttl: u32, target: &Name) {
-        let name = Name::from(ip);
-        if !self.0.contains_key(&(name.clone(), RecordType::PTR)) {
-            self.add(&name, ttl, RData::PTR(PTR(target.clone())));
-        }
-    }
+fn push(out: &mut Vec<Rec>, name: &Name, ttl: u32, data: RData) {
+    out.push(Rec {
+        name: name.clone(),
+        ttl,
+        data,
+    });
 }
 
 /// `label.net.origin`, lowercased; None if it is no valid name.
@@ -170,59 +233,14 @@ fn fqdn(label: &str, net: &str, origin: &Name) -> Option<Name> {
     n.append_domain(origin).ok()
 }
 
-fn addr(ip: IpAddr) -> RData {
+pub fn addr(ip: IpAddr) -> RData {
     match ip {
         IpAddr::V4(a) => RData::A(A(a)),
         IpAddr::V6(a) => RData::AAAA(AAAA(a)),
     }
 }
 
-/// The host zone and its reverse zones at `serial`.
-pub fn build(feed: &Feed, apex: &Apex, serial: u32) -> Vec<ZoneData> {
-    let origin = &apex.origin;
-    let mut sets = Sets::default();
-    for sb in feed.sandboxes.values() {
-        sandbox_records(feed, sb, origin, &mut sets);
-    }
-    for s in feed.services.values() {
-        service_records(feed, s, origin, &mut sets);
-    }
-
-    // The zones: the forward one, then one per served subnet (most specific wins).
-    let mut origins: Vec<Name> = vec![origin.clone()];
-    for n in feed.nets.values() {
-        if let Some(e) = feed.extra.get(&n.id).filter(|e| e.served) {
-            origins.extend(e.subnets.iter().filter_map(reverse_origin));
-        }
-    }
-    origins.sort();
-    origins.dedup();
-    let lowers: Vec<LowerName> = origins.iter().map(LowerName::new).collect();
-    let mut zones: Vec<(Name, Sets)> = origins
-        .iter()
-        .map(|o| (o.clone(), Sets::default()))
-        .collect();
-    for ((name, _), set) in sets.0 {
-        let lname = LowerName::new(&name);
-        let best = lowers
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.zone_of(&lname))
-            .max_by_key(|(_, o)| o.num_labels());
-        if let Some((i, _)) = best {
-            let z = &mut zones[i].1;
-            for r in set.records_without_rrsigs() {
-                z.add(&name, set.ttl(), r.data.clone());
-            }
-        }
-    }
-    zones
-        .into_iter()
-        .map(|(o, s)| finish(o, s, apex, serial))
-        .collect()
-}
-
-fn sandbox_records(feed: &Feed, sb: &Sandbox, origin: &Name, out: &mut Sets) {
+fn sandbox_records(feed: &Feed, sb: &Sandbox, origin: &Name, out: &mut Vec<Rec>) {
     if sb.task.as_ref().is_some_and(|t| !t.healthy) {
         return;
     }
@@ -256,7 +274,8 @@ fn sandbox_records(feed: &Feed, sb: &Sandbox, origin: &Name, out: &mut Sets) {
                 for p in &svc.ports {
                     let label = format!("_{}._{}.{n}", p.name, p.protocol);
                     if let Some(name) = fqdn(&label, &net.name, origin) {
-                        out.add(
+                        push(
+                            out,
                             &name,
                             ttl,
                             RData::SRV(SRV::new(0, 1, p.port, target.clone())),
@@ -270,16 +289,16 @@ fn sandbox_records(feed: &Feed, sb: &Sandbox, origin: &Name, out: &mut Sets) {
                 continue;
             };
             for ip in &ips {
-                out.add(&name, ttl, addr(*ip));
+                push(out, &name, ttl, addr(*ip));
             }
         }
         for ip in &ips {
-            out.ptr(*ip, ttl, &target);
+            push(out, &Name::from(*ip), ttl, RData::PTR(PTR(target.clone())));
         }
     }
 }
 
-fn service_records(feed: &Feed, s: &Service, origin: &Name, out: &mut Sets) {
+fn service_records(feed: &Feed, s: &Service, origin: &Name, out: &mut Vec<Rec>) {
     if s.mode != EndpointMode::Vip {
         return;
     }
@@ -290,62 +309,18 @@ fn service_records(feed: &Feed, s: &Service, origin: &Name, out: &mut Sets) {
         let ttl = net.vip_ttl.unwrap_or(DEFAULT_VIP_TTL);
         for n in std::iter::once(&s.name).chain(sn.aliases.iter()) {
             if let Some(name) = fqdn(n, &net.name, origin) {
-                out.add(&name, ttl, RData::A(A(vip)));
+                push(out, &name, ttl, RData::A(A(vip)));
             }
         }
         if let Some(target) = fqdn(&s.name, &net.name, origin) {
-            out.ptr(IpAddr::V4(vip), ttl, &target);
+            push(
+                out,
+                &Name::from(IpAddr::V4(vip)),
+                ttl,
+                RData::PTR(PTR(target)),
+            );
         }
     }
-}
-
-/// Adds the apex (SOA, NS, the name server's address) and indexes a zone.
-fn finish(origin: Name, mut sets: Sets, apex: &Apex, serial: u32) -> ZoneData {
-    let ns = Name::from_ascii("ns")
-        .and_then(|n| n.append_domain(&apex.origin))
-        .unwrap_or_else(|_| apex.origin.clone());
-    let hostmaster = Name::from_ascii("hostmaster")
-        .and_then(|n| n.append_domain(&apex.origin))
-        .unwrap_or_else(|_| apex.origin.clone());
-    let soa = SOA::new(ns.clone(), hostmaster, serial, 300, 60, 86400, NEGATIVE_TTL);
-    let mut soa_set = RecordSet::with_ttl(origin.clone(), RecordType::SOA, NEGATIVE_TTL);
-    soa_set.add_rdata(RData::SOA(soa));
-    sets.0.insert((origin.clone(), RecordType::SOA), soa_set);
-    sets.add(&origin, APEX_TTL, RData::NS(NS(ns.clone())));
-    if origin == apex.origin
-        && let Some(ip) = apex.ns_addr
-    {
-        sets.add(&ns, APEX_TTL, addr(ip));
-    }
-
-    let lorigin = LowerName::new(&origin);
-    let mut data = ZoneData {
-        origin: lorigin.clone(),
-        soa: Arc::new(RecordSet::with_ttl(origin.clone(), RecordType::SOA, 0)),
-        sets: HashMap::with_capacity(sets.0.len()),
-        names: HashMap::with_capacity(sets.0.len()),
-        order: Vec::with_capacity(sets.0.len()),
-    };
-    // The apex first, then the rest in name order.
-    let mut all: Vec<((Name, RecordType), RecordSet)> = sets.0.into_iter().collect();
-    all.sort_by_key(|((n, _), _)| *n != origin);
-    for ((name, rtype), set) in all {
-        let set = Arc::new(set);
-        let lname = LowerName::new(&name);
-        if rtype == RecordType::SOA {
-            data.soa = set.clone();
-        }
-        data.names.entry(lname.clone()).or_default().push(rtype);
-        // The names between an owner and the apex exist too (empty non-terminals).
-        let mut up = lname.base_name();
-        while up.num_labels() > lorigin.num_labels() && !data.names.contains_key(&up) {
-            data.names.insert(up.clone(), Vec::new());
-            up = up.base_name();
-        }
-        data.sets.insert((lname, rtype), set.clone());
-        data.order.push(set);
-    }
-    data
 }
 
 #[cfg(test)]

@@ -3,15 +3,17 @@
 //! networks' subnets. It is fed the very changes the name tables get (`Feed`), rebuilt and
 //! swapped in by the reconciler in the round that changes the tables, before the round's
 //! revision is published as applied; every change raises the serial and NOTIFYs the
-//! configured secondaries. The in-sandbox resolver's hot path is not involved.
+//! configured secondaries. Only the changed objects' records are rewritten (`zones.rs`). The
+//! in-sandbox resolver's hot path is not involved.
 
 pub mod build;
 mod notify;
 mod zone;
+mod zones;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -102,7 +104,8 @@ impl RequestHandler for Front {
 }
 
 pub struct HostDns {
-    apex: build::Apex,
+    /// The writer's side (the reconciler is the only caller of `publish`).
+    zones: Mutex<zones::Zones>,
     allow: Arc<[IpNet]>,
     served: Arc<ArcSwap<Served>>,
     serial: AtomicU32,
@@ -126,14 +129,14 @@ impl HostDns {
         let source = Some(cfg.listen.ip()).filter(|ip| !ip.is_unspecified());
         tokio::spawn(notify::run(cfg.notify.clone(), source, rx));
         let hd = Arc::new(HostDns {
-            apex,
+            zones: Mutex::new(zones::Zones::new(apex)),
             allow: cfg.allow_transfer.clone().into(),
             served: served.clone(),
             serial: AtomicU32::new(saved_serial(&cfg.serial_file)),
             serial_file: cfg.serial_file.clone(),
             notices,
         });
-        hd.publish(&Feed::default());
+        hd.publish(&mut Feed::default());
         let mut server = Server::new(Front(served));
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 64 * 1024);
@@ -146,8 +149,8 @@ impl HostDns {
         Ok(hd)
     }
 
-    /// Rebuilds every zone from `feed` under a new serial and swaps them in.
-    pub fn publish(&self, feed: &Feed) {
+    /// Applies what changed in `feed` to the zones and swaps them in under a new serial.
+    pub fn publish(&self, feed: &mut Feed) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
@@ -164,7 +167,11 @@ impl HostDns {
         if let Err(e) = std::fs::write(&self.serial_file, serial.to_string()) {
             warn!(file = %self.serial_file.display(), "keeping the host zone's serial: {e}");
         }
-        let zones = build::build(feed, &self.apex, serial);
+        let zones = {
+            let mut w = self.zones.lock().unwrap_or_else(|p| p.into_inner());
+            w.update(feed);
+            w.publish(serial)
+        };
         let mut next = Served::default();
         let mut notice = notify::Notice {
             serial,

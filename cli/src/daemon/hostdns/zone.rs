@@ -16,7 +16,7 @@ use hickory_server::zone_handler::{
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::build::ZoneData;
+use super::zones::ZoneData;
 
 pub struct Zone {
     pub data: ZoneData,
@@ -62,9 +62,8 @@ impl Zone {
                 Err(_) => failed(request),
             };
         }
-        let body = self
-            .data
-            .order
+        let sets = self.data.ordered();
+        let body = sets
             .iter()
             .filter(|s| s.record_type() != RecordType::SOA)
             .flat_map(|s| s.records_without_rrsigs());
@@ -106,7 +105,7 @@ impl Zone {
         use LookupControlFlow::Continue;
         let d = &self.data;
         if rtype == RecordType::ANY {
-            let Some(types) = d.names.get(name) else {
+            let Some(types) = d.types(name) else {
                 return Continue(Err(self.missing(name)));
             };
             let sets: Vec<_> = types
@@ -126,7 +125,7 @@ impl Zone {
                 LookupRecords::new(opts, set.clone()),
                 self.glue(set, opts),
             ))),
-            None if d.names.contains_key(name) => Continue(Err(LookupError::NameExists)),
+            None if d.exists(name) => Continue(Err(LookupError::NameExists)),
             None => Continue(Err(self.missing(name))),
         }
     }
@@ -237,7 +236,7 @@ impl ZoneHandler for Zone {
         Some((
             Ok(ZoneTransfer {
                 start_soa: soa(),
-                records: AxfrRecords::new(false, self.data.order.clone()),
+                records: AxfrRecords::new(false, self.data.ordered()),
                 end_soa: soa(),
             }),
             None,

@@ -632,7 +632,12 @@ impl Reconciler {
                 self.host_feed.apply(c);
             }
             if zone_changed || !all.is_empty() {
-                hd.publish(&self.host_feed);
+                let t = std::time::Instant::now();
+                hd.publish(&mut self.host_feed);
+                self.node
+                    .metrics
+                    .hostdns_rebuild_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
         }
         if all.is_empty() {

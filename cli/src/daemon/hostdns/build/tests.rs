@@ -4,7 +4,8 @@ use hickory_proto::rr::{LowerName, Name, RData, RecordType};
 use sdnet_resolver::Change;
 use sdnet_resolver::model::{Endpoint, Network, Sandbox, TaskInfo};
 
-use super::{Apex, Feed, NetExtra, ZoneData, build, reverse_origin};
+use super::{Apex, Feed, NetExtra, reverse_origin};
+use crate::daemon::hostdns::zones::{ZoneData, Zones, build};
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
@@ -138,21 +139,74 @@ fn served_networks_only_with_ptr_apex_and_empty_non_terminals() {
     assert_eq!(get(fwd, "sdnet.", RecordType::NS).len(), 1);
     // `front.sdnet.` exists (names below it) without records of its own.
     let front = LowerName::new(&name("front.sdnet."));
-    assert_eq!(fwd.names.get(&front), Some(&Vec::new()));
-    assert!(
-        !fwd.names
-            .contains_key(&LowerName::new(&name("hidden.sdnet.")))
-    );
+    assert_eq!(fwd.types(&front), Some(&[][..]));
+    assert!(!fwd.exists(&LowerName::new(&name("hidden.sdnet."))));
     match get(rev, "2.0.1.10.in-addr.arpa.", RecordType::PTR).as_slice() {
         [RData::PTR(p)] => assert_eq!(p.0.to_string(), "web.front.sdnet."),
         other => panic!("{other:?}"),
     }
     // The apex comes first in a transfer.
-    assert_eq!(fwd.order[0].name().to_string(), "sdnet.");
+    assert_eq!(fwd.ordered()[0].name().to_string(), "sdnet.");
 
     // Removal follows.
     f.apply(&Change::RemoveSandbox("a".repeat(64)));
     let zones = build(&f, &apex(), 8);
     assert!(get(&zones[1], "web.front.sdnet.", RecordType::A).is_empty());
-    assert!(!zones[1].names.contains_key(&front));
+    assert!(!zones[1].exists(&front));
+}
+
+/// Every record of every zone, as text, in transfer order.
+fn dump(zones: &[ZoneData]) -> Vec<String> {
+    zones
+        .iter()
+        .flat_map(|z| z.ordered())
+        .flat_map(|s| {
+            s.records_without_rrsigs()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn changes_applied_one_holder_at_a_time_give_the_zones_a_full_build_gives() {
+    let mut f = Feed::default();
+    let served = |s: &str| NetExtra {
+        served: true,
+        subnets: vec![s.parse().unwrap()],
+    };
+    f.apply(&Change::UpsertNetwork(net("n1", "front")));
+    f.set_extra("n1", served("10.1.0.0/24"));
+    let mut z = Zones::new(apex());
+    z.update(&mut f);
+    assert_eq!(dump(&z.publish(3)), dump(&build(&f, &apex(), 3)));
+    // Sandboxes come and go, share an alias, claim the same address (the first claim keeps
+    // the PTR) and change their records.
+    let mut shared = sb("d", "twin", "n1", [10, 1, 0, 2], None);
+    shared.endpoints[0].aliases = vec!["alias".into(), "only-d".into()];
+    let steps: Vec<Change> = vec![
+        Change::UpsertSandbox(sb("a", "web", "n1", [10, 1, 0, 2], None)),
+        Change::UpsertSandbox(sb("b", "api", "n1", [10, 1, 0, 3], None)),
+        Change::UpsertSandbox(shared),
+        Change::RemoveSandbox("a".repeat(64)),
+        Change::UpsertSandbox(sb("b", "api2", "n1", [10, 1, 0, 9], None)),
+        Change::UpsertSandbox(sb("a", "web", "n1", [10, 1, 0, 2], None)),
+        Change::RemoveSandbox("d".repeat(64)),
+        Change::RemoveSandbox("b".repeat(64)),
+        Change::RemoveSandbox("a".repeat(64)),
+    ];
+    for (i, c) in steps.iter().enumerate() {
+        f.apply(c);
+        z.update(&mut f);
+        let serial = 10 + i as u32;
+        assert_eq!(
+            dump(&z.publish(serial)),
+            dump(&build(&f, &apex(), serial)),
+            "after step {i}: {c:?}"
+        );
+    }
+    // Everything gone: the apex alone, and no name left between it and the owners.
+    let zones = z.publish(99);
+    assert!(!zones[1].exists(&LowerName::new(&name("front.sdnet."))));
+    assert_eq!(zones[1].sets.len(), 3, "SOA, NS, ns A");
 }
