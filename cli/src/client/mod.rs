@@ -471,6 +471,8 @@ async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
         env: a.env.clone(),
         // In the foreground the client removes it after reading the exit code.
         auto_remove: a.rm && !foreground,
+        links: a.links.clone(),
+        expose: a.expose.clone(),
     };
     let sb: SandboxInfo = c.post("/sandboxes", &req).await?;
     if !foreground {

@@ -330,6 +330,8 @@ mod tests {
             resolv_conf: None,
             hosts_file: None,
             dns_ports: None,
+            links: vec![],
+            exposed_ports: vec![],
         }
     }
 

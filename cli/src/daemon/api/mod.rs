@@ -9,6 +9,7 @@
 //! wait for a write or for kernel work.
 
 pub mod guard;
+pub mod links;
 pub mod networks;
 pub mod nodes;
 pub mod overlay;

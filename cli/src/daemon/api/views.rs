@@ -215,6 +215,16 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
         resolv_conf: Some(dir.join("resolv.conf")),
         hosts_file: Some(dir.join("hosts")),
         dns_ports: node.live.dns(id),
+        links: rec
+            .links
+            .iter()
+            .map(|l| super::links::shown(&rec.name, l))
+            .collect(),
+        exposed_ports: rec
+            .expose
+            .iter()
+            .map(|e| format!("{}/{}", e.port, e.protocol))
+            .collect(),
     })
 }
 

@@ -172,7 +172,7 @@ async fn realize_inner(
     // The keeper keeps holding the process; the copy it handed back is not needed.
     drop(take("proc"));
     if sb.mode == NetMode::Host {
-        write_files(node, sb, &[], false, r, links.is_some()).await?;
+        write_files(node, d, sb, &[], false, r, links.is_some()).await?;
         return process(node, d, sb, r).await;
     }
 
@@ -329,7 +329,7 @@ async fn realize_inner(
     // Files, then the resolver's listeners.
     let dns = eps.iter().any(|(_, n)| n.dns_on());
     let ep_refs: Vec<&EndpointRec> = eps.iter().map(|(e, _)| e).collect();
-    write_files(node, sb, &ep_refs, dns, r, links.is_some()).await?;
+    write_files(node, d, sb, &ep_refs, dns, r, links.is_some()).await?;
     steps.mark("files");
     if dns && r.dns.is_none() {
         let (udp, tcp) = match (take("udp"), take("tcp")) {
@@ -437,6 +437,7 @@ async fn realize_inner(
 
 async fn write_files(
     node: &Node,
+    d: &Desired,
     sb: &SandboxRec,
     eps: &[&EndpointRec],
     dns: bool,
@@ -444,7 +445,11 @@ async fn write_files(
     check: bool,
 ) -> Result<()> {
     let host = node.host_conf();
-    let want = (files::resolv_conf(&host, sb, dns), files::hosts(sb, eps));
+    let lines = super::legacy_links::hosts_lines(d, sb);
+    let want = (
+        files::resolv_conf(&host, sb, dns),
+        files::hosts(sb, eps, &lines),
+    );
     let dir = node.cfg.files_dir(&sb.id);
     if r.files.as_ref() == Some(&want) && (!check || dir.join("hosts").exists()) {
         return Ok(());
@@ -466,7 +471,7 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
         // Started by an earlier round; its status record is not in this state yet.
         None if r.proc.is_some() => {}
         None => {
-            let p = start(node, sb).await?;
+            let p = start(node, sb, super::legacy_links::process_env(d, sb)).await?;
             r.proc = Some(p);
         }
         Some(st) => {
@@ -505,7 +510,8 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
     Ok(())
 }
 
-async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
+/// Starts its process with `env` (its own variables and its links').
+async fn start(node: &Node, sb: &SandboxRec, env: Vec<String>) -> Result<Proc> {
     let cfg = node.cfg.clone();
     let rec = sb.clone();
     let spawned = blocking(move || {
@@ -517,7 +523,7 @@ async fn start(node: &Node, sb: &SandboxRec) -> Result<Proc> {
             hostname: &rec.hostname,
             files_dir: &files_dir,
             command: &rec.command,
-            env: &rec.env,
+            env: &env,
             log: &log,
         };
         Ok(Supervisor::spawn(&spec)?)

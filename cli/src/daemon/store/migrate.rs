@@ -297,6 +297,8 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
                 version: t.version,
                 draining: t.draining,
             }),
+            links: Vec::new(),
+            expose: Vec::new(),
         };
         txn = txn
             .put(schema::sandbox(&rec.id), schema::encode(&rec))
