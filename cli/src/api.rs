@@ -383,9 +383,13 @@ pub const MAX_EXPOSE_RANGE: u16 = 1024;
 impl std::str::FromStr for ExposedPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("invalid --expose {s:?}: {why} (expected PORT[-END][/tcp|udp])");
+        let bad =
+            |why: &str| format!("invalid --expose {s:?}: {why} (expected PORT[-END][/tcp|udp])");
         let (ports, protocol) = match s.rsplit_once('/') {
-            Some((p, proto)) => (p, proto.parse::<Protocol>().map_err(|e| bad(&e.to_string()))?),
+            Some((p, proto)) => (
+                p,
+                proto.parse::<Protocol>().map_err(|e| bad(&e.to_string()))?,
+            ),
             None => (s, Protocol::Tcp),
         };
         let port = |p: &str| match p.parse::<u16>() {
@@ -414,9 +418,9 @@ impl ExposedPort {
         }
         match self.end {
             Some(e) if e < self.port => Err("a range must run upwards".into()),
-            Some(e) if e - self.port >= MAX_EXPOSE_RANGE => Err(format!(
-                "a range of at most {MAX_EXPOSE_RANGE} ports"
-            )),
+            Some(e) if e - self.port >= MAX_EXPOSE_RANGE => {
+                Err(format!("a range of at most {MAX_EXPOSE_RANGE} ports"))
+            }
             _ => Ok(()),
         }
     }

@@ -95,13 +95,24 @@ fn links_on_the_default_bridge_give_hosts_lines_and_variables() {
     assert!(h.contains(&format!("{ip}\tmy-db dbhost db1\n")), "{h}");
     let out = d.exec_ok(
         "web",
-        &["socat", "-T", "5", "-u", "TCP:my-db:5432,connect-timeout=5", "-"],
+        &[
+            "socat",
+            "-T",
+            "5",
+            "-u",
+            "TCP:my-db:5432,connect-timeout=5",
+            "-",
+        ],
     );
     assert_eq!(out.trim(), "pong-from-db1");
     assert!(d.exec_ok("web", &["getent", "hosts", "db1"]).contains(&ip));
     // No DNS on the default bridge: a sandbox without the link does not know the name.
     assert!(!hosts(&d, "plain").contains("db1"));
-    assert!(!d.exec("plain", &["getent", "hosts", "my-db"]).status.success());
+    assert!(
+        !d.exec("plain", &["getent", "hosts", "my-db"])
+            .status
+            .success()
+    );
 
     // inspect shows the link as Docker does, and the ports a link announces.
     let v = d.inspect("web");
@@ -144,7 +155,14 @@ fn links_on_a_user_network_are_aliases_only_the_linker_resolves() {
     d.ok(&["network", "create", "--subnet", "10.216.1.0/24", "lother"]);
     d.ok(&["run", "-d", "--name", "t1", "--network", "lnet"]);
     d.ok(&[
-        "run", "-d", "--name", "q", "--network", "lnet", "--link", "t1:DB",
+        "run",
+        "-d",
+        "--name",
+        "q",
+        "--network",
+        "lnet",
+        "--link",
+        "t1:DB",
     ]);
     d.ok(&["run", "-d", "--name", "r", "--network", "lnet"]);
     let ip = d.ip("t1", "lnet");
@@ -158,10 +176,7 @@ fn links_on_a_user_network_are_aliases_only_the_linker_resolves() {
     assert_eq!(d.dig("r", &["t1"]).data("A"), [ip.clone()]);
     // No hosts-file lines off the default bridge.
     assert!(!hosts(&d, "q").contains("t1"));
-    assert_eq!(
-        d.inspect("q")["links"],
-        serde_json::json!(["/t1:/q/DB"])
-    );
+    assert_eq!(d.inspect("q")["links"], serde_json::json!(["/t1:/q/DB"]));
 
     // The target removed: the alias stops answering; made again, it answers its new address.
     d.ok(&["rm", "-f", "t1"]);
@@ -176,7 +191,16 @@ fn links_on_a_user_network_are_aliases_only_the_linker_resolves() {
     // A target on no network the linker is on: refused, as Docker refuses a link it cannot
     // make.
     d.ok(&["run", "-d", "--name", "far", "--network", "lother"]);
-    let e = d.fails(&["run", "-d", "--name", "q2", "--network", "lnet", "--link", "far:f"]);
+    let e = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "q2",
+        "--network",
+        "lnet",
+        "--link",
+        "far:f",
+    ]);
     assert!(e.contains("far") && e.contains("shares no network"), "{e}");
     assert!(!d.ok(&["ps", "-a"]).contains("q2"));
 }
@@ -216,7 +240,9 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     let before = (d.ok(&["ps", "-a"]), files(&run), files(&logs));
 
     // Unknown target: a clear error naming it.
-    let e = d.fails(&["run", "-d", "--name", "bad1", "--link", "nosuch", "--", "sleep", "300"]);
+    let e = d.fails(&[
+        "run", "-d", "--name", "bad1", "--link", "nosuch", "--", "sleep", "300",
+    ]);
     assert!(e.contains("nosuch") && e.contains("no such sandbox"), "{e}");
     // On the default bridge, the target must run and be on it (Docker's errors).
     let e = d.fails(&["run", "-d", "--name", "bad2", "--link", "gone:g"]);
@@ -224,10 +250,27 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     let e = d.fails(&["run", "-d", "--name", "bad3", "--link", "there"]);
     assert!(e.contains("does not belong to the default network"), "{e}");
     // Nothing to link from without a network of its own; one alias twice; a bad alias.
-    let e = d.fails(&["run", "-d", "--name", "bad4", "--network", "host", "--link", "there"]);
+    let e = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "bad4",
+        "--network",
+        "host",
+        "--link",
+        "there",
+    ]);
     assert!(e.contains("links need a network"), "{e}");
     let e = d.fails(&[
-        "run", "-d", "--name", "bad5", "--network", "lbad", "--link", "there:x", "--link",
+        "run",
+        "-d",
+        "--name",
+        "bad5",
+        "--network",
+        "lbad",
+        "--link",
+        "there:x",
+        "--link",
         "there:X",
     ]);
     assert!(e.contains("given twice"), "{e}");

@@ -720,7 +720,15 @@ fn link_aliases_answer_only_in_the_linkers_view() {
     st.validate().unwrap();
     t.replace_all(&st).unwrap();
     for name in ["mydb", "MYDB", "mydb.Net2"] {
-        let m = ask(&t, 2, Q { name, ..q("", TYPE_A) }).unwrap();
+        let m = ask(
+            &t,
+            2,
+            Q {
+                name,
+                ..q("", TYPE_A)
+            },
+        )
+        .unwrap();
         assert_eq!(answers(&m), ["10.2.0.4"], "{name}");
         assert_eq!(m.answers[0].ttl, 5, "the network's TTL");
     }

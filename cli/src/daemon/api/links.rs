@@ -120,7 +120,10 @@ mod tests {
             &[e("443"), e("53/udp"), e("80-81")],
             &[p(53, Protocol::Tcp), p(80, Protocol::Tcp)],
         );
-        let got: Vec<String> = v.iter().map(|x| format!("{}/{}", x.port, x.protocol)).collect();
+        let got: Vec<String> = v
+            .iter()
+            .map(|x| format!("{}/{}", x.port, x.protocol))
+            .collect();
         assert_eq!(got, ["53/tcp", "53/udp", "80/tcp", "81/tcp", "443/tcp"]);
         assert_eq!(
             shown(

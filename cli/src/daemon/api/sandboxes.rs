@@ -8,8 +8,8 @@ use tracing::info;
 use super::networks::{
     delete_endpoint, plan_endpoint, put_endpoint, put_endpoint_record, swarm_endpoint,
 };
-use super::{links, overlay};
 use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, settle, views, write};
+use super::{links, overlay};
 use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::config::short;
