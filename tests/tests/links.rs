@@ -168,12 +168,12 @@ fn links_on_a_user_network_are_aliases_only_the_linker_resolves() {
     let ip = d.ip("t1", "lnet");
 
     for name in ["db", "DB", "db.lnet"] {
-        assert_eq!(d.dig("q", &[name]).data("A"), [ip.clone()], "{name}");
+        assert_eq!(d.dig("q", &[name]).data("A"), [ip.as_str()], "{name}");
     }
-    assert_eq!(d.dig("q", &["t1"]).data("A"), [ip.clone()]);
+    assert_eq!(d.dig("q", &["t1"]).data("A"), [ip.as_str()]);
     // Only q's view has the alias.
     assert_eq!(d.dig("r", &["db"]).status, "NXDOMAIN");
-    assert_eq!(d.dig("r", &["t1"]).data("A"), [ip.clone()]);
+    assert_eq!(d.dig("r", &["t1"]).data("A"), [ip.as_str()]);
     // No hosts-file lines off the default bridge.
     assert!(!hosts(&d, "q").contains("t1"));
     assert_eq!(d.inspect("q")["links"], serde_json::json!(["/t1:/q/DB"]));
@@ -185,7 +185,7 @@ fn links_on_a_user_network_are_aliases_only_the_linker_resolves() {
     d.ok(&["run", "-d", "--name", "t1", "--network", "lnet"]);
     let ip2 = d.ip("t1", "lnet");
     assert_ne!(ip, ip2);
-    assert_eq!(d.dig("q", &["db"]).data("A"), [ip2.clone()]);
+    assert_eq!(d.dig("q", &["db"]).data("A"), [ip2.as_str()]);
     assert_eq!(d.dig("r", &["db"]).status, "NXDOMAIN");
 
     // A target on no network the linker is on: refused, as Docker refuses a link it cannot

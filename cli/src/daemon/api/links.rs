@@ -44,15 +44,14 @@ pub fn plan(
             .iter()
             .any(|(n, _)| !n.rec.predefined && n.rec.dns_on() && on(&n.rec));
         match bridge {
-            Some((b, _)) if on(&b.rec) => {
-                // Docker reads the target's address and variables when the link is made.
-                if d.status_of(id).is_some_and(|st| st.exited) {
-                    return Err(ApiError::Conflict(format!(
-                        "cannot link to a non running sandbox: /{} AS /{linker}/{alias}",
-                        target.name
-                    )));
-                }
+            // Docker reads the target's address and variables when the link is made.
+            Some((b, _)) if on(&b.rec) && d.status_of(id).is_some_and(|st| st.exited) => {
+                return Err(ApiError::Conflict(format!(
+                    "cannot link to a non running sandbox: /{} AS /{linker}/{alias}",
+                    target.name
+                )));
             }
+            Some((b, _)) if on(&b.rec) => {}
             Some(_) if !shared_user => {
                 return bad(format!(
                     "cannot link to /{}, as it does not belong to the default network",
