@@ -339,6 +339,12 @@ pub struct SandboxCreate {
     /// What happens when its process exits (`--restart`).
     #[serde(default)]
     pub restart: SandboxRestartSpec,
+    /// Legacy links to other sandboxes (`--link NAME[:ALIAS]`).
+    #[serde(default)]
+    pub links: Vec<LinkSpec>,
+    /// Ports announced to sandboxes that link to this one (`--expose`); `-p` ports count too.
+    #[serde(default)]
+    pub expose: Vec<ExposedPort>,
 }
 
 /// Docker's `--restart no|on-failure[:N]|always|unless-stopped` for a plain sandbox.
@@ -448,6 +454,100 @@ pub struct Event {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// `--link NAME[:ALIAS]`: the target sandbox (name or ID) and the name the linker knows it
+/// by (the target's name when none is given).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub target: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+impl std::str::FromStr for LinkSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid --link {s:?}: expected NAME[:ALIAS]");
+        let (target, alias) = match s.split_once(':') {
+            Some((t, a)) => (t, Some(a)),
+            None => (s, None),
+        };
+        // Docker accepts `/name` too.
+        let target = target.strip_prefix('/').unwrap_or(target);
+        if target.is_empty() || alias.is_some_and(|a| a.is_empty() || a.contains(':')) {
+            return Err(bad());
+        }
+        Ok(LinkSpec {
+            target: target.to_string(),
+            alias: alias.map(str::to_string),
+        })
+    }
+}
+
+/// `--expose PORT[/PROTO]`, or a range `START-END[/PROTO]` (at most [`MAX_EXPOSE_RANGE`] ports).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExposedPort {
+    pub port: u16,
+    /// Last port of a range (none: one port).
+    #[serde(default)]
+    pub end: Option<u16>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The most ports one `--expose` range may name.
+pub const MAX_EXPOSE_RANGE: u16 = 1024;
+
+impl std::str::FromStr for ExposedPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            |why: &str| format!("invalid --expose {s:?}: {why} (expected PORT[-END][/tcp|udp])");
+        let (ports, protocol) = match s.rsplit_once('/') {
+            Some((p, proto)) => (
+                p,
+                proto.parse::<Protocol>().map_err(|e| bad(&e.to_string()))?,
+            ),
+            None => (s, Protocol::Tcp),
+        };
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad("ports are 1-65535")),
+            Ok(n) => Ok(n),
+        };
+        let (port, end) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, Some(port(b)?)),
+            None => (port(ports)?, None),
+        };
+        let e = ExposedPort {
+            port,
+            end,
+            protocol,
+        };
+        e.check().map_err(|why| bad(&why))?;
+        Ok(e)
+    }
+}
+
+impl ExposedPort {
+    /// A range runs upwards and names at most [`MAX_EXPOSE_RANGE`] ports.
+    pub fn check(&self) -> Result<(), String> {
+        if self.port == 0 {
+            return Err("ports are 1-65535".into());
+        }
+        match self.end {
+            Some(e) if e < self.port => Err("a range must run upwards".into()),
+            Some(e) if e - self.port >= MAX_EXPOSE_RANGE => {
+                Err(format!("a range of at most {MAX_EXPOSE_RANGE} ports"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every port it names.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + use<> {
+        self.port..=self.end.unwrap_or(self.port).max(self.port)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxStatus {
@@ -494,6 +594,12 @@ pub struct SandboxInfo {
     /// Restarts by the restart policy since the last start by the user.
     #[serde(default)]
     pub restart_count: u32,
+    /// Legacy links, as Docker shows them (`HostConfig.Links`): `/target:/linker/alias`.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// Exposed ports (`80/tcp`), the ones a link to this sandbox announces.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -635,6 +741,24 @@ mod tests {
             "1:2:3:4",
         ] {
             assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn link_and_expose_specs() {
+        let l: LinkSpec = "web:db".parse().unwrap();
+        assert_eq!((l.target.as_str(), l.alias.as_deref()), ("web", Some("db")));
+        let l: LinkSpec = "/web".parse().unwrap();
+        assert_eq!((l.target.as_str(), l.alias), ("web", None));
+        for bad in ["", ":db", "web:", "a:b:c"] {
+            assert!(bad.parse::<LinkSpec>().is_err(), "{bad}");
+        }
+        let e: ExposedPort = "53/udp".parse().unwrap();
+        assert_eq!((e.port, e.end, e.protocol), (53, None, Protocol::Udp));
+        let e: ExposedPort = "8000-8002".parse().unwrap();
+        assert_eq!(e.ports().collect::<Vec<_>>(), [8000, 8001, 8002]);
+        for bad in ["0", "80/sctp", "9-8", "1-2000", "x", "70000"] {
+            assert!(bad.parse::<ExposedPort>().is_err(), "{bad}");
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sdnet_resolver::model::Upstream;
 
-use crate::api::{DeclaredPort, Driver, PortSpec, RestartPolicy, ServiceNetworkReq};
+use crate::api::{
+    DeclaredPort, Driver, ExposedPort, LinkSpec, PortSpec, RestartPolicy, ServiceNetworkReq,
+};
 use sdnet_resolver::model::EndpointMode;
 
 /// Where clients look for the daemon when neither `--socket` nor `SDNET_SOCKET` says.
@@ -550,6 +552,14 @@ pub struct RunArgs {
     /// Environment for the command: KEY=VALUE.
     #[arg(short, long)]
     pub env: Vec<String>,
+    /// Legacy link to another sandbox: NAME[:ALIAS]. On the default bridge: hosts-file lines
+    /// and Docker's link variables; on a user-defined network: ALIAS resolves for this
+    /// sandbox only.
+    #[arg(long = "link", value_name = "NAME[:ALIAS]")]
+    pub links: Vec<LinkSpec>,
+    /// Port announced to sandboxes that link to this one: PORT[-END][/tcp|udp].
+    #[arg(long, value_name = "PORT[/PROTO]")]
+    pub expose: Vec<ExposedPort>,
     /// Command to run and supervise inside the sandbox; starts at `--` or at the first word
     /// that is not a flag (an unknown flag before it is an error, not the command).
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -1008,14 +1018,14 @@ mod tests {
             "-d",
             "--name",
             "b2",
-            "--link",
-            "a1",
+            "--volume",
+            "/data:/data",
             "--network",
             "net1",
         ]);
         assert_eq!(
             e,
-            "sdctl: unexpected argument '--link' found (see 'sdctl run --help')"
+            "sdctl: unexpected argument '--volume' found (see 'sdctl run --help')"
         );
         let e = usage_error(&[
             "services",

@@ -28,6 +28,7 @@ fn sandbox(i: u32) -> Sandbox {
         }],
         upstreams: vec![],
         task: None,
+        links: Vec::new(),
     }
 }
 

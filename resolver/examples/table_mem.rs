@@ -85,6 +85,7 @@ fn bench_state(n: u32) -> State {
         }],
         upstreams: vec![],
         task: None,
+        links: Vec::new(),
     };
     let mut sandboxes: Vec<Sandbox> = (1..=n)
         .map(|i| {

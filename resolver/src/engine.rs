@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::model::Policy;
-use crate::table::{AddrSet, NetTable, Snapshot, SrvSet, View};
+use crate::table::{AddrSet, NetIdx, NetTable, Snapshot, SrvSet, View};
 
 pub mod podman;
 use crate::wire::{
@@ -35,10 +35,30 @@ fn find_in<'a>(t: &'a NetTable, key: &str) -> Option<Found<'a>> {
     t.srv(key).map(|s| Found::Srv(t, s))
 }
 
+/// A legacy link's alias of the view (on network `net` only, if given).
+fn find_link<'a>(
+    snap: &'a Snapshot,
+    view: &'a View,
+    key: &str,
+    net: Option<NetIdx>,
+) -> Option<Found<'a>> {
+    view.links
+        .iter()
+        .filter(|l| net.is_none_or(|n| n == l.net) && *l.name == *key)
+        .find_map(|l| Some(Found::Addrs(snap.net(l.net)?, &l.addrs)))
+}
+
 /// Looks a (lower-case) name up as the view sees it: first the whole name on each of the
 /// view's networks in attachment order, then `prefix.network` for each way of splitting off a
 /// network name the view is on (Docker's order for `a.b.c`: `a.b` on `c`, then `a` on `b.c`).
-pub fn lookup<'a>(snap: &'a Snapshot, view: &View, key: &str) -> Option<Found<'a>> {
+/// At each step the view's own link aliases come before the networks' names (Docker's
+/// alias pass), so a link alias shadows a real name.
+pub fn lookup<'a>(snap: &'a Snapshot, view: &'a View, key: &str) -> Option<Found<'a>> {
+    if !view.links.is_empty()
+        && let Some(f) = find_link(snap, view, key, None)
+    {
+        return Some(f);
+    }
     for &n in &view.nets {
         if let Some(f) = snap.net(n).and_then(|t| find_in(t, key)) {
             return Some(f);
@@ -49,7 +69,8 @@ pub fn lookup<'a>(snap: &'a Snapshot, view: &View, key: &str) -> Option<Found<'a
         let (prefix, net) = (&key[..i], &key[i + 1..]);
         if let Some(idx) = snap.net_by_name(net)
             && view.nets.contains(&idx)
-            && let Some(f) = snap.net(idx).and_then(|t| find_in(t, prefix))
+            && let Some(f) = find_link(snap, view, prefix, Some(idx))
+                .or_else(|| snap.net(idx).and_then(|t| find_in(t, prefix)))
         {
             return Some(f);
         }

@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn kept_corpora() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Entry = fn(&[u8]);
+        let targets: [(&str, Entry); 4] = [
             ("dns_udp", super::udp),
             ("dns_tcp", super::tcp),
             ("dns_upstream", super::upstream),

@@ -81,6 +81,24 @@ pub struct Sandbox {
     /// Set when this sandbox is a task of a service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskInfo>,
+    /// Legacy links on user-defined networks: names only this sandbox's queries see.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkAlias>,
+}
+
+/// A legacy link on a user-defined network (`--link TARGET:ALIAS`): `name` answers the
+/// target's addresses on `network`, and only for the linking sandbox (Docker keeps the alias
+/// on the linker's endpoint). It is looked up before the network's own names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkAlias {
+    pub name: String,
+    /// Network ID or name.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -160,7 +178,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -445,6 +465,12 @@ impl State {
                 }
                 for a in &ep.aliases {
                     check_dns_name("alias", a)?;
+                }
+            }
+            for l in &sb.links {
+                check_dns_name("link alias", &l.name)?;
+                if !net_known(&l.network) {
+                    return unknown(format!("sandbox {}", sb.name), "network", &l.network);
                 }
             }
             if let Some(t) = &sb.task {

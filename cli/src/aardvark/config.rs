@@ -240,6 +240,7 @@ pub fn build(files: Vec<NetFile>, mut errors: Vec<String>) -> Config {
                 endpoints: Vec::new(),
                 upstreams: Vec::new(),
                 task: None,
+                links: Vec::new(),
             });
             // The container's own servers count only from networks that may forward.
             if sb.upstreams.is_empty() && !f.internal {

@@ -571,6 +571,8 @@ async fn run_sandbox(client: &ClientOpts, a: RunArgs) -> Result<i32> {
         // In the foreground the client removes it after reading the exit code.
         auto_remove: a.rm && !foreground,
         restart: a.restart,
+        links: a.links.clone(),
+        expose: a.expose.clone(),
     };
     let sb: SandboxInfo = c.post("/sandboxes", &req).await?;
     if !foreground {

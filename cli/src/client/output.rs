@@ -343,6 +343,8 @@ mod tests {
             dns_ports: None,
             restart_policy: "no".into(),
             restart_count: 0,
+            links: vec![],
+            exposed_ports: vec![],
         }
     }
 

@@ -95,6 +95,8 @@ pub struct Desired {
     members: OrdMap<String, OrdSet<String>>,
     /// service → its task sandboxes
     tasks: OrdMap<String, OrdSet<String>>,
+    /// sandbox name → sandboxes with a legacy link to that name
+    linkers: OrdMap<String, OrdSet<String>>,
     net_names: OrdMap<String, String>,
     sb_names: OrdMap<String, String>,
     svc_names: OrdMap<String, String>,
@@ -188,6 +190,11 @@ impl Desired {
     /// Sandboxes with an endpoint on a network.
     pub fn members(&self, net: &str) -> impl Iterator<Item = &String> {
         self.members.get(net).into_iter().flatten()
+    }
+
+    /// Sandboxes with a legacy link to the sandbox named `name`.
+    pub fn linkers_of(&self, name: &str) -> impl Iterator<Item = &String> {
+        self.linkers.get(name).into_iter().flatten()
     }
 
     /// The task sandboxes of a service.
@@ -308,12 +315,26 @@ impl Desired {
                             self.tasks.remove(&t.service);
                         }
                     }
+                    for l in &old.rec.links {
+                        if let Some(set) = self.linkers.get_mut(&l.target) {
+                            set.remove(id);
+                            if set.is_empty() {
+                                self.linkers.remove(&l.target);
+                            }
+                        }
+                    }
                 }
                 if put && let Some(rec) = decode::<SandboxRec>(&ev.kv) {
                     self.sb_names.insert(rec.name.clone(), id.to_string());
                     if let Some(t) = &rec.task {
                         self.tasks
                             .entry(t.service.clone())
+                            .or_default()
+                            .insert(id.to_string());
+                    }
+                    for l in &rec.links {
+                        self.linkers
+                            .entry(l.target.clone())
                             .or_default()
                             .insert(id.to_string());
                     }

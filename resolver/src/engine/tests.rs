@@ -700,3 +700,51 @@ mod podman {
         );
     }
 }
+
+#[test]
+fn link_aliases_answer_only_in_the_linkers_view() {
+    let t = tables();
+    // b links c as "mydb" on Net2, and a (on net1 only) claims a link on Net2, which it is
+    // not on; "db" (a real alias on net1) is shadowed for b by a link to c.
+    let mut st = state();
+    let link = |name: &str, net: &str| model::LinkAlias {
+        name: name.into(),
+        network: net.into(),
+        ipv4: Some("10.2.0.4".parse().unwrap()),
+        ipv6: Some("fd00::4".parse().unwrap()),
+    };
+    let b = st.sandboxes.iter_mut().find(|s| s.name == "b").unwrap();
+    b.links = vec![link("MyDB", "n2"), link("db", "Net2")];
+    let a = st.sandboxes.iter_mut().find(|s| s.name == "a").unwrap();
+    a.links = vec![link("mydb", "n2")];
+    st.validate().unwrap();
+    t.replace_all(&st).unwrap();
+    for name in ["mydb", "MYDB", "mydb.Net2"] {
+        let m = ask(
+            &t,
+            2,
+            Q {
+                name,
+                ..q("", TYPE_A)
+            },
+        )
+        .unwrap();
+        assert_eq!(answers(&m), ["10.2.0.4"], "{name}");
+        assert_eq!(m.answers[0].ttl, 5, "the network's TTL");
+    }
+    let m = ask(&t, 2, q("mydb", TYPE_AAAA)).unwrap();
+    assert_eq!(answers(&m), ["fd00::4"]);
+    // The alias pass comes first: b's "db" is its link, not the net1 aliases.
+    assert_eq!(answers(&ask(&t, 2, q("db", TYPE_A)).unwrap()), ["10.2.0.4"]);
+    // Not on another network's qualification, nor for anyone else.
+    assert!(ask(&t, 2, q("mydb.net1", TYPE_A)).is_none());
+    assert!(ask(&t, 3, q("mydb", TYPE_A)).is_none());
+    assert!(ask(&t, 1, q("mydb", TYPE_A)).is_none(), "a is not on Net2");
+    assert_eq!(
+        sorted(answers(&ask(&t, 1, q("db", TYPE_A)).unwrap())),
+        ["10.1.0.2", "10.1.0.3"]
+    );
+    // The link goes with the model: gone after the next state without it.
+    t.replace_all(&state()).unwrap();
+    assert!(ask(&t, 2, q("mydb", TYPE_A)).is_none());
+}

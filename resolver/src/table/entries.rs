@@ -331,6 +331,34 @@ pub struct View {
     pub forwarding: Forwarding,
     /// Upstream exchanges in flight for this sandbox (bounded; REFUSED past the bound).
     pub inflight: Arc<AtomicU32>,
+    /// Its legacy links on user-defined networks (empty for nearly every sandbox).
+    pub links: Box<[LinkEntry]>,
+}
+
+/// A name only one view answers: a legacy link's alias, with the target's addresses on
+/// one of the view's networks.
+#[derive(Debug)]
+pub struct LinkEntry {
+    pub net: NetIdx,
+    /// Lower case.
+    pub name: Box<str>,
+    pub addrs: AddrSet,
+}
+
+impl LinkEntry {
+    /// None without addresses (nothing to answer).
+    pub(super) fn new(
+        net: NetIdx,
+        name: &str,
+        ttl: u32,
+        ips: SmallVec<[IpAddr; 2]>,
+    ) -> Option<Self> {
+        Some(LinkEntry {
+            net,
+            name: name.to_ascii_lowercase().into_boxed_str(),
+            addrs: AddrSet::union(&[(0, ttl, ips)], 0)?,
+        })
+    }
 }
 
 impl View {
@@ -344,6 +372,7 @@ impl View {
             nets: SmallVec::new(),
             forwarding: Forwarding::Default,
             inflight: Arc::default(),
+            links: Box::default(),
         }
     }
 }

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, Guard};
 
-pub use entries::{AddrSet, Forwarding, NetTable, PtrEntry, SrvSet, SrvTarget, UpstreamSet, View};
+pub use entries::{
+    AddrSet, Forwarding, LinkEntry, NetTable, PtrEntry, SrvSet, SrvTarget, UpstreamSet, View,
+};
 
 pub use crate::model::Policy;
 use crate::model::{ModelError, Network, Sandbox, Service, State};

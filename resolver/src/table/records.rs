@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU32;
 
 use smallvec::SmallVec;
 
-use super::entries::{Forwarding, SrvTarget, UpstreamSet, View};
+use super::entries::{Forwarding, LinkEntry, SrvTarget, UpstreamSet, View};
 use super::holders::Record;
 use super::sandboxes::{SbId, SbRec};
 use super::writer::{HolderKey, Writer};
@@ -252,11 +252,29 @@ impl Writer {
         } else {
             Forwarding::Default
         };
+        // Links answer only on a DNS network the view is on.
+        let links = sb
+            .links()
+            .iter()
+            .filter_map(|l| {
+                let n = self.resolve_net(&l.network)?;
+                let idx = self.net_idx[&n.id];
+                if !nets.contains(&idx) {
+                    return None;
+                }
+                let ips = [l.ipv4.map(IpAddr::V4), l.ipv6.map(IpAddr::V6)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                LinkEntry::new(idx, &l.name, n.ttl.unwrap_or(DEFAULT_TTL), ips)
+            })
+            .collect();
         View {
             sandbox: sb.name.clone(),
             nets,
             forwarding,
             inflight,
+            links,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::ViewIdx;
-use crate::model::{Endpoint, Sandbox, TaskInfo, Upstream};
+use crate::model::{Endpoint, LinkAlias, Sandbox, TaskInfo, Upstream};
 
 /// A sandbox ID (64 lowercase hex digits) as its 32 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,18 +71,23 @@ struct Extra {
     hostname: Option<Box<str>>,
     upstreams: Box<[Upstream]>,
     task: Option<TaskInfo>,
+    links: Box<[LinkAlias]>,
 }
 
 impl SbRec {
     pub(super) fn new(sb: &Sandbox, view: ViewIdx, interner: &mut Interner) -> SbRec {
-        let extra =
-            (sb.hostname.is_some() || !sb.upstreams.is_empty() || sb.task.is_some()).then(|| {
-                Box::new(Extra {
-                    hostname: sb.hostname.as_deref().map(Into::into),
-                    upstreams: sb.upstreams.as_slice().into(),
-                    task: sb.task.clone(),
-                })
-            });
+        let extra = (sb.hostname.is_some()
+            || !sb.upstreams.is_empty()
+            || sb.task.is_some()
+            || !sb.links.is_empty())
+        .then(|| {
+            Box::new(Extra {
+                hostname: sb.hostname.as_deref().map(Into::into),
+                upstreams: sb.upstreams.as_slice().into(),
+                task: sb.task.clone(),
+                links: sb.links.as_slice().into(),
+            })
+        });
         SbRec {
             view,
             name: sb.name.as_str().into(),
@@ -109,6 +114,9 @@ impl SbRec {
     pub(super) fn task(&self) -> Option<&TaskInfo> {
         self.extra.as_ref().and_then(|e| e.task.as_ref())
     }
+    pub(super) fn links(&self) -> &[LinkAlias] {
+        self.extra.as_ref().map_or(&[], |e| &e.links)
+    }
 
     /// Its addresses: the sources its queries come from.
     pub(super) fn sources(&self) -> SmallVec<[IpAddr; 2]> {
@@ -125,6 +133,7 @@ impl SbRec {
             && self.hostname() == sb.hostname.as_deref()
             && self.upstreams() == sb.upstreams.as_slice()
             && self.task() == sb.task.as_ref()
+            && self.links() == sb.links.as_slice()
             && self.endpoints.len() == sb.endpoints.len()
             && self.endpoints.iter().zip(&sb.endpoints).all(|(a, b)| {
                 *a.network == *b.network
@@ -152,6 +161,7 @@ impl SbRec {
                 .collect(),
             upstreams: self.upstreams().to_vec(),
             task: self.task().cloned(),
+            links: self.links().to_vec(),
         }
     }
 }
@@ -227,6 +237,7 @@ mod tests {
             }],
             upstreams: vec![],
             task: None,
+            links: vec![],
         };
         let mut full = plain.clone();
         full.hostname = Some("Host".into());
@@ -242,6 +253,12 @@ mod tests {
             ipv6: Some("fd00::2".parse().unwrap()),
             aliases: vec!["Db".into(), "cache".into()],
         });
+        full.links = vec![LinkAlias {
+            name: "db".into(),
+            network: "n2".into(),
+            ipv4: None,
+            ipv6: Some("fd00::3".parse().unwrap()),
+        }];
         let sid = SbId::parse(&id).unwrap();
         for sb in [&plain, &full] {
             let rec = SbRec::new(sb, 7, &mut interner);
@@ -253,6 +270,9 @@ mod tests {
         let mut other = full.clone();
         other.endpoints[1].aliases[1] = "cache2".into();
         assert!(!rec.is(&other));
+        let mut other = full.clone();
+        other.links[0].ipv6 = None;
+        assert!(!rec.is(&other), "a link's address is compared");
         // Both records share one copy of "n1".
         assert_eq!(interner.set.len(), 2);
         drop(rec);

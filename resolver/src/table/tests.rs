@@ -204,6 +204,7 @@ fn sandbox(r: &mut Rng, i: u8, services: &[u8]) -> Sandbox {
             vec![]
         },
         task,
+        links: Vec::new(),
     }
 }
 
@@ -278,6 +279,7 @@ fn one(net: &str, name: &str, i: u8, ip: [u8; 4], aliases: &[&str]) -> Sandbox {
         }],
         upstreams: vec![],
         task: None,
+        links: Vec::new(),
     }
 }
 

@@ -239,6 +239,7 @@ impl Writer {
                     Forwarding::Default
                 },
                 inflight,
+                links: Box::default(),
             }),
         );
         snap.nets_by_name.insert(lower.clone().into(), idx);

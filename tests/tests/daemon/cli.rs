@@ -294,12 +294,12 @@ fn global_flags_unknown_flags_and_one_line_errors() {
             "-d",
             "--name",
             "b2",
-            "--link",
-            "a1",
+            "--volume",
+            "/data:/data",
             "--network",
             "net1"
         ]),
-        "sdctl: unexpected argument '--link' found (see 'sdctl run --help')"
+        "sdctl: unexpected argument '--volume' found (see 'sdctl run --help')"
     );
     let e = usage(&[
         "services",

@@ -10,6 +10,7 @@
 
 pub mod guard;
 pub mod lifecycle;
+pub mod links;
 pub mod networks;
 pub mod nodes;
 pub mod overlay;

@@ -8,8 +8,8 @@ use tracing::info;
 use super::networks::{
     delete_endpoint, plan_endpoint, put_endpoint, put_endpoint_record, swarm_endpoint,
 };
-use super::overlay;
 use super::{ApiError, ApiResult, bad, lookup_err, now, random_id, views, write};
+use super::{links, overlay};
 use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::config::short;
@@ -199,6 +199,7 @@ async fn create_as(
         if mode == NetMode::Host && (req.netns.is_some() || !ports.is_empty()) {
             return bad("--network host shares the daemon's namespace: no --netns, no -p");
         }
+        let links = links::plan(d, &name, mode, &nets, &req.links)?;
         for (i, p) in ports.iter().enumerate() {
             if let Some(owner) = port_owner(d, p) {
                 return Err(ApiError::Conflict(format!(
@@ -257,6 +258,8 @@ async fn create_as(
             stop_timeout_ms: schema::default_stop_ms(),
             runs: 0,
             paused: false,
+            links,
+            expose: links::exposed(&req.expose, &ports),
         };
         let mut txn = Txn::new()
             .when(Compare::Absent(schema::sandbox_name(&name)))

@@ -224,6 +224,16 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
         dns_ports: node.live.dns(id),
         restart_policy: restart_spec(rec).to_string(),
         restart_count: st.map_or(0, |s| s.restart_count),
+        links: rec
+            .links
+            .iter()
+            .map(|l| super::links::shown(&rec.name, l))
+            .collect(),
+        exposed_ports: rec
+            .expose
+            .iter()
+            .map(|e| format!("{}/{}", e.port, e.protocol))
+            .collect(),
     })
 }
 

@@ -43,6 +43,7 @@ pub fn remote_model(d: &Desired, me: &str, sandbox: &str) -> Option<model::Sandb
             slot: t.slot,
             healthy: t.healthy,
         }),
+        links: Vec::new(),
     })
 }
 

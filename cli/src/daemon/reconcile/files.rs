@@ -12,8 +12,8 @@ use tracing::warn;
 use crate::daemon::config::Config;
 use crate::daemon::store::schema::{EndpointRec, SandboxRec};
 
-/// The hosts file of a sandbox.
-pub fn hosts(rec: &SandboxRec, eps: &[&EndpointRec]) -> String {
+/// The hosts file of a sandbox; `links`: lines of its legacy links, last (as Docker).
+pub fn hosts(rec: &SandboxRec, eps: &[&EndpointRec], links: &[String]) -> String {
     let mut s = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
@@ -24,6 +24,10 @@ pub fn hosts(rec: &SandboxRec, eps: &[&EndpointRec]) -> String {
         if let Some(ip) = e.ipv6 {
             s.push_str(&format!("{ip}\t{}\n", rec.hostname));
         }
+    }
+    for l in links {
+        s.push_str(l);
+        s.push('\n');
     }
     s
 }

@@ -25,6 +25,7 @@ pub mod firewall;
 pub mod gc;
 pub mod ingress;
 pub mod lb;
+pub mod legacy_links;
 pub mod model;
 pub mod sandbox;
 
@@ -288,6 +289,24 @@ impl Reconciler {
                     }
                 }
             }
+        }
+        if dirty.is_some() {
+            // Sandboxes linking to a changed one follow it (by name: the one it had when
+            // last applied, and the one it has now).
+            let names: BTreeSet<&str> = sbs
+                .iter()
+                .flat_map(|id| {
+                    let now = d.sandboxes.get(id.as_str()).map(|s| s.rec.name.as_str());
+                    [now, self.sbs.get(id).map(|r| r.name.as_str())]
+                })
+                .flatten()
+                .collect();
+            let linkers: Vec<String> = names
+                .into_iter()
+                .flat_map(|n| d.linkers_of(n))
+                .cloned()
+                .collect();
+            sbs.extend(linkers);
         }
         let links = if full {
             match self.node.host.links().await {

@@ -69,6 +69,7 @@ pub fn sandbox(d: &Desired, id: &str) -> Option<model::Sandbox> {
             slot: t.slot,
             healthy: d.visible(id),
         }),
+        links: super::legacy_links::view_aliases(d, r),
     })
 }
 

@@ -179,7 +179,7 @@ async fn realize_inner(
     // The keeper keeps holding the process; the copy it handed back is not needed.
     drop(take("proc"));
     if sb.mode == NetMode::Host {
-        write_files(node, sb, &[], false, r, links.is_some()).await?;
+        write_files(node, d, sb, &[], false, r, links.is_some()).await?;
         return process(node, d, sb, r).await;
     }
 
@@ -370,7 +370,7 @@ async fn realize_inner(
     // Files, then the resolver's listeners.
     let dns = eps.iter().any(|(_, n)| n.dns_on());
     let ep_refs: Vec<&EndpointRec> = eps.iter().map(|(e, _)| e).collect();
-    write_files(node, sb, &ep_refs, dns, r, links.is_some()).await?;
+    write_files(node, d, sb, &ep_refs, dns, r, links.is_some()).await?;
     steps.mark("files");
     if dns && r.dns.is_none() {
         let (udp, tcp) = match (take("udp"), take("tcp")) {
@@ -480,6 +480,7 @@ async fn realize_inner(
 
 async fn write_files(
     node: &Node,
+    d: &Desired,
     sb: &SandboxRec,
     eps: &[&EndpointRec],
     dns: bool,
@@ -487,7 +488,11 @@ async fn write_files(
     check: bool,
 ) -> Result<()> {
     let host = node.host_conf();
-    let want = (files::resolv_conf(&host, sb, dns), files::hosts(sb, eps));
+    let lines = super::legacy_links::hosts_lines(d, sb);
+    let want = (
+        files::resolv_conf(&host, sb, dns),
+        files::hosts(sb, eps, &lines),
+    );
     let dir = node.cfg.files_dir(&sb.id);
     if r.files.as_ref() == Some(&want) && (!check || dir.join("hosts").exists()) {
         return Ok(());
@@ -515,7 +520,8 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
     let status = entry.map(|e| (*e.rec).clone());
     match &status {
         None if !sb.stopped => {
-            let (p, rev) = start(node, sb, None).await?;
+            let env = super::legacy_links::process_env(d, sb);
+            let (p, rev) = start(node, sb, env, None).await?;
             r.proc = Some(p);
             r.status_rev = rev;
             r.paused = false;
@@ -547,7 +553,13 @@ async fn process(node: &Node, d: &Desired, sb: &SandboxRec, r: &mut RealSb) -> R
                         restart_count: if st.due { st.restart_count } else { 0 },
                         backoff_ms: if st.due { st.backoff_ms } else { 0 },
                     };
-                    let (p, rev) = start(node, sb, Some(again)).await?;
+                    let (p, rev) = start(
+                        node,
+                        sb,
+                        super::legacy_links::process_env(d, sb),
+                        Some(again),
+                    )
+                    .await?;
                     r.proc = Some(p);
                     r.status_rev = rev;
                     r.paused = false;
@@ -598,8 +610,14 @@ struct Restart {
     backoff_ms: u64,
 }
 
-/// Starts the sandbox's process; its PID and the revision of the status record written.
-async fn start(node: &Node, sb: &SandboxRec, again: Option<Restart>) -> Result<(Proc, Rev)> {
+/// Starts the sandbox's process with `env` (its own variables and its links'); its PID and
+/// the revision of the status record written.
+async fn start(
+    node: &Node,
+    sb: &SandboxRec,
+    env: Vec<String>,
+    again: Option<Restart>,
+) -> Result<(Proc, Rev)> {
     let cfg = node.cfg.clone();
     let rec = sb.clone();
     let spawned = blocking(move || {
@@ -611,7 +629,7 @@ async fn start(node: &Node, sb: &SandboxRec, again: Option<Restart>) -> Result<(
             hostname: &rec.hostname,
             files_dir: &files_dir,
             command: &rec.command,
-            env: &rec.env,
+            env: &env,
             log: &log,
         };
         Ok(Supervisor::spawn(&spec)?)

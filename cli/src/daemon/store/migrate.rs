@@ -303,6 +303,8 @@ pub fn plan(db: &Database) -> Result<Option<Txn>, StoreError> {
             stop_timeout_ms: schema::default_stop_ms(),
             runs: 0,
             paused: false,
+            links: Vec::new(),
+            expose: Vec::new(),
         };
         txn = txn
             .put(schema::sandbox(&rec.id), schema::encode(&rec))

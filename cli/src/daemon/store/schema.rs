@@ -304,6 +304,10 @@ impl NetworkRec {
             None => bridge_name(&self.id),
         }
     }
+    /// The default `bridge` network (legacy links there are hosts-file lines and variables).
+    pub fn default_bridge(&self) -> bool {
+        self.predefined && self.name == "bridge"
+    }
     /// The host zone serves its names: bridge and overlay networks (the default `bridge`
     /// too: sandbox names are unique) unless internal or created with `--host-dns=false`.
     pub fn host_dns_on(&self) -> bool {
@@ -413,6 +417,14 @@ pub struct SandboxRec {
     /// Frozen by the user (`sdctl pause`).
     #[serde(default)]
     pub paused: bool,
+    /// Legacy links (`--link TARGET[:ALIAS]`), by the target's name: a target removed and
+    /// made again under that name is linked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkRec>,
+    /// Exposed ports (`--expose`, and the container ports of `-p`), sorted, no duplicates:
+    /// the ports a link to this sandbox announces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ExposeRec>,
 }
 
 pub fn default_stop_ms() -> u64 {
@@ -428,6 +440,20 @@ pub enum SandboxRestart {
     OnFailure,
     Always,
     UnlessStopped,
+}
+
+/// A legacy link to the sandbox named `target`, known to the linker as `alias`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LinkRec {
+    pub target: String,
+    pub alias: String,
+}
+
+/// An exposed port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExposeRec {
+    pub port: u16,
+    pub protocol: Protocol,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -169,6 +169,8 @@ mod tests {
             stop_timeout_ms: schema::default_stop_ms(),
             runs: 0,
             paused: false,
+            links: vec![],
+            expose: vec![],
         }
     }
 

@@ -36,6 +36,7 @@ fn sb(id: &str, n: &str, net: &str, ip: [u8; 4], task: Option<TaskInfo>) -> Sand
         }],
         upstreams: Vec::new(),
         task,
+        links: Vec::new(),
     }
 }
 
