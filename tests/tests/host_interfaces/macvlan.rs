@@ -3,7 +3,7 @@
 
 use sdnet_tests::{Daemon, Ns};
 
-use super::{daemon_on_l2, link_names, pings, v4_addrs};
+use super::{daemon_on_l2, daemon_on_l2_with, link_names, pings, v4_addrs};
 
 /// The index of `eth0` inside a sandbox (a link made again gets a new one).
 fn eth0_index(d: &Daemon, sandbox: &str) -> String {
@@ -317,17 +317,7 @@ fn a_passthru_parent_takes_one_sandbox_and_a_second_is_refused_cleanly() {
 /// that live there.
 #[test]
 fn a_macvlan_deleted_inside_its_sandbox_is_made_again() {
-    let d = Daemon::start_with("mvdrift", &["--resync-interval", "1s"]);
-    let nb = Ns::new("mvdriftnb");
-    d.ns.run_ok(
-        "ip",
-        &[
-            "link", "add", "up0", "type", "veth", "peer", "name", "nb0", "netns", &nb.name,
-        ],
-    );
-    d.ns.run_ok("ip", &["link", "set", "up0", "up"]);
-    nb.run_ok("ip", &["addr", "add", "192.168.62.50/24", "dev", "nb0"]);
-    nb.run_ok("ip", &["link", "set", "nb0", "up"]);
+    let (d, nb) = daemon_on_l2_with("mvdrift", "192.168.62.50/24", &["--resync-interval", "1s"]);
     d.ok(&[
         "network",
         "create",

@@ -14,7 +14,12 @@ use sdnet_tests::{Daemon, Ns};
 /// A daemon whose namespace has `up0`, an up veth whose other end `nb0` lives in the
 /// returned neighbour namespace with `neighbour_addr` (CIDR) on it.
 pub fn daemon_on_l2(tag: &str, neighbour_addr: &str) -> (Daemon, Ns) {
-    let d = Daemon::start(tag);
+    daemon_on_l2_with(tag, neighbour_addr, &[])
+}
+
+/// [`daemon_on_l2`] with more daemon flags.
+pub fn daemon_on_l2_with(tag: &str, neighbour_addr: &str, extra: &[&str]) -> (Daemon, Ns) {
+    let d = Daemon::start_with(tag, extra);
     let nb = Ns::new(&format!("{tag}nb"));
     d.ns.run_ok(
         "ip",
