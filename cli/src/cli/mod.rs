@@ -213,31 +213,9 @@ pub enum Command {
         names: Vec<String>,
     },
     /// Stop sandboxes' processes: SIGTERM, then SIGKILL after the timeout.
-    Stop {
-        /// Seconds to wait before killing the process.
-        #[arg(
-            short = 't',
-            long = "time",
-            visible_alias = "timeout",
-            value_name = "SECONDS"
-        )]
-        time: Option<u64>,
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Stop(StopArgs),
     /// Stop, then start sandboxes' processes.
-    Restart {
-        /// Seconds to wait before killing the process.
-        #[arg(
-            short = 't',
-            long = "time",
-            visible_alias = "timeout",
-            value_name = "SECONDS"
-        )]
-        time: Option<u64>,
-        #[arg(required = true)]
-        names: Vec<String>,
-    },
+    Restart(StopArgs),
     /// Send a signal to sandboxes' processes (the restart policy applies when they die).
     Kill {
         /// Signal name or number.
@@ -321,6 +299,21 @@ pub enum Command {
 }
 
 /// How parsing the command line ended when it did not yield a command.
+/// `stop` and `restart`: how long to wait after SIGTERM, and which sandboxes.
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the process.
+    #[arg(
+        short = 't',
+        long = "time",
+        visible_alias = "timeout",
+        value_name = "SECONDS"
+    )]
+    pub time: Option<u64>,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
 pub enum ParseExit {
     /// Help or version text (already complete), with clap's exit code.
     Print(clap::Error),

@@ -24,13 +24,13 @@ impl Client {
         }
     }
 
-    /// One request; the daemon's error message becomes the error.
-    pub async fn call<B: Serialize, T: DeserializeOwned>(
+    /// Sends one request; a reply other than 200 becomes the daemon's error message.
+    async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<T> {
+        body: Vec<u8>,
+    ) -> Result<hyper::body::Incoming> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| connect_error(&self.socket, &e))?;
@@ -40,36 +40,50 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b)?,
-            None => Vec::new(),
-        };
         let req = Request::builder()
             .method(method)
             .uri(format!("{API_PREFIX}{path}"))
             .header("host", "sdnet")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))?;
+            .body(Full::new(Bytes::from(body)))?;
         let resp = sender
             .send_request(req)
             .await
             .context("talking to the daemon")?;
         let status = resp.status();
-        let body = resp
-            .into_body()
+        let body = resp.into_body();
+        if status != StatusCode::OK {
+            let b = body
+                .collect()
+                .await
+                .context("reading the daemon's reply")?
+                .to_bytes();
+            match serde_json::from_slice::<ErrorBody>(&b) {
+                Ok(e) => bail!("{}", e.error),
+                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&b)),
+            }
+        }
+        Ok(body)
+    }
+
+    /// One request; the daemon's error message becomes the error.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => Vec::new(),
+        };
+        let body = self
+            .send(method, path, bytes)
+            .await?
             .collect()
             .await
             .context("reading the daemon's reply")?
             .to_bytes();
-        if status != StatusCode::OK {
-            match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => bail!("{}", e.error),
-                Err(_) => bail!(
-                    "daemon answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                ),
-            }
-        }
         serde_json::from_slice(&body).context("decoding the daemon's reply")
     }
 
@@ -88,33 +102,7 @@ impl Client {
     /// A streamed GET: `each` gets every line of the reply as it arrives, until the daemon
     /// ends the stream.
     pub async fn lines(&self, path: &str, mut each: impl FnMut(&str)) -> Result<()> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| connect_error(&self.socket, &e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("talking to the daemon")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{API_PREFIX}{path}"))
-            .header("host", "sdnet")
-            .body(Full::new(Bytes::new()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .context("talking to the daemon")?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if status != StatusCode::OK {
-            let b = body.collect().await?.to_bytes();
-            match serde_json::from_slice::<ErrorBody>(&b) {
-                Ok(e) => bail!("{}", e.error),
-                Err(_) => bail!("daemon answered {status}: {}", String::from_utf8_lossy(&b)),
-            }
-        }
+        let mut body = self.send(Method::GET, path, Vec::new()).await?;
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.context("reading the daemon's stream")?;

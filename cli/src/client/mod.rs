@@ -123,13 +123,13 @@ async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
         Command::Start { names } => {
             lifecycle::each(&Client::new(&client.socket), &names, "start", &()).await
         }
-        Command::Stop { time, names } => {
-            let body = StopRequest { timeout_s: time };
-            lifecycle::each(&Client::new(&client.socket), &names, "stop", &body).await
+        Command::Stop(a) => {
+            let body = StopRequest { timeout_s: a.time };
+            lifecycle::each(&Client::new(&client.socket), &a.names, "stop", &body).await
         }
-        Command::Restart { time, names } => {
-            let body = StopRequest { timeout_s: time };
-            lifecycle::each(&Client::new(&client.socket), &names, "restart", &body).await
+        Command::Restart(a) => {
+            let body = StopRequest { timeout_s: a.time };
+            lifecycle::each(&Client::new(&client.socket), &a.names, "restart", &body).await
         }
         Command::Kill { signal, names } => {
             let body = KillRequest {
