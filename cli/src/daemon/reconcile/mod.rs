@@ -27,6 +27,7 @@ pub mod ingress;
 pub mod lb;
 pub mod legacy_links;
 pub mod model;
+pub mod process;
 pub mod sandbox;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
