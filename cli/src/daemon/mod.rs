@@ -121,6 +121,8 @@ pub(crate) fn trim_heap() {
 }
 
 pub fn run(args: DaemonArgs) -> Result<()> {
+    raise_nofile();
+    presize_fd_table();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,6 +220,29 @@ fn raise_nofile() {
     }
 }
 
+/// Sizes the descriptor table for the daemon's life while it is still one thread. The daemon
+/// keeps its long-lived descriptors at 1024 and above (`nft::move_fd_high`); growing the
+/// table later, in a process with threads, waits for an RCU grace period, and a restarted
+/// daemon handed hundreds of descriptors at once by the keeper stalled there for over 20 s
+/// on a kernel busy tearing down namespaces. Here it is a plain allocation.
+fn presize_fd_table() {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // 16,384 descriptors: ~4,000 sandboxes; a bigger daemon grows the table as before.
+    let top = soft.min(16_384).saturating_sub(1) as i32;
+    if top < 1024 {
+        return;
+    }
+    if let Ok(f) = std::fs::File::open("/dev/null")
+        && let Ok(fd) = fcntl(&f, FcntlArg::F_DUPFD_CLOEXEC(top))
+    {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
 fn node_name() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -226,7 +251,6 @@ fn node_name() -> String {
 }
 
 async fn serve(args: DaemonArgs) -> Result<()> {
-    raise_nofile();
     let cfg = Config {
         state_dir: args.state_dir.clone(),
         run_dir: args.run_dir.clone(),
