@@ -25,6 +25,9 @@ done
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# tests/tests/podman.rs: Podman itself (4.3, with runc: crun refuses hybrid cgroups).
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 # tests/tests/cni.rs: the real CNI plugins (bridge, host-local, portmap — iptables —, macvlan,
 # static) that `-d cni` networks run.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
