@@ -168,6 +168,28 @@ pub struct EndpointInfo {
     pub aliases: Vec<String>,
     /// The names this endpoint answers on its network.
     pub dns_names: Vec<String>,
+    /// The last CNI CHECK of the endpoint (`-d cni`), once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_check: Option<CniCheck>,
+}
+
+/// What the last CNI CHECK of an endpoint found (run on the daemon's full passes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CniCheck {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `passed`, `failed` (the endpoint is repaired: DEL, then ADD), `skipped` (the
+    /// configuration's version or `disableCheck`) or `not run` (a plugin could not run).
+    pub result: String,
+    /// The plugin's message, or why CHECK was skipped or not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// While the endpoint is broken (its repair pending or failed, tried again on the next
+    /// pass): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    /// Repairs that succeeded since the daemon started.
+    pub repairs: u32,
 }
 
 /// A published port: `[hip:]hp:cp[/proto]`, or Docker's long form

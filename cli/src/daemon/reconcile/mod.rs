@@ -15,7 +15,8 @@
 //! name answers before the call that created it returns. Each object's last result is kept
 //! for them ([`Progress`]). A full pass — at start, on every `--resync-interval`, after a
 //! relist — also checks the kernel for drift (a deleted veth, bridge or table of ours comes
-//! back) and removes objects of ours nobody wants.
+//! back), removes objects of ours nobody wants, and has CNI endpoints CHECKed beside the
+//! next rounds (`cni::Checker`; the broken ones come back as dirty sandboxes to repair).
 
 pub mod cleaner;
 pub mod cluster;
@@ -43,7 +44,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::Node;
 use crate::daemon::state::{Changes, Desired, Dirty, Revs, Source};
 use crate::daemon::store::Rev;
-use crate::daemon::store::schema::{NetworkRec, PublishRec, Scope, ServiceRec};
+use crate::daemon::store::schema::{DriverKind, NetworkRec, PublishRec, Scope, ServiceRec};
 use sandbox::{Kept, RealSb};
 
 /// How many sandboxes are realized at once.
@@ -175,11 +176,15 @@ pub struct Reconciler {
     mesh: Option<(String, String)>,
     vips: Option<lb::VipMap>,
     cleaner: cleaner::Cleaner,
+    /// CNI CHECK on full passes, and the sandboxes it found broken endpoints in.
+    checker: cni::Checker,
+    broken: mpsc::UnboundedReceiver<String>,
     kept: Arc<Mutex<Kept>>,
 }
 
 impl Reconciler {
     pub fn new(node: Arc<Node>, kept: Kept) -> Reconciler {
+        let (checker, broken) = cni::Checker::new();
         Reconciler {
             node,
             nets: HashMap::new(),
@@ -194,6 +199,8 @@ impl Reconciler {
             mesh: None,
             vips: None,
             cleaner: cleaner::Cleaner::start(),
+            checker,
+            broken,
             kept: Arc::new(Mutex::new(kept)),
         }
     }
@@ -214,10 +221,17 @@ impl Reconciler {
                     None => return,
                 },
                 _ = tick.tick() => { all = true; full = true; }
+                Some(id) = self.broken.recv() => {
+                    // A CNI endpoint CHECK found broken: the round repairs it.
+                    dirty.insert(Dirty::Sandbox(id));
+                }
             }
             // Everything already queued joins this round.
             while let Ok(c) = rx.try_recv() {
                 take(c, &mut rev, &mut dirty, &mut all);
+            }
+            while let Ok(id) = self.broken.try_recv() {
+                dirty.insert(Dirty::Sandbox(id));
             }
             if all && rev.iter().any(Option::is_some) {
                 // Start-up: check the kernel too.
@@ -508,6 +522,21 @@ impl Reconciler {
             // Deleted in the background: never a reason for a create to wait.
             self.cleaner.remove_links(self.node.clone(), unknown).await;
             self.rehold().await;
+            // CNI endpoints: CHECK, beside the next rounds.
+            let jobs: Vec<cni::Job> = self
+                .sbs
+                .iter()
+                .flat_map(|(id, r)| {
+                    r.eps
+                        .values()
+                        .filter(|(_, _, n)| n.driver == DriverKind::Cni)
+                        .map(|(_, _, n)| cni::Job {
+                            sandbox: id.clone(),
+                            network: n.id.clone(),
+                        })
+                })
+                .collect();
+            self.checker.sweep(self.node.clone(), jobs);
         }
         self.node.metrics.reconciled(started.elapsed());
         debug!(

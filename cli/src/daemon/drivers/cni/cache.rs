@@ -25,6 +25,10 @@ pub struct Cached {
     pub config: String,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The addresses asked for with the `ips` capability (a repair keeping its address):
+    /// DEL and CHECK get the same runtime values as the ADD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
     /// The chain's final ADD result; None while the ADD runs (or if it never finished).
     #[serde(default)]
     pub result: Option<Value>,
@@ -99,6 +103,7 @@ mod tests {
             netns: "/run/x".into(),
             config: "{}".into(),
             ports: vec![],
+            ips: vec![],
             result: Some(serde_json::json!({"ips": []})),
         };
         store(&p, &c).await.unwrap();
