@@ -505,6 +505,30 @@ impl std::str::FromStr for LinkSpec {
     }
 }
 
+/// A link by its name, as `sdctl rm --link` takes it (Docker's): `/LINKING/ALIAS` or
+/// `LINKING/ALIAS`, the linking sandbox (name or ID) and the link's alias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkName {
+    pub linker: String,
+    pub alias: String,
+}
+
+impl std::str::FromStr for LinkName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid link name {s:?}: expected /LINKING/ALIAS");
+        let rest = s.strip_prefix('/').unwrap_or(s);
+        let (linker, alias) = rest.split_once('/').ok_or_else(bad)?;
+        if linker.is_empty() || alias.is_empty() || alias.contains('/') {
+            return Err(bad());
+        }
+        Ok(LinkName {
+            linker: linker.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+}
+
 /// `--expose PORT[/PROTO]`, or a range `START-END[/PROTO]` (at most [`MAX_EXPOSE_RANGE`] ports).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExposedPort {

@@ -59,3 +59,18 @@ fn link_and_expose_specs() {
         assert!(bad.parse::<ExposedPort>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn link_names() {
+    for ok in ["/web/db", "web/db", "/web/DB-1"] {
+        let l: LinkName = ok.parse().unwrap();
+        assert_eq!(l.linker, "web", "{ok}");
+        assert!(
+            l.alias.eq_ignore_ascii_case("db") || l.alias == "DB-1",
+            "{ok}"
+        );
+    }
+    for bad in ["", "/", "web", "/web", "/web/", "//db", "/a/b/c", "web:db"] {
+        assert!(bad.parse::<LinkName>().is_err(), "{bad}");
+    }
+}
