@@ -237,7 +237,8 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     .expect("gone exits");
     let run = d.dir.path().join("run");
     let logs = d.dir.path().join("state").join("logs");
-    let before = (d.ok(&["ps", "-a"]), files(&run), files(&logs));
+    // (IDs, not the table: its CREATED and STATUS columns move with the clock.)
+    let before = (d.ok(&["ps", "-a", "-q"]), files(&run), files(&logs));
 
     // Unknown target: a clear error naming it.
     let e = d.fails(&[
@@ -278,7 +279,7 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     assert!(e.contains("link alias"), "{e}");
 
     // Nothing was made: no sandbox, namespace, files or log.
-    let after = (d.ok(&["ps", "-a"]), files(&run), files(&logs));
+    let after = (d.ok(&["ps", "-a", "-q"]), files(&run), files(&logs));
     assert_eq!(before, after);
     for n in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6"] {
         assert!(d.fails(&["inspect", n]).contains("not found"), "{n}");
