@@ -95,7 +95,7 @@ fn names(d: &Daemon) -> Vec<String> {
 
 #[test]
 fn bridge_host_local_portmap_names_traffic_ports_and_nothing_left() {
-    let d = Daemon::start_with("cnib", &["--resync-interval", "1s"]);
+    let mut d = Daemon::start_with("cnib", &["--resync-interval", "1s"]);
     let lease_dir = d.dir.path().join("leases");
     let conf = write(
         &d,
@@ -183,6 +183,17 @@ fn bridge_host_local_portmap_names_traffic_ports_and_nothing_left() {
         assert_eq!(a["result"], "failed", "{a}");
         assert!(a["message"].as_str().unwrap().contains("portmap"), "{a}");
     }
+    assert_eq!(d.log().matches("CNI ADD").count(), 2, "{}", d.log());
+    // Nor by a restarted daemon: such a failure is kept with the endpoint's cached record.
+    d.kill9_and_restart();
+    let checked = wait_for(Duration::from_secs(30), || {
+        last_check(&d, "cn1", "alpha")["result"]
+            .is_string()
+            .then_some(())
+    });
+    assert!(checked.is_some(), "{}", d.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(last_check(&d, "cn1", "alpha")["repairs"], 0);
     assert_eq!(d.log().matches("CNI ADD").count(), 2, "{}", d.log());
 
     // rm: DEL ran (lease, veth, portmap's chain and the cache record gone).

@@ -29,6 +29,10 @@ pub struct Cached {
     /// DEL and CHECK get the same runtime values as the ADD.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
+    /// A CHECK failure that came right after this ADD (a repair, which makes the same ADD,
+    /// would not cure it): while CHECK fails just so, the endpoint is not repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_fails: Option<String>,
     /// The chain's final ADD result; None while the ADD runs (or if it never finished).
     #[serde(default)]
     pub result: Option<Value>,
@@ -58,6 +62,16 @@ pub async fn store(p: &Path, c: &Cached) -> std::io::Result<()> {
     let tmp = p.with_extension("tmp");
     tokio::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default()).await?;
     tokio::fs::rename(&tmp, p).await
+}
+
+/// [`store`] from a thread that may block (a small file, written rarely).
+pub fn store_blocking(p: &Path, c: &Cached) -> std::io::Result<()> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default())?;
+    std::fs::rename(&tmp, p)
 }
 
 pub async fn remove(p: &Path) -> std::io::Result<()> {
@@ -104,6 +118,7 @@ mod tests {
             config: "{}".into(),
             ports: vec![],
             ips: vec![],
+            check_fails: None,
             result: Some(serde_json::json!({"ips": []})),
         };
         store(&p, &c).await.unwrap();

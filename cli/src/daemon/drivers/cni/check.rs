@@ -11,10 +11,25 @@ use sdnet_netstack::netns::is_netns;
 use tracing::{debug, warn};
 
 use super::CniDriver;
-use super::cache;
+use super::cache::{self, Cached};
 use super::exec::{self, Command, ExecError, Invocation};
 use super::health::{Outcome, Verdict};
 use super::spec::{AddResult, ConfList, RuntimeConfig};
+
+/// What one CHECK found, and the record it checked (None: unreadable).
+struct Checked {
+    outcome: Outcome,
+    addresses: Vec<String>,
+    record: Option<Cached>,
+}
+
+fn checked(outcome: Outcome, addresses: Vec<String>, c: Cached) -> Checked {
+    Checked {
+        outcome,
+        addresses,
+        record: Some(c),
+    }
+}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -30,13 +45,23 @@ impl CniDriver {
     /// is not mounted (the reconciler puts the mount back first).
     pub async fn check_endpoint(&self, net: &str, sandbox: &str) -> bool {
         let generation = self.health.generation(net, sandbox);
-        let Some((outcome, addresses)) = self.run_check(net, sandbox).await else {
+        let Some(Checked {
+            outcome,
+            addresses,
+            record,
+        }) = self.run_check(net, sandbox).await
+        else {
             return false;
         };
         if let Outcome::NotRun(m) = &outcome {
             warn!(network = %net, sandbox = %sandbox, "CNI CHECK could not run: {m}");
         }
+        // A failure found unrepairable before this daemon started.
+        if let Some(m) = record.as_ref().and_then(|c| c.check_fails.as_ref()) {
+            self.health.recall(net, sandbox, m);
+        }
         let message = outcome.message().unwrap_or_default().to_string();
+        let passed = outcome == Outcome::Passed;
         match self
             .health
             .report(net, sandbox, generation, now(), outcome, addresses)
@@ -45,9 +70,17 @@ impl CniDriver {
                 debug!(network = %net, sandbox = %sandbox, "CNI CHECK outcome dropped: the endpoint changed meanwhile");
                 false
             }
-            Verdict::Recorded => false,
+            Verdict::Recorded => {
+                if passed && let Some(c) = record.filter(|c| c.check_fails.is_some()) {
+                    self.remember(c, generation, None);
+                }
+                false
+            }
             Verdict::Unrepairable => {
                 warn!(network = %net, sandbox = %sandbox, "CNI CHECK failed right after the endpoint's ADD: not repaired (a repair would make the same ADD): {message}");
+                if let Some(c) = record {
+                    self.remember(c, generation, Some(message));
+                }
                 false
             }
             Verdict::Broken => {
@@ -57,15 +90,34 @@ impl CniDriver {
         }
     }
 
-    /// Runs CHECK through the list; the outcome and the addresses the endpoint had (to ask
-    /// for again if it must be repaired).
-    async fn run_check(&self, net: &str, sandbox: &str) -> Option<(Outcome, Vec<String>)> {
+    /// Keeps a failure a repair would not cure in the endpoint's record (or clears it), so
+    /// that a restarted daemon does not repair for it either. Written only while no ADD or
+    /// DEL of the endpoint has begun since the CHECK did (they bump the generation before
+    /// they touch the record, under the same lock): the record written is the one checked.
+    fn remember(&self, mut c: Cached, generation: u64, fails: Option<String>) {
+        let p = self.cache_path(&c.network, &c.sandbox);
+        c.check_fails = fails;
+        let (net, sb) = (c.network.clone(), c.sandbox.clone());
+        let r = self
+            .health
+            .if_current(&net, &sb, generation, || cache::store_blocking(&p, &c));
+        if let Some(Err(e)) = r {
+            warn!(network = %net, sandbox = %sb, "recording a CHECK failure in the CNI cache record: {e}");
+        }
+    }
+
+    /// Runs CHECK through the list: what it found, with the record it checked.
+    async fn run_check(&self, net: &str, sandbox: &str) -> Option<Checked> {
         let c = match cache::load(&self.cache_path(net, sandbox)).await {
             Ok(Some(c)) => c,
             Ok(None) => return None,
             Err(e) => {
                 let m = format!("the cached ADD record is unreadable: {e}");
-                return Some((Outcome::NotRun(m), Vec::new()));
+                return Some(Checked {
+                    outcome: Outcome::NotRun(m),
+                    addresses: Vec::new(),
+                    record: None,
+                });
             }
         };
         // An ADD that has not finished (the spec: no CHECK before ADD completed).
@@ -80,10 +132,10 @@ impl CniDriver {
             .unwrap_or_default();
         let list = match ConfList::parse(&c.config) {
             Ok(l) => l,
-            Err(e) => return Some((Outcome::NotRun(e.to_string()), addresses)),
+            Err(e) => return Some(checked(Outcome::NotRun(e.to_string()), addresses, c)),
         };
         if let Some(why) = list.check_skipped() {
-            return Some((Outcome::Skipped(why), addresses));
+            return Some(checked(Outcome::Skipped(why), addresses, c));
         }
         // The path the ADD had: plugins compare it with the result's `sandbox`.
         if !is_netns(Path::new(&c.netns)) {
@@ -105,11 +157,11 @@ impl CniDriver {
             match exec::run(list.plugin_type(i), &inv, stdin).await {
                 Ok(_) => {}
                 Err(e @ ExecError::Plugin { .. }) => {
-                    return Some((Outcome::Failed(e.to_string()), addresses));
+                    return Some(checked(Outcome::Failed(e.to_string()), addresses, c));
                 }
-                Err(e) => return Some((Outcome::NotRun(e.to_string()), addresses)),
+                Err(e) => return Some(checked(Outcome::NotRun(e.to_string()), addresses, c)),
             }
         }
-        Some((Outcome::Passed, addresses))
+        Some(checked(Outcome::Passed, addresses, c))
     }
 }

@@ -165,6 +165,29 @@ impl Health {
         verdict
     }
 
+    /// A failure found unrepairable before (kept in the endpoint's record across restarts).
+    pub fn recall(&self, net: &str, sandbox: &str, fails: &str) {
+        let mut m = self.lock();
+        let h = m.entry(key(net, sandbox)).or_default();
+        if h.unrepairable.is_none() {
+            h.unrepairable = Some(fails.to_string());
+        }
+    }
+
+    /// Runs `f` while the endpoint is still at `generation`, under the lock every ADD and
+    /// DEL takes first to bump it; None (without running it) once one has.
+    pub fn if_current<T>(
+        &self,
+        net: &str,
+        sandbox: &str,
+        generation: u64,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let m = self.lock();
+        let now = m.get(&key(net, sandbox)).map_or(0, |h| h.generation);
+        (now == generation).then(f)
+    }
+
     /// Why the endpoint is broken, if it was found so and is not repaired yet.
     pub fn broken(&self, net: &str, sandbox: &str) -> Option<String> {
         self.lock()
@@ -282,10 +305,29 @@ mod tests {
             h.report("n", "s", g, 6, failed("v6"), vec![]),
             Verdict::Broken
         );
-        // Never added by this daemon (a restart): a first failure is repaired.
+        // Never added by this daemon (a restart): a first failure is repaired, unless the
+        // record says it came right after the ADD.
         assert_eq!(
             h.report("n", "t", 0, 7, failed("v6"), vec![]),
             Verdict::Broken
         );
+        h.recall("n", "u", "v6");
+        assert_eq!(
+            h.report("n", "u", 0, 8, failed("v6"), vec![]),
+            Verdict::Recorded
+        );
+        assert_eq!(
+            h.report("n", "u", 0, 9, failed("eth0"), vec![]),
+            Verdict::Broken
+        );
+    }
+
+    #[test]
+    fn writes_only_while_no_add_or_del_began() {
+        let h = Health::default();
+        let g = h.generation("n", "s");
+        assert_eq!(h.if_current("n", "s", g, || 1), Some(1));
+        h.changed("n", "s");
+        assert_eq!(h.if_current("n", "s", g, || 1), None);
     }
 }

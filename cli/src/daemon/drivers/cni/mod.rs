@@ -336,6 +336,7 @@ impl NetworkDriver for CniDriver {
             config: list.to_json(),
             ports: port_mappings(sb.ports),
             ips: keep.clone(),
+            check_fails: None,
             result: None,
         };
         let mut r = self.add_recorded(&p, &mut c, &list).await;
