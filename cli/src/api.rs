@@ -168,6 +168,28 @@ pub struct EndpointInfo {
     pub aliases: Vec<String>,
     /// The names this endpoint answers on its network.
     pub dns_names: Vec<String>,
+    /// The last CNI CHECK of the endpoint (`-d cni`), once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_check: Option<CniCheck>,
+}
+
+/// What the last CNI CHECK of an endpoint found (run on the daemon's full passes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CniCheck {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `passed`, `failed` (the endpoint is repaired: DEL, then ADD), `skipped` (the
+    /// configuration's version or `disableCheck`) or `not run` (a plugin could not run).
+    pub result: String,
+    /// The plugin's message, or why CHECK was skipped or not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// While the endpoint is broken (its repair pending or failed, tried again on the next
+    /// pass): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    /// Repairs that succeeded since the daemon started.
+    pub repairs: u32,
 }
 
 /// A published port: `[hip:]hp:cp[/proto]`, or Docker's long form
@@ -483,6 +505,30 @@ impl std::str::FromStr for LinkSpec {
     }
 }
 
+/// A link by its name, as `sdctl rm --link` takes it (Docker's): `/LINKING/ALIAS` or
+/// `LINKING/ALIAS`, the linking sandbox (name or ID) and the link's alias.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkName {
+    pub linker: String,
+    pub alias: String,
+}
+
+impl std::str::FromStr for LinkName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid link name {s:?}: expected /LINKING/ALIAS");
+        let rest = s.strip_prefix('/').unwrap_or(s);
+        let (linker, alias) = rest.split_once('/').ok_or_else(bad)?;
+        if linker.is_empty() || alias.is_empty() || alias.contains('/') {
+            return Err(bad());
+        }
+        Ok(LinkName {
+            linker: linker.to_string(),
+            alias: alias.to_string(),
+        })
+    }
+}
+
 /// `--expose PORT[/PROTO]`, or a range `START-END[/PROTO]` (at most [`MAX_EXPOSE_RANGE`] ports).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExposedPort {
@@ -700,69 +746,6 @@ pub struct Removed {
     pub removed: Vec<String>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_317_749), "2026-12-03T17:09:09Z");
-        let t = parse_rfc3339("2026-12-03T17:09:09Z").unwrap();
-        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        assert_eq!(secs, 1_796_317_749);
-        assert!(parse_rfc3339("2026-12-03T17:09:09.5Z").is_some());
-        assert!(parse_rfc3339("1796404149").is_none());
-        assert!(
-            rfc3339(1_000) < rfc3339(999_999_999),
-            "fixed width sorts by time"
-        );
-    }
-
-    #[test]
-    fn port_specs() {
-        let p: PortSpec = "8080:80".parse().unwrap();
-        assert_eq!(
-            (p.host_ip, p.host_port, p.container_port, p.protocol),
-            (None, 8080, 80, Protocol::Tcp)
-        );
-        let p: PortSpec = "127.0.0.1:53:5353/udp".parse().unwrap();
-        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(p.protocol, Protocol::Udp);
-        let p: PortSpec = "[::1]:8080:80".parse().unwrap();
-        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
-        for bad in [
-            "80",
-            "0:80",
-            "70000:80",
-            "a:b",
-            "1.2.3:80:80",
-            "8080:80/sctp",
-            "1:2:3:4",
-        ] {
-            assert!(bad.parse::<PortSpec>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn link_and_expose_specs() {
-        let l: LinkSpec = "web:db".parse().unwrap();
-        assert_eq!((l.target.as_str(), l.alias.as_deref()), ("web", Some("db")));
-        let l: LinkSpec = "/web".parse().unwrap();
-        assert_eq!((l.target.as_str(), l.alias), ("web", None));
-        for bad in ["", ":db", "web:", "a:b:c"] {
-            assert!(bad.parse::<LinkSpec>().is_err(), "{bad}");
-        }
-        let e: ExposedPort = "53/udp".parse().unwrap();
-        assert_eq!((e.port, e.end, e.protocol), (53, None, Protocol::Udp));
-        let e: ExposedPort = "8000-8002".parse().unwrap();
-        assert_eq!(e.ports().collect::<Vec<_>>(), [8000, 8001, 8002]);
-        for bad in ["0", "80/sctp", "9-8", "1-2000", "x", "70000"] {
-            assert!(bad.parse::<ExposedPort>().is_err(), "{bad}");
-        }
-    }
-}
-
 // ---------------------------------------------------------------- services
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -944,3 +927,6 @@ pub struct ServiceNetworkView {
     pub vip: Option<Ipv4Addr>,
     pub aliases: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! Legacy links (`sdctl run --link NAME[:ALIAS]`): on the default bridge, hosts-file lines
 //! and Docker's variables in the linked process's environment; on a user-defined network, an
 //! alias only the linking sandbox's resolver answers; removal and re-creation of the target;
-//! bad links refused with nothing left behind.
+//! `rm --link` taking one link away; bad links refused with nothing left behind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -237,7 +237,8 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     .expect("gone exits");
     let run = d.dir.path().join("run");
     let logs = d.dir.path().join("state").join("logs");
-    let before = (d.ok(&["ps", "-a"]), files(&run), files(&logs));
+    // (IDs, not the table: its CREATED and STATUS columns move with the clock.)
+    let before = (d.ok(&["ps", "-a", "-q"]), files(&run), files(&logs));
 
     // Unknown target: a clear error naming it.
     let e = d.fails(&[
@@ -278,9 +279,111 @@ fn bad_links_are_refused_and_leave_nothing_behind() {
     assert!(e.contains("link alias"), "{e}");
 
     // Nothing was made: no sandbox, namespace, files or log.
-    let after = (d.ok(&["ps", "-a"]), files(&run), files(&logs));
+    let after = (d.ok(&["ps", "-a", "-q"]), files(&run), files(&logs));
     assert_eq!(before, after);
     for n in ["bad1", "bad2", "bad3", "bad4", "bad5", "bad6"] {
         assert!(d.fails(&["inspect", n]).contains("not found"), "{n}");
     }
+}
+
+#[test]
+fn rm_link_removes_the_link_and_no_sandbox() {
+    let d = Daemon::start("lnkrm");
+    // The default bridge: hosts lines (and variables, which a running process keeps).
+    d.ok(&[
+        "run", "-d", "--name", "db1", "--expose", "5432", "--", "sleep", "300",
+    ]);
+    d.ok(&["run", "-d", "--name", "cache1", "--", "sleep", "300"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--link",
+        "db1:db",
+        "--link",
+        "cache1:cache",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    let (db_ip, cache_ip) = (d.ip("db1", "bridge"), d.ip("cache1", "bridge"));
+    let h = hosts(&d, "web");
+    assert!(h.contains(&format!("{db_ip}\tdb ")), "{h}");
+    assert!(h.contains(&format!("{cache_ip}\tcache ")), "{h}");
+    let pid = d.inspect("web")["pid"].clone();
+    assert!(process_env(&d, "web").contains_key("DB_NAME"));
+
+    // Docker's form, `/LINKING/ALIAS`: printed back as given.
+    assert_eq!(d.ok(&["rm", "--link", "/web/db"]).trim(), "/web/db");
+    let h = hosts(&d, "web");
+    assert!(!h.contains("\tdb "), "the link's line went: {h}");
+    assert!(!h.contains(&format!("{db_ip}\t")), "{h}");
+    assert!(
+        h.contains(&format!("{cache_ip}\tcache ")),
+        "the other link stays: {h}"
+    );
+    assert!(
+        !d.exec("web", &["getent", "hosts", "db"]).status.success(),
+        "db no longer resolves in web"
+    );
+    // No sandbox removed; the process runs on with its variables (as in Docker).
+    for n in ["db1", "cache1", "web"] {
+        assert_eq!(d.inspect(n)["status"], "running", "{n}");
+    }
+    assert_eq!(d.inspect("web")["pid"], pid);
+    assert!(process_env(&d, "web").contains_key("DB_NAME"));
+    assert_eq!(
+        d.inspect("web")["links"],
+        serde_json::json!(["/cache1:/web/cache"])
+    );
+
+    // Clear errors: the link is gone, no such sandbox, not a link name.
+    let e = d.fails(&["rm", "-l", "web/db"]);
+    assert!(e.contains("sandbox web has no link db"), "{e}");
+    let e = d.fails(&["rm", "--link", "/nosuch/db"]);
+    assert!(e.contains("sandbox nosuch not found"), "{e}");
+    let e = d.fails(&["rm", "--link", "web"]);
+    assert!(
+        e.contains("invalid link name") && e.contains("/LINKING/ALIAS"),
+        "{e}"
+    );
+    // Several at once: each reported; one failure fails the command.
+    let out = d.sdctl(&["rm", "--link", "web/cache", "web/nope"]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web/cache");
+    assert!(!hosts(&d, "web").contains("cache"), "{}", hosts(&d, "web"));
+
+    // A user-defined network: the alias stops answering from the linker's resolver.
+    d.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.216.3.0/24",
+        "lrm",
+    ]);
+    d.ok(&["run", "-d", "--name", "t1", "--network", "lrm"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "q",
+        "--network",
+        "lrm",
+        "--link",
+        "t1:Store",
+    ]);
+    let ip = d.ip("t1", "lrm");
+    assert_eq!(d.dig("q", &["store"]).data("A"), [ip.as_str()]);
+    // Aliases match regardless of case.
+    d.ok(&["rm", "--link", "/q/STORE"]);
+    assert_eq!(d.dig("q", &["store"]).status, "NXDOMAIN");
+    assert_eq!(d.dig("q", &["store.lrm"]).status, "NXDOMAIN");
+    assert_eq!(d.dig("q", &["t1"]).data("A"), [ip.as_str()]);
+    assert_eq!(d.inspect("q")["links"], serde_json::json!([]));
+    // The target made again does not bring the link back.
+    d.ok(&["rm", "-f", "t1"]);
+    d.ok(&["run", "-d", "--name", "t1", "--network", "lrm"]);
+    assert_eq!(d.dig("q", &["store"]).status, "NXDOMAIN");
 }

@@ -198,11 +198,15 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Remove sandboxes.
+    /// Remove sandboxes (with --link: remove links, no sandbox).
     Rm {
         /// Kill a running process first.
         #[arg(short, long)]
         force: bool,
+        /// Remove the specified links (arguments `/LINKING/ALIAS`) instead of sandboxes.
+        #[arg(short, long)]
+        link: bool,
+        /// Sandboxes (names or IDs); with --link, links as `/LINKING/ALIAS`.
         #[arg(required = true)]
         names: Vec<String>,
     },

@@ -64,6 +64,34 @@ fn block<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
+/// `rm --link /LINKING/ALIAS…`: each link taken from its linking sandbox (Docker prints
+/// each argument as it was given).
+async fn remove_links(client: &ClientOpts, names: &[String]) -> Result<i32> {
+    let c = Client::new(&client.socket);
+    let mut failed = false;
+    for n in names {
+        let r = match n.parse::<LinkName>() {
+            Ok(l) => c
+                .delete::<Removed>(&format!(
+                    "/sandboxes/{}/links/{}",
+                    seg(&l.linker),
+                    seg(&l.alias)
+                ))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        };
+        match r {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("sdctl: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
+
 async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
     match cmd {
         Command::Network { command } => network(client, command).await,
@@ -101,7 +129,10 @@ async fn run_async(client: &ClientOpts, cmd: Command) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(i32::from(failed))
         }
-        Command::Rm { force, names } => {
+        Command::Rm {
+            link: true, names, ..
+        } => remove_links(client, &names).await,
+        Command::Rm { force, names, .. } => {
             let c = Client::new(&client.socket);
             let mut failed = false;
             for n in &names {

@@ -355,6 +355,7 @@ async fn serve(args: DaemonArgs) -> Result<()> {
             cni: drivers::cni::CniDriver {
                 bin_dir: cfg.cni_bin_dir.clone(),
                 cache_dir: cfg.cni_cache_dir(),
+                health: Default::default(),
             },
             null: NullDriver,
             overlay,

@@ -1,11 +1,14 @@
 //! Legacy links at create time (`run --link`, `--expose`): each target is looked up in the
 //! desired state the transaction is built on and checked the way Docker checks it; the
-//! sandbox's record keeps the target's name and the alias.
+//! sandbox's record keeps the target's name and the alias. `rm --link` takes one out of the
+//! record again.
 
-use super::{ApiError, ApiResult, bad};
+use super::{ApiError, ApiResult, bad, lookup_err, settle, write};
 use crate::api::{ExposedPort, LinkSpec, NetworkAttach};
-use crate::daemon::state::{Desired, Entry, Lookup};
-use crate::daemon::store::schema::{ExposeRec, LinkRec, NetMode, NetworkRec, PublishRec};
+use crate::daemon::Node;
+use crate::daemon::state::{Desired, Dirty, Entry, Lookup};
+use crate::daemon::store::schema::{self, ExposeRec, LinkRec, NetMode, NetworkRec, PublishRec};
+use crate::daemon::store::{Compare, Txn};
 
 /// The links of a sandbox named `linker` on `nets` (its networks), checked against `d`.
 pub fn plan(
@@ -72,6 +75,44 @@ pub fn plan(
         });
     }
     Ok(out)
+}
+
+/// `rm --link LINKER/ALIAS` (Docker's `rm --link`): the link goes from the linking
+/// sandbox's record; no sandbox is removed. The reconciler then writes its hosts file
+/// without the link's lines and takes the alias out of its resolver view; a running process
+/// keeps the variables it was started with (as in Docker). Returns the link as
+/// `/LINKER/ALIAS` once that is applied.
+pub async fn remove(node: &Node, linker: &str, alias: &str) -> ApiResult<String> {
+    let mut id = String::new();
+    let mut shown = String::new();
+    let rev = write(node, |d| {
+        let sid = d
+            .sandbox_id(linker)
+            .map_err(|e| lookup_err("sandbox", linker, e))?;
+        let e = &d.sandboxes[sid];
+        // Aliases are unique per sandbox regardless of case, and answer regardless of it.
+        let Some(i) = e
+            .rec
+            .links
+            .iter()
+            .position(|l| l.alias.eq_ignore_ascii_case(alias))
+        else {
+            return Err(ApiError::NotFound(format!(
+                "sandbox {} has no link {alias}",
+                e.rec.name
+            )));
+        };
+        let mut rec = (*e.rec).clone();
+        let gone = rec.links.remove(i);
+        shown = format!("/{}/{}", rec.name, gone.alias);
+        id = sid.clone();
+        Ok(Txn::new()
+            .when(Compare::ModRev(schema::sandbox(sid), e.rev))
+            .put(schema::sandbox(sid), schema::encode(&rec)))
+    })
+    .await?;
+    settle(node, rev, &Dirty::Sandbox(id)).await?;
+    Ok(shown)
 }
 
 /// Exposed ports: `--expose` and the container ports of `-p`, sorted (tcp before udp on one

@@ -200,7 +200,7 @@ pub async fn create(node: &Node, req: NetworkCreate) -> ApiResult<NetworkInfo> {
         });
     }
     info!(network = %req.name, "network created");
-    views::network(&node.cache.read(), &id)
+    views::network(node, &node.cache.read(), &id)
         .ok_or_else(|| ApiError::Conflict(format!("network {} was removed meanwhile", req.name)))
 }
 
@@ -351,7 +351,7 @@ pub fn list(node: &Node) -> Vec<NetworkInfo> {
     let mut v: Vec<NetworkInfo> = d
         .networks
         .keys()
-        .filter_map(|id| views::network(&d, id))
+        .filter_map(|id| views::network(node, &d, id))
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
@@ -360,7 +360,7 @@ pub fn list(node: &Node) -> Vec<NetworkInfo> {
 pub fn inspect(node: &Node, r: &str) -> ApiResult<NetworkInfo> {
     let d = node.cache.read();
     let id = d.network_id(r).map_err(|e| lookup_err("network", r, e))?;
-    views::network(&d, id).ok_or_else(|| ApiError::NotFound(format!("network {r} not found")))
+    views::network(node, &d, id).ok_or_else(|| ApiError::NotFound(format!("network {r} not found")))
 }
 
 pub async fn remove(node: &Node, r: &str) -> ApiResult<String> {

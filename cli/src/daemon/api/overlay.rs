@@ -117,7 +117,7 @@ async fn create_net(node: &Node, req: NetworkCreate, predefined: bool) -> ApiRes
     .await?;
     settle_in(node, Source::Cluster, rev, &Dirty::Network(id.clone())).await?;
     info!(network = %req.name, "overlay network created");
-    views::network(&node.cache.read(), &id)
+    views::network(node, &node.cache.read(), &id)
         .ok_or_else(|| ApiError::Conflict(format!("network {} was removed meanwhile", req.name)))
 }
 

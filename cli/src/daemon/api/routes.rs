@@ -15,7 +15,9 @@ use serde::Deserialize;
 use crate::api::*;
 use crate::daemon::Node;
 use crate::daemon::api::guard::{self, Body};
-use crate::daemon::api::{ApiError, lifecycle, networks, nodes, sandboxes, services, validate};
+use crate::daemon::api::{
+    ApiError, lifecycle, links, networks, nodes, sandboxes, services, validate,
+};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -49,6 +51,10 @@ pub fn router(d: Arc<Node>) -> Router {
         .route("/v1/networks/{name}/disconnect", post(disconnect))
         .route("/v1/sandboxes", get(list_sandboxes).post(create_sandbox))
         .route("/v1/sandboxes/{name}", get(sandbox).delete(remove_sandbox))
+        .route(
+            "/v1/sandboxes/{name}/links/{alias}",
+            axum::routing::delete(remove_link),
+        )
         .route("/v1/sandboxes/{name}/exec", get(exec_info))
         .route("/v1/sandboxes/{name}/logs", get(logs))
         .route("/v1/sandboxes/{name}/start", post(start_sandbox))
@@ -264,6 +270,12 @@ async fn remove_sandbox(
 ) -> R<Removed> {
     Ok(Json(Removed {
         removed: vec![sandboxes::remove(&d, &name, q.force).await?],
+    }))
+}
+
+async fn remove_link(State(d): D, Path((name, alias)): Path<(String, String)>) -> R<Removed> {
+    Ok(Json(Removed {
+        removed: vec![links::remove(&d, &name, &alias).await?],
     }))
 }
 

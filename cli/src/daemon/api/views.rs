@@ -122,8 +122,29 @@ pub fn fmt_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn endpoint(d: &Desired, sandbox_name: &str, e: &EndpointRec) -> EndpointInfo {
+/// What the last CNI CHECK found for the endpoint (none for other drivers, or before one).
+fn cni_check(node: &Node, d: &Desired, e: &EndpointRec) -> Option<CniCheck> {
+    let cni = d
+        .networks
+        .get(e.network.as_str())
+        .is_some_and(|n| n.rec.driver == DriverKind::Cni);
+    if !cni {
+        return None;
+    }
+    let h = node.drivers.cni.health.get(&e.network, &e.sandbox)?;
+    let (at, outcome) = h.last?;
+    Some(CniCheck {
+        at: rfc3339(at),
+        result: outcome.word().to_string(),
+        message: outcome.message().map(str::to_string),
+        broken: h.broken,
+        repairs: h.repairs,
+    })
+}
+
+fn endpoint(node: &Node, d: &Desired, sandbox_name: &str, e: &EndpointRec) -> EndpointInfo {
     EndpointInfo {
+        cni_check: cni_check(node, d, e),
         sandbox: sandbox_name.to_string(),
         network: d
             .networks
@@ -139,7 +160,7 @@ fn endpoint(d: &Desired, sandbox_name: &str, e: &EndpointRec) -> EndpointInfo {
     }
 }
 
-pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
+pub fn network(node: &Node, d: &Desired, id: &str) -> Option<NetworkInfo> {
     let n = &d.networks.get(id)?.rec;
     Some(NetworkInfo {
         id: n.id.clone(),
@@ -176,7 +197,7 @@ pub fn network(d: &Desired, id: &str) -> Option<NetworkInfo> {
             .filter_map(|sb| {
                 let s = d.sandboxes.get(sb.as_str())?;
                 let e = d.endpoints.get(sb.as_str())?.get(id)?;
-                Some(endpoint(d, &s.rec.name, &e.rec))
+                Some(endpoint(node, d, &s.rec.name, &e.rec))
             })
             .collect(),
     })
@@ -212,7 +233,7 @@ pub fn sandbox(node: &Node, d: &Desired, id: &str) -> Option<SandboxInfo> {
         endpoints: d
             .endpoints_of(id)
             .into_iter()
-            .map(|e| endpoint(d, &rec.name, &e.rec))
+            .map(|e| endpoint(node, d, &rec.name, &e.rec))
             .collect(),
         ports: rec.ports.iter().map(PortSpec::from).collect(),
         dns: rec.dns.iter().copied().map(Upstream).collect(),

@@ -163,6 +163,12 @@ pub trait NetworkDriver: Send + Sync {
     fn endpoint_intact_inside(&self, _ep: &EndpointRec, _sandbox_links: &Links) -> bool {
         true
     }
+    /// The driver found the endpoint broken on its own (a CNI CHECK that failed, run beside
+    /// the reconciler): true = call `attach` again, which repairs it. Asked on every round,
+    /// so it must be cheap.
+    fn needs_repair(&self, _net: &NetworkRec, _ep: &EndpointRec) -> bool {
+        false
+    }
     /// A network across nodes: how many endpoints this node has on it, and every other
     /// node's. Single-node drivers have nothing to do.
     async fn sync_peers(&self, _net: &NetworkRec, _local: usize, _peers: &[Peer]) -> Result<()> {

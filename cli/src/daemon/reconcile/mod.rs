@@ -15,7 +15,8 @@
 //! name answers before the call that created it returns. Each object's last result is kept
 //! for them ([`Progress`]). A full pass — at start, on every `--resync-interval`, after a
 //! relist — also checks the kernel for drift (a deleted veth, bridge or table of ours comes
-//! back) and removes objects of ours nobody wants.
+//! back), removes objects of ours nobody wants, and has CNI endpoints CHECKed beside the
+//! next rounds (`cni::Checker`; the broken ones come back as dirty sandboxes to repair).
 
 pub mod cleaner;
 pub mod cluster;
@@ -27,6 +28,7 @@ pub mod ingress;
 pub mod lb;
 pub mod legacy_links;
 pub mod model;
+mod names;
 pub mod process;
 pub mod sandbox;
 
@@ -36,14 +38,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use sdnet_resolver::Change;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::daemon::Node;
 use crate::daemon::state::{Changes, Desired, Dirty, Revs, Source};
 use crate::daemon::store::Rev;
-use crate::daemon::store::schema::{NetworkRec, PublishRec, Scope, ServiceRec};
+use crate::daemon::store::schema::{DriverKind, NetworkRec, PublishRec, Scope, ServiceRec};
 use sandbox::{Kept, RealSb};
 
 /// How many sandboxes are realized at once.
@@ -175,11 +176,15 @@ pub struct Reconciler {
     mesh: Option<(String, String)>,
     vips: Option<lb::VipMap>,
     cleaner: cleaner::Cleaner,
+    /// CNI CHECK on full passes, and the sandboxes it found broken endpoints in.
+    checker: cni::Checker,
+    broken: mpsc::UnboundedReceiver<String>,
     kept: Arc<Mutex<Kept>>,
 }
 
 impl Reconciler {
     pub fn new(node: Arc<Node>, kept: Kept) -> Reconciler {
+        let (checker, broken) = cni::Checker::new();
         Reconciler {
             node,
             nets: HashMap::new(),
@@ -194,6 +199,8 @@ impl Reconciler {
             mesh: None,
             vips: None,
             cleaner: cleaner::Cleaner::start(),
+            checker,
+            broken,
             kept: Arc::new(Mutex::new(kept)),
         }
     }
@@ -214,10 +221,17 @@ impl Reconciler {
                     None => return,
                 },
                 _ = tick.tick() => { all = true; full = true; }
+                Some(id) = self.broken.recv() => {
+                    // A CNI endpoint CHECK found broken: the round repairs it.
+                    dirty.insert(Dirty::Sandbox(id));
+                }
             }
             // Everything already queued joins this round.
             while let Ok(c) = rx.try_recv() {
                 take(c, &mut rev, &mut dirty, &mut all);
+            }
+            while let Ok(id) = self.broken.try_recv() {
+                dirty.insert(Dirty::Sandbox(id));
             }
             if all && rev.iter().any(Option::is_some) {
                 // Start-up: check the kernel too.
@@ -508,6 +522,21 @@ impl Reconciler {
             // Deleted in the background: never a reason for a create to wait.
             self.cleaner.remove_links(self.node.clone(), unknown).await;
             self.rehold().await;
+            // CNI endpoints: CHECK, beside the next rounds.
+            let jobs: Vec<cni::Job> = self
+                .sbs
+                .iter()
+                .flat_map(|(id, r)| {
+                    r.eps
+                        .values()
+                        .filter(|(_, _, n)| n.driver == DriverKind::Cni)
+                        .map(|(_, _, n)| cni::Job {
+                            sandbox: id.clone(),
+                            network: n.id.clone(),
+                        })
+                })
+                .collect();
+            self.checker.sweep(self.node.clone(), jobs);
         }
         self.node.metrics.reconciled(started.elapsed());
         debug!(
@@ -555,126 +584,6 @@ impl Reconciler {
             Ok(Ok(n)) => info!(descriptors = n, "handed the keeper what it had lost"),
             Ok(Err(e)) => warn!("keeper: {e:#}"),
             Err(e) => warn!("keeper thread: {e}"),
-        }
-    }
-
-    /// One batch of name-table changes for the objects of this round.
-    fn names(
-        &mut self,
-        d: &Desired,
-        nets: &BTreeSet<String>,
-        sbs: &BTreeSet<String>,
-        svcs: &BTreeSet<String>,
-        remotes: &BTreeSet<String>,
-        me: &str,
-    ) {
-        let mut adds = Vec::new();
-        let mut removes = Vec::new();
-        let mut zone_changed = false;
-        for id in nets {
-            match d.networks.get(id.as_str()) {
-                Some(n) => {
-                    let extra = crate::daemon::hostdns::NetExtra {
-                        served: n.rec.host_dns_on(),
-                        subnets: n.rec.subnets.iter().map(|s| s.subnet).collect(),
-                    };
-                    zone_changed |= self.host_feed.set_extra(id, extra);
-                    let m = model::network(&n.rec);
-                    if self.net_models.get(id) != Some(&m) {
-                        self.net_models.insert(id.clone(), m.clone());
-                        adds.push((None, Change::UpsertNetwork(m)));
-                    }
-                }
-                None => {
-                    if self.net_models.remove(id).is_some() {
-                        removes.push((None, Change::RemoveNetwork(id.clone())));
-                    }
-                }
-            }
-        }
-        for id in svcs {
-            match d.services.get(id.as_str()) {
-                Some(s) => {
-                    let m = model::service(&s.rec);
-                    if self.svc_models.get(id) != Some(&m) {
-                        self.svc_models.insert(id.clone(), m.clone());
-                        adds.push((None, Change::UpsertService(m)));
-                    }
-                }
-                None => {
-                    if self.svc_models.remove(id).is_some() {
-                        removes.push((None, Change::RemoveService(id.clone())));
-                    }
-                }
-            }
-        }
-        let mut sb_changes = Vec::new();
-        for id in sbs {
-            let want = model::sandbox(d, id);
-            let have = self.sbs.get_mut(id);
-            match (want, have) {
-                (Some(m), Some(r)) if r.model.as_ref() == Some(&m) => {}
-                (Some(m), Some(r)) => {
-                    r.model = Some(m.clone());
-                    sb_changes.push((Some(id.clone()), Change::UpsertSandbox(m)));
-                }
-                (Some(m), None) => sb_changes.push((Some(id.clone()), Change::UpsertSandbox(m))),
-                (None, Some(r)) => {
-                    r.model = None;
-                    sb_changes.push((Some(id.clone()), Change::RemoveSandbox(id.clone())));
-                }
-                (None, None) => {}
-            }
-        }
-        for id in remotes {
-            if self.sbs.contains_key(id) {
-                continue; // one of ours (its published copy)
-            }
-            match cluster::remote_model(d, me, id) {
-                Some(m) if self.remote_models.get(id) == Some(&m) => {}
-                Some(m) => {
-                    self.remote_models.insert(id.clone(), m.clone());
-                    sb_changes.push((None, Change::UpsertSandbox(m)));
-                }
-                None => {
-                    if self.remote_models.remove(id).is_some() {
-                        sb_changes.push((None, Change::RemoveSandbox(id.clone())));
-                    }
-                }
-            }
-        }
-        // Networks and services first, sandboxes, then removals of services and networks.
-        let all: Vec<(Option<String>, Change)> =
-            adds.into_iter().chain(sb_changes).chain(removes).collect();
-        // The host zone: the same changes, rebuilt before this round's revision is published.
-        if let Some(hd) = &self.node.hostdns {
-            for (_, c) in &all {
-                self.host_feed.apply(c);
-            }
-            if zone_changed || !all.is_empty() {
-                let t = std::time::Instant::now();
-                hd.publish(&mut self.host_feed);
-                self.node
-                    .metrics
-                    .hostdns_rebuild_seconds
-                    .observe(t.elapsed().as_secs_f64());
-            }
-        }
-        if all.is_empty() {
-            return;
-        }
-        let batch: Vec<Change> = all.iter().map(|(_, c)| c.clone()).collect();
-        if let Err(e) = self.node.resolver.tables.apply(batch) {
-            // One bad object must not hold back the rest: apply one by one.
-            debug!("name batch refused ({e}): applying one by one");
-            for (who, c) in all {
-                if let Err(e) = self.node.resolver.tables.apply([c]) {
-                    warn!(object = ?who, "names: {e}");
-                    if let Some(r) = who.as_ref().and_then(|id| self.sbs.get_mut(id)) {
-                        r.model = None;
-                    }
-                }
-            }
         }
     }
 

@@ -322,7 +322,8 @@ async fn realize_inner(
             .eps
             .get(&ep.network)
             .is_some_and(|(e, dr, _)| e == ep && *dr == default_route);
-        let intact = links.is_none_or(|l| driver.endpoint_intact(net, ep, l))
+        let intact = !driver.needs_repair(net, ep)
+            && links.is_none_or(|l| driver.endpoint_intact(net, ep, l))
             && (!driver.inside_sandbox()
                 || inside
                     .as_ref()

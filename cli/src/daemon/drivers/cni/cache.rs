@@ -25,6 +25,14 @@ pub struct Cached {
     pub config: String,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The addresses asked for with the `ips` capability (a repair keeping its address):
+    /// DEL and CHECK get the same runtime values as the ADD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// A CHECK failure that came right after this ADD (a repair, which makes the same ADD,
+    /// would not cure it): while CHECK fails just so, the endpoint is not repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_fails: Option<String>,
     /// The chain's final ADD result; None while the ADD runs (or if it never finished).
     #[serde(default)]
     pub result: Option<Value>,
@@ -54,6 +62,16 @@ pub async fn store(p: &Path, c: &Cached) -> std::io::Result<()> {
     let tmp = p.with_extension("tmp");
     tokio::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default()).await?;
     tokio::fs::rename(&tmp, p).await
+}
+
+/// [`store`] from a thread that may block (a small file, written rarely).
+pub fn store_blocking(p: &Path, c: &Cached) -> std::io::Result<()> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(c).unwrap_or_default())?;
+    std::fs::rename(&tmp, p)
 }
 
 pub async fn remove(p: &Path) -> std::io::Result<()> {
@@ -99,6 +117,8 @@ mod tests {
             netns: "/run/x".into(),
             config: "{}".into(),
             ports: vec![],
+            ips: vec![],
+            check_fails: None,
             result: Some(serde_json::json!({"ips": []})),
         };
         store(&p, &c).await.unwrap();

@@ -1,6 +1,6 @@
 //! Running one CNI plugin (spec 1.0.0, "execution protocol"): the plugin binary from the
 //! plugin directory, the operation and the container in `CNI_*` environment variables, its
-//! configuration on stdin; a result (ADD) or nothing (DEL) on stdout and exit status
+//! configuration on stdin; a result (ADD) or nothing (DEL, CHECK) on stdout and exit status
 //! 0, or an error object on stdout and a non-zero status. Every run has a time limit and its
 //! stderr is kept for the error.
 
@@ -20,6 +20,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Command {
     Add,
     Del,
+    Check,
 }
 
 impl Command {
@@ -27,6 +28,7 @@ impl Command {
         match self {
             Command::Add => "ADD",
             Command::Del => "DEL",
+            Command::Check => "CHECK",
         }
     }
 }
@@ -95,7 +97,7 @@ fn stderr_note(s: &str) -> String {
     }
 }
 
-/// Runs `plugin` once. ADD returns its result; DEL returns None. Also returns how
+/// Runs `plugin` once. ADD returns its result; DEL and CHECK return None. Also returns how
 /// long the plugin ran.
 pub async fn run(
     plugin: &str,

@@ -13,11 +13,19 @@
 //!
 //! A failed ADD is undone before the error is returned: DEL runs for the whole list (the
 //! spec's way to release what the plugins that succeeded took).
+//!
+//! CHECK (`check.rs`) runs on the reconciler's full passes; an endpoint it finds broken
+//! (`health.rs`) is repaired by its next `attach`: DEL, then ADD, asking for the addresses
+//! it had when a plugin takes the `ips` capability (host-local, static), else taking what
+//! the plugins give.
 
 pub mod cache;
+pub mod check;
 pub mod exec;
+pub mod health;
 pub mod spec;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +38,7 @@ use tracing::{info, warn};
 
 use self::cache::Cached;
 use self::exec::{Command, ExecError, Invocation};
+use self::health::Health;
 use self::spec::{AddResult, Assigned, ConfList, PortMapping, RuntimeConfig};
 use super::{Links, NetworkDriver, SandboxNs};
 use crate::daemon::store::schema::{CNI_CONFIG_OPTION, EndpointRec, NetworkRec, PublishRec};
@@ -39,6 +48,8 @@ pub struct CniDriver {
     pub bin_dir: PathBuf,
     /// The result cache (`<state-dir>/cni`).
     pub cache_dir: PathBuf,
+    /// What CHECK found per endpoint.
+    pub health: Health,
 }
 
 fn conf_of(net: &NetworkRec) -> Result<ConfList> {
@@ -65,6 +76,41 @@ pub fn port_mappings(ports: &[PublishRec]) -> Vec<PortMapping> {
 /// A path a plugin can open for a namespace we hold, whether or not it is mounted anywhere.
 fn fd_path(ns: &Netns) -> String {
     format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd())
+}
+
+/// Unsolicited ARP for each IPv4 address of `ifname` in the sandbox (failures are only
+/// logged: the neighbours' caches time out anyway).
+async fn announce(ns: &Netns, ifname: &str, addresses: &[ipnet::IpNet]) {
+    let v4: Vec<Ipv4Addr> = addresses
+        .iter()
+        .filter_map(|a| match a.addr() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if v4.is_empty() {
+        return;
+    }
+    let ns = match ns.try_clone() {
+        Ok(ns) => ns,
+        Err(e) => {
+            warn!("announcing a repaired endpoint: {e}");
+            return;
+        }
+    };
+    let ifname = ifname.to_string();
+    let sent = tokio::task::spawn_blocking(move || {
+        for ip in v4 {
+            sdnet_netstack::link::send_gratuitous_arp(&ns, &ifname, ip)?;
+        }
+        Ok::<_, sdnet_netstack::Error>(())
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!("announcing a repaired endpoint: {e}"),
+        Err(e) => warn!("announcing a repaired endpoint: {e}"),
+    }
 }
 
 impl CniDriver {
@@ -109,6 +155,7 @@ impl CniDriver {
         };
         let rc = RuntimeConfig {
             port_mappings: c.ports.clone(),
+            ips: c.ips.clone(),
         };
         let mut prev: Option<Value> = None;
         let mut took = Duration::ZERO;
@@ -159,6 +206,7 @@ impl CniDriver {
         };
         let rc = RuntimeConfig {
             port_mappings: c.ports.clone(),
+            ips: c.ips.clone(),
         };
         let mut first = None;
         for i in (0..list.plugins.len()).rev() {
@@ -188,6 +236,32 @@ impl CniDriver {
         Ok(())
     }
 
+    /// ADD with its record written before (without a result) and after (with it); on a
+    /// failure, nothing is left (the plugins' part undone, the record removed).
+    async fn add_recorded(&self, p: &Path, c: &mut Cached, list: &ConfList) -> Result<()> {
+        self.health.changed(&c.network, &c.sandbox);
+        c.result = None;
+        cache::store(p, c)
+            .await
+            .context("writing the CNI cache record")?;
+        match self.add(c, list).await {
+            Ok(r) => {
+                c.result = Some(r);
+                if let Err(e) = cache::store(p, c).await {
+                    let _ = self.del(c, list, c.result.as_ref(), &c.netns).await;
+                    let _ = cache::remove(p).await;
+                    return Err(e).context("writing the CNI cache record");
+                }
+                self.health.added(&c.network, &c.sandbox);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = cache::remove(p).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Endpoints whose records remain though nobody wants them (removed while no daemon
     /// ran, or a DEL that failed): DEL and forget them.
     pub async fn collect(&self, wanted: &(dyn Fn(&str, &str) -> bool + Sync)) {
@@ -196,9 +270,11 @@ impl CniDriver {
                 continue;
             }
             info!(network = %c.network, sandbox = %c.sandbox, "CNI DEL of an endpoint nobody wants");
+            self.health.changed(&c.network, &c.sandbox);
             if let Err(e) = self.del_cached(&p, &c, None).await {
                 warn!("{e:#}");
             }
+            self.health.forget(&c.network, &c.sandbox);
         }
     }
 }
@@ -227,15 +303,31 @@ impl NetworkDriver for CniDriver {
     ) -> Result<()> {
         let p = self.cache_path(&net.id, &ep.sandbox);
         let ifname = format!("eth{}", ep.index);
+        let broken = self.health.broken(&net.id, &ep.sandbox);
         if let Some(c) = cache::load(&p).await? {
-            if c.result.is_some() && c.ifname == ifname {
+            if c.result.is_some() && c.ifname == ifname && broken.is_none() {
                 // Added already (the plugins' routes and addresses are theirs to keep).
                 return Ok(());
             }
-            // An ADD that never finished (a crash) or another interface: undo it first.
-            self.del_cached(&p, &c, Some(sb.ns)).await?;
+            if let Some(why) = &broken {
+                info!(network = %net.name, sandbox = %ep.sandbox, "repairing a broken CNI endpoint (DEL, then ADD): {why}");
+            }
+            // Broken, an ADD that never finished (a crash) or another interface: undo it.
+            self.health.changed(&net.id, &ep.sandbox);
+            if let Err(e) = self.del_cached(&p, &c, Some(sb.ns)).await {
+                if broken.is_some() {
+                    self.health
+                        .repair_failed(&net.id, &ep.sandbox, format!("{e:#}"));
+                }
+                return Err(e);
+            }
         }
         let list = conf_of(net)?;
+        // A repair asks for the addresses the endpoint had, where a plugin can take them.
+        let keep = match broken {
+            Some(_) if list.declares("ips") => self.health.keep(&net.id, &ep.sandbox),
+            _ => Vec::new(),
+        };
         let mut c = Cached {
             network: net.id.clone(),
             sandbox: ep.sandbox.clone(),
@@ -243,26 +335,40 @@ impl NetworkDriver for CniDriver {
             netns: sb.ns.path().to_string_lossy().into_owned(),
             config: list.to_json(),
             ports: port_mappings(sb.ports),
+            ips: keep.clone(),
+            check_fails: None,
             result: None,
         };
-        cache::store(&p, &c)
-            .await
-            .context("writing the CNI cache record")?;
-        match self.add(&c, &list).await {
-            Ok(r) => {
-                c.result = Some(r);
-                if let Err(e) = cache::store(&p, &c).await {
-                    let _ = self.del(&c, &list, c.result.as_ref(), &c.netns).await;
-                    let _ = cache::remove(&p).await;
-                    return Err(e).context("writing the CNI cache record");
+        let mut r = self.add_recorded(&p, &mut c, &list).await;
+        if let Err(e) = &r
+            && !keep.is_empty()
+        {
+            warn!(network = %net.name, sandbox = %ep.sandbox, "the endpoint's addresses {keep:?} cannot be had again ({e:#}): taking new ones");
+            c.ips.clear();
+            r = self.add_recorded(&p, &mut c, &list).await;
+        }
+        if broken.is_some() {
+            match &r {
+                Ok(()) => {
+                    self.health.repaired(&net.id, &ep.sandbox);
+                    let now = c
+                        .result
+                        .clone()
+                        .and_then(|v| serde_json::from_value::<AddResult>(v).ok())
+                        .map(|a| a.addresses(&c.ifname))
+                        .unwrap_or_default();
+                    info!(network = %net.name, sandbox = %ep.sandbox, addresses = ?now, "CNI endpoint repaired");
+                    // The interface is new (a new MAC), its address maybe not: neighbours
+                    // that cached the old MAC learn the new one now, not in 30 s.
+                    announce(sb.ns, &c.ifname, &now).await;
                 }
-                Ok(())
-            }
-            Err(e) => {
-                let _ = cache::remove(&p).await;
-                Err(e)
+                Err(e) => {
+                    self.health
+                        .repair_failed(&net.id, &ep.sandbox, format!("{e:#}"));
+                }
             }
         }
+        r
     }
 
     async fn detach(
@@ -272,20 +378,30 @@ impl NetworkDriver for CniDriver {
         sandbox: Option<&Netns>,
     ) -> Result<()> {
         let p = self.cache_path(&net.id, &ep.sandbox);
-        match cache::load(&p).await? {
-            Some(c) => self.del_cached(&p, &c, sandbox).await,
-            None => Ok(()),
-        }
+        // A CHECK under way judges an endpoint on its way out: dropped.
+        self.health.changed(&net.id, &ep.sandbox);
+        let r = match cache::load(&p).await {
+            Ok(Some(c)) => self.del_cached(&p, &c, sandbox).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        self.health.forget(&net.id, &ep.sandbox);
+        r
     }
 
     fn network_intact(&self, _: &NetworkRec, _: &Links) -> bool {
         true
     }
 
-    /// The plugins' objects are theirs (and CHECK is an exec per plugin): the record of the
-    /// ADD is what is checked.
+    /// The plugins' objects are theirs: the cheap check is that the record of the ADD is
+    /// there; CHECK (an exec per plugin) runs beside the reconciler on full passes, and
+    /// what it finds broken is [`NetworkDriver::needs_repair`].
     fn endpoint_intact(&self, net: &NetworkRec, ep: &EndpointRec, _: &Links) -> bool {
         self.cache_path(&net.id, &ep.sandbox).is_file()
+    }
+
+    fn needs_repair(&self, net: &NetworkRec, ep: &EndpointRec) -> bool {
+        self.health.broken(&net.id, &ep.sandbox).is_some()
     }
 }
 
@@ -294,6 +410,7 @@ pub async fn cleanup(cache_dir: &Path, bin_dir: &Path) {
     let d = CniDriver {
         bin_dir: bin_dir.to_path_buf(),
         cache_dir: cache_dir.to_path_buf(),
+        health: Health::default(),
     };
     d.collect(&|_, _| false).await;
 }

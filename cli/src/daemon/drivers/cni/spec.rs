@@ -125,6 +125,32 @@ impl ConfList {
         Value::Object(o).to_string()
     }
 
+    /// Why CHECK does not run for this list, if it does not: the spec defines CHECK from
+    /// version 0.4.0 on, and a list may turn it off (`disableCheck`).
+    pub fn check_skipped(&self) -> Option<String> {
+        if self.disable_check {
+            return Some("disableCheck is set in the configuration".into());
+        }
+        if self.cni_version.starts_with("0.3.") {
+            return Some(format!(
+                "CHECK is not defined for cniVersion {} (0.4.0 and later)",
+                self.cni_version
+            ));
+        }
+        None
+    }
+
+    /// Whether a plugin of the list declares capability `cap` (`"capabilities": {cap: true}`).
+    pub fn declares(&self, cap: &str) -> bool {
+        self.plugins.iter().any(|p| {
+            p.get("capabilities")
+                .and_then(Value::as_object)
+                .and_then(|m| m.get(cap))
+                .and_then(Value::as_bool)
+                == Some(true)
+        })
+    }
+
     /// The type of plugin `i`.
     pub fn plugin_type(&self, i: usize) -> &str {
         self.plugins
@@ -169,6 +195,9 @@ impl ConfList {
                 serde_json::to_value(&runtime.port_mappings).unwrap_or(Value::Null),
             );
         }
+        if wants("ips") && !runtime.ips.is_empty() {
+            rc.insert("ips".into(), runtime.ips.clone().into());
+        }
         if !rc.is_empty() {
             p.insert("runtimeConfig".into(), Value::Object(rc));
         }
@@ -180,6 +209,9 @@ impl ConfList {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub port_mappings: Vec<PortMapping>,
+    /// The `ips` capability (CONVENTIONS.md): addresses in CIDR form the IPAM plugin should
+    /// give (host-local and static honour it); used to keep an address through a repair.
+    pub ips: Vec<String>,
 }
 
 /// The `portMappings` capability (CONVENTIONS.md), as the portmap plugin reads it.
@@ -240,25 +272,44 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
+fn in_sandbox(i: &Interface, ifname: &str) -> bool {
+    i.name == ifname && !i.sandbox.is_empty()
+}
+
 impl AddResult {
-    /// The first IPv4 and IPv6 address on the container's interface `ifname` (an address
-    /// without an interface index counts; one on a host-side interface does not).
-    pub fn assigned(&self, ifname: &str) -> Assigned {
-        let in_sandbox = |i: &Interface| i.name == ifname && !i.sandbox.is_empty();
-        let ours = |ip: &IpConfig| match ip.interface {
-            Some(i) => self.interfaces.get(i).is_some_and(in_sandbox),
+    /// Whether an address of the result is on the container's interface `ifname` (an
+    /// address without an interface index counts; one on a host-side interface does not).
+    fn on(&self, ip: &IpConfig, ifname: &str) -> bool {
+        match ip.interface {
+            Some(i) => self
+                .interfaces
+                .get(i)
+                .is_some_and(|x| in_sandbox(x, ifname)),
             None => true,
-        };
+        }
+    }
+
+    /// Every address on the container's interface `ifname`, with its prefix.
+    pub fn addresses(&self, ifname: &str) -> Vec<IpNet> {
+        self.ips
+            .iter()
+            .filter(|ip| self.on(ip, ifname))
+            .map(|ip| ip.address)
+            .collect()
+    }
+
+    /// The first IPv4 and IPv6 address on the container's interface `ifname`.
+    pub fn assigned(&self, ifname: &str) -> Assigned {
         let mut a = Assigned {
             mac: self
                 .interfaces
                 .iter()
-                .find(|i| in_sandbox(i))
+                .find(|i| in_sandbox(i, ifname))
                 .and_then(|i| parse_mac(&i.mac)),
             ..Assigned::default()
         };
-        for ip in self.ips.iter().filter(|ip| ours(ip)) {
-            match ip.address.addr() {
+        for net in self.addresses(ifname) {
+            match net.addr() {
                 IpAddr::V4(v4) if a.ipv4.is_none() => a.ipv4 = Some(v4),
                 IpAddr::V6(v6) if a.ipv6.is_none() => a.ipv6 = Some(v6),
                 _ => {}
@@ -329,6 +380,7 @@ mod tests {
                 protocol: "tcp".into(),
                 host_ip: None,
             }],
+            ips: vec!["10.9.0.7/24".into()],
         };
         let v: Value = serde_json::from_slice(&l.plugin_stdin(0, None, &rc)).unwrap();
         assert_eq!(v["name"], "n1");
@@ -343,6 +395,38 @@ mod tests {
             v["runtimeConfig"]["portMappings"][0],
             serde_json::json!({"hostPort":8080,"containerPort":80,"protocol":"tcp"})
         );
+        assert!(v["runtimeConfig"].get("ips").is_none());
+        // `ips` only to a plugin that declares it, and only when there are some.
+        let with_ips = LIST.replace(
+            r#""bridge":"cni-t0","#,
+            r#""bridge":"cni-t0","capabilities":{"ips":true},"#,
+        );
+        let l = ConfList::parse(&with_ips).unwrap();
+        assert!(l.declares("ips") && l.declares("portMappings") && !l.declares("mac"));
+        let v: Value = serde_json::from_slice(&l.plugin_stdin(0, None, &rc)).unwrap();
+        assert_eq!(
+            v["runtimeConfig"],
+            serde_json::json!({"ips": ["10.9.0.7/24"]})
+        );
+        let none = RuntimeConfig::default();
+        let v: Value = serde_json::from_slice(&l.plugin_stdin(0, None, &none)).unwrap();
+        assert!(v.get("runtimeConfig").is_none());
+    }
+
+    #[test]
+    fn check_runs_from_0_4_0_unless_disabled() {
+        let l = ConfList::parse(LIST).unwrap();
+        assert_eq!(l.check_skipped(), None);
+        let old = LIST.replace("1.0.0", "0.3.1");
+        let why = ConfList::parse(&old).unwrap().check_skipped().unwrap();
+        assert!(why.contains("0.3.1"), "{why}");
+        let v040 = LIST.replace("1.0.0", "0.4.0");
+        assert_eq!(ConfList::parse(&v040).unwrap().check_skipped(), None);
+        let off = LIST.replace(r#""name":"n1","#, r#""name":"n1","disableCheck":true,"#);
+        let l = ConfList::parse(&off).unwrap();
+        assert!(l.check_skipped().unwrap().contains("disableCheck"));
+        // Stored and parsed again, the flag stays.
+        assert!(ConfList::parse(&l.to_json()).unwrap().disable_check);
     }
 
     #[test]
@@ -362,6 +446,8 @@ mod tests {
         assert_eq!(a.ipv6, Some("fd00::5".parse().unwrap()));
         assert_eq!(a.mac, Some([0x0a, 0x58, 0x0a, 0x09, 0, 5]));
         assert_eq!(r.assigned("eth1").ipv4, None);
+        let on_eth0: Vec<String> = r.addresses("eth0").iter().map(|n| n.to_string()).collect();
+        assert_eq!(on_eth0, ["10.9.0.5/24", "fd00::5/64"]);
         // No interface index (static IPAM alone, an older plugin): the address counts.
         let r: AddResult =
             serde_json::from_str(r#"{"ips":[{"address":"192.168.5.7/24"}]}"#).unwrap();
