@@ -32,6 +32,8 @@ pub struct ForwardConfig {
     /// Upstream exchanges in flight per sandbox; past it, REFUSED at once.
     pub max_inflight: u32,
     pub cache_entries: usize,
+    /// Bytes the cache may hold (answers are up to 64 KB each).
+    pub cache_max_bytes: usize,
     pub cache_max_ttl: u32,
     /// When every server failed and the last one answered SERVFAIL or REFUSED, relay that
     /// answer (aardvark-dns does) instead of our own SERVFAIL.
@@ -44,6 +46,7 @@ impl Default for ForwardConfig {
             budget: Duration::from_secs(2),
             max_inflight: 512,
             cache_entries: 10_000,
+            cache_max_bytes: 32 << 20,
             cache_max_ttl: 3600,
             relay_failure: false,
         }
@@ -116,7 +119,7 @@ impl Drop for Slot {
 impl Forwarder {
     pub fn new(cfg: ForwardConfig, defaults: DefaultUpstreams) -> Self {
         Forwarder {
-            cache: Cache::new(cfg.cache_entries, cfg.cache_max_ttl),
+            cache: Cache::new(cfg.cache_entries, cfg.cache_max_bytes, cfg.cache_max_ttl),
             cfg,
             defaults,
             ids: foldhash::quality::RandomState::default(),

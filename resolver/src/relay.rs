@@ -300,6 +300,14 @@ impl Answer {
         self.signed
     }
 
+    /// Bytes this answer holds (its own size and what it points to), for the cache's bound.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Answer>()
+            + self.wire.len()
+            + self.records.len() * std::mem::size_of::<Span>()
+            + self.ede.len()
+    }
+
     /// How long this answer may be cached, before any cap; None if it must not be.
     pub fn cache_ttl(&self) -> Option<u32> {
         self.ttl
