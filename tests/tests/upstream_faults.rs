@@ -85,7 +85,10 @@ fn ask(d: &Daemon, args: &[&str]) -> HashMap<String, f64> {
     cmd.extend_from_slice(args);
     let deadline = format!("deadline_ms={DEADLINE_MS}");
     cmd.push(deadline.as_str());
-    figures(&d.exec("c", &cmd))
+    let f = figures(&d.exec("c", &cmd));
+    // Shown with --nocapture (the figures in README's "Reliability").
+    eprintln!("ask {args:?}: {f:?}");
+    f
 }
 
 /// Every query got a reply in time, and none carried the spoofed address or anything else
