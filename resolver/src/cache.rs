@@ -30,18 +30,36 @@ struct Entry {
     answer: Arc<Answer>,
     stored: Instant,
     ttl: u32,
+    /// What the entry counts against the byte bound.
+    cost: usize,
 }
+
+/// What an entry costs besides its answer: the map slot, the order slot, the key.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<u64>();
 
 struct Inner {
     map: HashMap<u64, Entry>,
     /// Insertion order, for eviction when full (entries may already be gone).
     order: VecDeque<u64>,
+    /// Sum of the entries' costs.
+    bytes: usize,
+}
+
+impl Inner {
+    fn remove(&mut self, h: u64) {
+        if let Some(e) = self.map.remove(&h) {
+            self.bytes -= e.cost;
+        }
+    }
 }
 
 pub struct Cache {
     inner: Mutex<Inner>,
     hasher: foldhash::quality::RandomState,
     capacity: usize,
+    /// Bound on the bytes held: answers are up to 64 KB each (an upstream decides), so a
+    /// bound on entries alone would let 10,000 of them hold 640 MB.
+    max_bytes: usize,
     max_ttl: u32,
 }
 
@@ -50,14 +68,17 @@ fn bits(q: &Query<'_>) -> u8 {
 }
 
 impl Cache {
-    pub fn new(capacity: usize, max_ttl: u32) -> Self {
+    /// At most `capacity` answers holding at most `max_bytes` together.
+    pub fn new(capacity: usize, max_bytes: usize, max_ttl: u32) -> Self {
         Cache {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
                 order: VecDeque::new(),
+                bytes: 0,
             }),
             hasher: foldhash::quality::RandomState::default(),
             capacity,
+            max_bytes,
             max_ttl,
         }
     }
@@ -94,6 +115,11 @@ impl Cache {
         self.len() == 0
     }
 
+    /// Bytes the cached answers hold (what the byte bound counts).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Writes a cached answer for `q` into `out`; false on a miss. `limit` is the client's
     /// size limit: an answer that does not fit keeps as many whole records as fit, with TC.
     pub fn get(&self, upstreams: u64, q: &Query<'_>, limit: usize, out: &mut Vec<u8>) -> bool {
@@ -114,7 +140,7 @@ impl Cache {
             || e.key.upstreams != upstreams
         {
             if age >= e.ttl as u64 {
-                inner.map.remove(&h);
+                inner.remove(h);
             }
             return false;
         }
@@ -139,23 +165,32 @@ impl Cache {
         if ttl == 0 {
             return;
         }
+        let key = Self::key(upstreams, q);
+        let cost = answer.footprint() + key.name.len() + ENTRY_OVERHEAD;
+        if cost > self.max_bytes {
+            return;
+        }
         let h = self.hash_parts(upstreams, q);
         let entry = Entry {
-            key: Self::key(upstreams, q),
+            key,
             answer: Arc::new(answer),
             stored: Instant::now(),
             ttl,
+            cost,
         };
         let mut inner = self.lock();
-        while inner.map.len() >= self.capacity {
+        // A replaced entry keeps its place in the eviction order.
+        let replaced = inner.map.contains_key(&h);
+        inner.remove(h);
+        while inner.map.len() >= self.capacity || inner.bytes + cost > self.max_bytes {
             match inner.order.pop_front() {
-                Some(old) => {
-                    inner.map.remove(&old);
-                }
+                Some(old) => inner.remove(old),
                 None => break,
             }
         }
-        if inner.map.insert(h, entry).is_none() {
+        inner.bytes += cost;
+        inner.map.insert(h, entry);
+        if !replaced {
             inner.order.push_back(h);
         }
         // Keep the order queue from growing without bound through replaced keys.
@@ -265,7 +300,7 @@ mod tests {
 
     #[test]
     fn positive_hit_patches_id_case_and_ttl() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         let qb = query("Example.COM");
         put(
             &c,
@@ -288,7 +323,7 @@ mod tests {
 
     #[test]
     fn negative_needs_soa_and_uses_minimum() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         let qb = query("nx.example");
         put(&c, 1, &qb, &response(&qb, 3, &[], None));
         assert!(c.is_empty(), "no SOA: not cached");
@@ -300,7 +335,7 @@ mod tests {
 
     #[test]
     fn servfail_and_zero_ttl_not_cached_and_capacity_bounded() {
-        let c = Cache::new(2, 3600);
+        let c = Cache::new(2, 1 << 20, 3600);
         let qb = query("a.example");
         put(&c, 1, &qb, &response(&qb, 2, &[], Some((60, 60))));
         put(&c, 1, &qb, &response(&qb, 0, &[(0, [1, 1, 1, 1])], None));
@@ -312,9 +347,49 @@ mod tests {
         assert_eq!(c.len(), 2);
     }
 
+    /// Big answers (an upstream chooses their size, up to 64 KB) are bounded by bytes, not
+    /// only by count: 200 answers of 250 A records (~5 KB each) into a cache of 1,000 entries
+    /// but 64 KB keep the bytes under the bound, the newest answers, and the accounting exact.
+    #[test]
+    fn big_answers_bounded_by_bytes() {
+        let c = Cache::new(1_000, 64 * 1024, 3600);
+        let many: Vec<(u32, [u8; 4])> = (0..250u32)
+            .map(|i| (60, [10, 0, (i >> 8) as u8, i as u8]))
+            .collect();
+        for i in 0..200 {
+            let qb = query(&format!("big{i}.example"));
+            put(&c, 1, &qb, &response(&qb, 0, &many, None));
+            assert!(c.bytes() <= 64 * 1024, "{} bytes after {i}", c.bytes());
+        }
+        assert!(c.len() >= 8 && c.len() < 16, "{} entries", c.len());
+        assert!(get(&c, 1, &query("big199.example"), 65535).is_some());
+        assert!(get(&c, 1, &query("big0.example"), 65535).is_none());
+        let inner = c.lock();
+        assert_eq!(
+            inner.bytes,
+            inner.map.values().map(|e| e.cost).sum::<usize>()
+        );
+        drop(inner);
+        // An answer bigger than the whole bound is not kept (and evicts nothing).
+        let small = Cache::new(10, 2 * 1024, 3600);
+        let qb = query("big.example");
+        put(&small, 1, &qb, &response(&qb, 0, &many, None));
+        assert!(small.is_empty());
+        // Replacing an entry counts it once.
+        let qb = query("again.example");
+        for _ in 0..3 {
+            put(&c, 1, &qb, &response(&qb, 0, &[(60, [1, 1, 1, 1])], None));
+        }
+        let inner = c.lock();
+        assert_eq!(
+            inner.bytes,
+            inner.map.values().map(|e| e.cost).sum::<usize>()
+        );
+    }
+
     #[test]
     fn oversized_hit_keeps_whole_records_with_tc() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         let qb = query("big.example");
         let many: Vec<(u32, [u8; 4])> = (0..40).map(|i| (60, [10, 0, 0, i])).collect();
         put(&c, 1, &qb, &response(&qb, 0, &many, None));
@@ -334,7 +409,7 @@ mod tests {
 
     #[test]
     fn one_clients_edns_options_never_reach_another() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         // Client 1 sent a COOKIE and asked for NSID; the upstream answered with both.
         let q1 = query_edns("www.example", &[(COOKIE, &[1; 8]), (NSID, &[])]);
         let resp = with_opt(
@@ -355,7 +430,7 @@ mod tests {
 
     #[test]
     fn ad_per_query_whatever_the_query_that_filled_the_cache() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         // Filled by a query without AD (the upstream was asked with AD and said AD).
         let plain = query("secure.example");
         let mut resp = response(&plain, 0, &[(60, [192, 0, 2, 1])], None);
@@ -372,7 +447,7 @@ mod tests {
 
     #[test]
     fn signed_queries_neither_read_nor_fill_the_cache() {
-        let c = Cache::new(10, 3600);
+        let c = Cache::new(10, 1 << 20, 3600);
         let qb = query("www.example");
         put(&c, 1, &qb, &response(&qb, 0, &[(60, [192, 0, 2, 1])], None));
         // The same question, TSIG-signed: a miss, and its answer is not kept.

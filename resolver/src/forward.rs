@@ -32,6 +32,8 @@ pub struct ForwardConfig {
     /// Upstream exchanges in flight per sandbox; past it, REFUSED at once.
     pub max_inflight: u32,
     pub cache_entries: usize,
+    /// Bytes the cache may hold (answers are up to 64 KB each).
+    pub cache_max_bytes: usize,
     pub cache_max_ttl: u32,
     /// When every server failed and the last one answered SERVFAIL or REFUSED, relay that
     /// answer (aardvark-dns does) instead of our own SERVFAIL.
@@ -44,6 +46,7 @@ impl Default for ForwardConfig {
             budget: Duration::from_secs(2),
             max_inflight: 512,
             cache_entries: 10_000,
+            cache_max_bytes: 32 << 20,
             cache_max_ttl: 3600,
             relay_failure: false,
         }
@@ -116,7 +119,7 @@ impl Drop for Slot {
 impl Forwarder {
     pub fn new(cfg: ForwardConfig, defaults: DefaultUpstreams) -> Self {
         Forwarder {
-            cache: Cache::new(cfg.cache_entries, cfg.cache_max_ttl),
+            cache: Cache::new(cfg.cache_entries, cfg.cache_max_bytes, cfg.cache_max_ttl),
             cfg,
             defaults,
             ids: foldhash::quality::RandomState::default(),
@@ -325,10 +328,19 @@ async fn exchange_udp(
     let wait = async {
         loop {
             let n = sock.recv(&mut buf).await?;
-            // Datagrams without our ID (late or spoofed) are ignored; one with our ID must
-            // be a good reply, or this server has failed.
+            // Datagrams without our ID (late or spoofed) are ignored, and so are those with
+            // our ID that answer another question (RFC 5452: only a datagram matching ID,
+            // question and addresses is the reply; a forger who guessed the ID must not make
+            // us give up on the real reply still to come). Any other datagram with our ID
+            // must be a good reply, or this server has failed.
             if buf[..n].get(0..2) == Some(&id.to_be_bytes()[..]) && n > 2 && buf[2] & 0x80 != 0 {
-                return Ok::<_, ExchangeError>(check(buf[..n].to_vec(), id, q)?);
+                match check(buf[..n].to_vec(), id, q) {
+                    Err(RelayError::Question) => {
+                        debug!(%server, "reply to another question ignored");
+                        continue;
+                    }
+                    r => return Ok::<_, ExchangeError>(r?),
+                }
             }
         }
     };
@@ -365,4 +377,69 @@ async fn exchange_tcp(
 /// For tests and tools: what rcode a reply carries.
 pub fn rcode_of(resp: &[u8]) -> Option<u8> {
     resp.get(3).map(|b| b & 0xF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::encode_name;
+
+    /// A client's A query for `name`, no EDNS.
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        m.extend(encode_name(name).unwrap());
+        m.extend([0, 1, 0, 1]);
+        m
+    }
+
+    /// A reply with `id` for question `name` (A, IN), one A record `ip`.
+    fn reply(id: u16, name: &str, ip: [u8; 4]) -> Vec<u8> {
+        let mut m = id.to_be_bytes().to_vec();
+        m.extend([0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+        m.extend(encode_name(name).unwrap());
+        m.extend([0, 1, 0, 1, 0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        m.extend(ip);
+        m
+    }
+
+    /// Spoofed datagrams before the real reply: one with another ID, one with our ID but
+    /// another question. Both are ignored and the real reply, 50 ms later, is the answer
+    /// (the second one used to count as the upstream failing: SERVFAIL, or the next server).
+    #[tokio::test]
+    async fn udp_replies_to_another_id_or_question_are_ignored() {
+        let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = up.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let (n, from) = up.recv_from(&mut buf).await.unwrap();
+            let q = &buf[..n];
+            let id = u16::from_be_bytes([q[0], q[1]]);
+            let forged = [
+                reply(id ^ 0xA5A5, "www.example", [192, 0, 2, 66]),
+                reply(id, "evil.www.example", [192, 0, 2, 66]),
+            ];
+            for f in &forged {
+                up.send_to(f, from).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            up.send_to(&reply(id, "www.example", [192, 0, 2, 7]), from)
+                .await
+                .unwrap();
+        });
+        let packet = query("www.example");
+        let q = parse_query(&packet).unwrap();
+        let msg = upstream_query(&q, 0x4242);
+        let r = exchange_udp(server, &msg, 0x4242, &q, Duration::from_secs(2))
+            .await
+            .expect("the real reply");
+        let Reply::Answer(a) = r else {
+            panic!("not an answer")
+        };
+        let mut out = Vec::new();
+        a.render(&q, 0, 512, &mut out);
+        assert_eq!(rcode_of(&out), Some(0));
+        assert!(out.ends_with(&[192, 0, 2, 7]), "{out:?}");
+        assert!(!out.windows(4).any(|w| w == [192, 0, 2, 66]), "{out:?}");
+        fake.await.unwrap();
+    }
 }

@@ -19,7 +19,7 @@
 
 use hickory_proto::op::{Header, MessageType, OpCode, Query as HQuery};
 use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::rr::{RData, Record, RecordData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordData, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_proto::{ProtoError, serialize::binary::DecodeError};
 
@@ -115,8 +115,16 @@ fn dnssec_only(t: RecordType, qtype: u16) -> bool {
 }
 
 /// Writes one record like hickory-proto's `Record::emit` does, returning the offset of its TTL.
-fn emit_record(enc: &mut BinEncoder<'_>, r: &Record) -> Result<usize, ProtoError> {
-    r.name.emit(enc)?;
+/// An owner spelled exactly like the question (`qname`, written at offset 12) is written as a
+/// pointer to it here: hickory compresses only the first 120 names of a message (a bound on
+/// its search), so past them every record of a big RRset spelled its owner out, and a 32 KB
+/// answer of 2,000 A records grew past 64 KB and was cut, TC even over TCP.
+fn emit_record(enc: &mut BinEncoder<'_>, r: &Record, qname: &Name) -> Result<usize, ProtoError> {
+    if r.name.is_fqdn() == qname.is_fqdn() && r.name.iter().eq(qname.iter()) {
+        enc.emit_u16(0xC000 | HEADER_LEN as u16)?;
+    } else {
+        r.name.emit(enc)?;
+    }
     enc.emit_u16(u16::from(r.record_type()))?;
     r.dns_class.emit(enc)?;
     let ttl_at = enc.offset();
@@ -229,7 +237,7 @@ impl Answer {
                     continue; // still decoded, to check the rest of the reply
                 }
                 let start = enc.offset();
-                match emit_record(&mut enc, &r) {
+                match emit_record(&mut enc, &r, question.name()) {
                     Ok(ttl_at) => {
                         let end = enc.offset();
                         records.push(Span {
@@ -290,6 +298,14 @@ impl Answer {
     /// The reply was signed (TSIG or SIG(0)).
     pub fn signed(&self) -> bool {
         self.signed
+    }
+
+    /// Bytes this answer holds (its own size and what it points to), for the cache's bound.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Answer>()
+            + self.wire.len()
+            + self.records.len() * std::mem::size_of::<Span>()
+            + self.ede.len()
     }
 
     /// How long this answer may be cached, before any cap; None if it must not be.

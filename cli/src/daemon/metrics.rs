@@ -116,6 +116,12 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             &mut e,
+            "sdnet_dns_cache_bytes",
+            "bytes held by the forward cache's answers (bounded, like its entries)",
+            node.resolver.forwarder.cache().bytes() as i64,
+        )?;
+        gauge(
+            &mut e,
             "sdnet_dns_inflight",
             "queries waiting for upstream servers",
             s.inflight.load(std::sync::atomic::Ordering::Relaxed),

@@ -262,6 +262,34 @@ fn truncation_keeps_whole_records_that_fit() {
     assert_eq!((m.answers.len(), m.additionals.len()), (60, 0));
 }
 
+/// A big RRset (2,000 A records, 32 KB as the upstream compressed it) stays 32 KB and whole
+/// over TCP: hickory-proto compresses only a message's first 120 names, so it used to grow to
+/// 38 bytes a record, past 64 KB, and reach TCP clients cut short with TC.
+#[test]
+fn big_rrsets_keep_their_owner_compressed() {
+    let q = query("huge-1-0-1c58c7.f.example", TYPE_A, 0x0100, None);
+    let mut up = q.clone();
+    up[0..2].copy_from_slice(&ID.to_be_bytes());
+    up[2..4].copy_from_slice(&[0x81, 0x80]);
+    up[6..8].copy_from_slice(&2000u16.to_be_bytes());
+    for i in 0..2000u16 {
+        up.extend([0xC0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 198, 18]);
+        up.extend(i.to_be_bytes());
+    }
+    let a = decode(&up, &q).unwrap();
+    assert!(!a.truncated());
+    let (out, m) = render(&a, &q, 0, 65535);
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 2000);
+    assert_eq!(out.len(), up.len(), "as compact as the upstream's");
+    assert!(
+        m.answers
+            .iter()
+            .all(|r| r.name == name("huge-1-0-1c58c7.f.example."))
+    );
+    assert_eq!(ips(&m)[1999], "198.18.7.207");
+}
+
 #[test]
 fn truncation_keeps_compression_valid() {
     // A CNAME chain: later names point into earlier records; any prefix must still decode.

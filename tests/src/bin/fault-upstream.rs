@@ -1,0 +1,892 @@
+//! A faulty upstream DNS server and the clients that judge what a resolver makes of it, for
+//! `tests/tests/upstream_faults.rs` and `tests/bench/faults.sh` (issue 15 item 1). Runs in
+//! whatever network namespace it is started in; everything is bounded in time and count.
+//!
+//!   fault-upstream serve ADDR MODE [key=value…]
+//!   fault-upstream ask ADDR [key=value…]
+//!
+//! `serve` answers on UDP and TCP at ADDR. MODE is one of
+//!
+//! - `ok`: every name has one A record, `addr_for(name)` (a hash of the name in 10.0.0.0/8);
+//! - `dead`: a black hole: UDP queries are dropped, TCP connections are accepted and never
+//!   answered (the worst kind of dead: a closed port answers with ICMP at once);
+//! - `slow`: the right answer, `delay_ms` late (default 4,000: twice the daemon's budget);
+//! - `servfail`: SERVFAIL;
+//! - `truncate`: over UDP TC=1 and no records, always; TCP connections are closed without a
+//!   reply (a server whose TCP side is broken: with a working one, this is the `huge` path);
+//! - `huge`: `huge` A records (default 2,000, 198.18.x.y in order: 32 KB) over TCP; over UDP
+//!   as many as fit the query's EDNS size (512 without EDNS), with TC, like BIND;
+//! - `spoof`: over UDP, for each query first a reply with a wrong ID, then one with the right
+//!   ID but another question, both carrying the poison address 192.0.2.66, then
+//!   `spoof_delay_ms` later (default 50) the real answer; over TCP the real answer (an
+//!   off-path forger cannot get into a TCP connection);
+//! - `byname`: the mode is the first label's part before its first `-` (`spoof-3-17.f.test`
+//!   is answered as `spoof`), for tests that exercise every mode through one upstream;
+//! - `flap`: the six faults in turn, each for `flap_ms` (default 1,000), in this order unless
+//!   `seed` is not 0 (then each round of six is a seeded shuffle).
+//!
+//! With `stats=PATH` it rewrites PATH (`key=value` per line) every 100 ms with what it got
+//! and sent: queries over UDP and TCP, per mode, spoofed replies sent, late replies sent.
+//!
+//! `ask` sends A queries for `<names>-<client>-<seq>-<run>.f.test` from `clients` threads,
+//! each with its own socket: over UDP open loop (paced at `rate` queries/s in all; 0 = all at
+//! once), over TCP (`tcp=1`) one connection per query, closed loop. Each client sends `count`
+//! queries, or for `secs` seconds if given. A reply counts only within `deadline_ms` (default
+//! 3,500). It prints one line of figures: sent, replied (in time), lost (none in time), late,
+//! and what the replies were: `correct` (the name's own address), `huge_ok` (records of the
+//! huge answer: all of them over TCP, a prefix with TC over UDP), `tc_empty` (TC, no records),
+//! `servfail`, `refused` (and the slowest of them), `poisoned` (the spoofed address got
+//! through), `wrong` (anything else); latency p50/p99/max of the replies in time.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+const POISON: [u8; 4] = [192, 0, 2, 66];
+const HUGE_NET: [u8; 2] = [198, 18];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Ok,
+    Dead,
+    Slow,
+    Servfail,
+    Truncate,
+    Huge,
+    Spoof,
+}
+
+const FAULTS: [Mode; 6] = [
+    Mode::Dead,
+    Mode::Slow,
+    Mode::Servfail,
+    Mode::Truncate,
+    Mode::Huge,
+    Mode::Spoof,
+];
+const ALL: [Mode; 7] = [
+    Mode::Ok,
+    Mode::Dead,
+    Mode::Slow,
+    Mode::Servfail,
+    Mode::Truncate,
+    Mode::Huge,
+    Mode::Spoof,
+];
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        ALL.into_iter().find(|m| m.name() == s)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ok => "ok",
+            Mode::Dead => "dead",
+            Mode::Slow => "slow",
+            Mode::Servfail => "servfail",
+            Mode::Truncate => "truncate",
+            Mode::Huge => "huge",
+            Mode::Spoof => "spoof",
+        }
+    }
+    fn index(self) -> usize {
+        ALL.iter().position(|m| *m == self).unwrap_or(0)
+    }
+}
+
+/// How the server picks a query's mode.
+enum Plan {
+    Fixed(Mode),
+    ByName,
+    Flap {
+        start: Instant,
+        period: Duration,
+        seed: u64,
+    },
+}
+
+impl Plan {
+    fn mode(&self, name: &str) -> Mode {
+        match self {
+            Plan::Fixed(m) => *m,
+            Plan::ByName => name
+                .split(['.', '-'])
+                .next()
+                .and_then(Mode::parse)
+                .unwrap_or(Mode::Ok),
+            Plan::Flap {
+                start,
+                period,
+                seed,
+            } => {
+                let k = (start.elapsed().as_millis() / period.as_millis().max(1)) as u64;
+                let (round, pos) = (k / 6, (k % 6) as usize);
+                let mut order = FAULTS;
+                if *seed != 0 {
+                    let mut r = Rng::new(seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, (r.next() % (i as u64 + 1)) as usize);
+                    }
+                }
+                order[pos]
+            }
+        }
+    }
+}
+
+/// A small xorshift generator (shuffles, run tokens).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// The address every resolver must answer for `name` (FNV-1a of the lower-case name).
+fn addr_for(name: &str) -> [u8; 4] {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.trim_end_matches('.').bytes() {
+        h ^= u32::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    [10, (h >> 16) as u8, (h >> 8) as u8, h as u8]
+}
+
+fn huge_addr(i: usize) -> [u8; 4] {
+    [HUGE_NET[0], HUGE_NET[1], (i >> 8) as u8, i as u8]
+}
+
+/// Where a message's question ends, and the question's name (lower case, dotted).
+fn question(m: &[u8]) -> Option<(usize, String)> {
+    let mut i = 12;
+    let mut name = String::new();
+    loop {
+        let l = *m.get(i)? as usize;
+        if l == 0 {
+            i += 1;
+            break;
+        }
+        if l & 0xC0 != 0 {
+            return None;
+        }
+        let label = m.get(i + 1..i + 1 + l)?;
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
+        i += 1 + l;
+    }
+    (m.len() >= i + 4).then_some((i + 4, name))
+}
+
+/// The UDP size a query allows: its OPT's class, or 512.
+fn udp_size(q: &[u8], qend: usize) -> usize {
+    let arcount = u16::from_be_bytes([q[10], q[11]]);
+    match q.get(qend..qend + 5) {
+        Some([0, 0, 41, hi, lo]) if arcount >= 1 => {
+            usize::from(u16::from_be_bytes([*hi, *lo])).max(512)
+        }
+        _ => 512,
+    }
+}
+
+/// A reply to query `q` (question ending at `qend`) with `id`, `rcode`, TC, and A records
+/// for the question's name.
+fn reply(q: &[u8], qend: usize, id: u16, rcode: u8, tc: bool, ips: &[[u8; 4]]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(qend + 16 * ips.len());
+    r.extend_from_slice(&id.to_be_bytes());
+    r.push(0x80 | (q[2] & 0x01) | if tc { 0x02 } else { 0 });
+    r.push(0x80 | rcode);
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&q[12..qend]);
+    for ip in ips {
+        r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        r.extend_from_slice(ip);
+    }
+    r
+}
+
+/// The real answer for `name`.
+fn honest(q: &[u8], qend: usize, name: &str) -> Vec<u8> {
+    reply(q, qend, qid(q), 0, false, &[addr_for(name)])
+}
+
+fn qid(q: &[u8]) -> u16 {
+    u16::from_be_bytes([q[0], q[1]])
+}
+
+/// A forged reply with the right ID for another question (`evil.` before the name).
+fn wrong_question(q: &[u8], qend: usize) -> Vec<u8> {
+    let mut fake = q[..12].to_vec();
+    fake.extend_from_slice(&[4, b'e', b'v', b'i', b'l']);
+    fake.extend_from_slice(&q[12..qend]);
+    reply(&fake, qend + 5, qid(q), 0, false, &[POISON])
+}
+
+#[derive(Default)]
+struct Counters {
+    udp: AtomicU64,
+    tcp: AtomicU64,
+    by_mode: [AtomicU64; 7],
+    spoofed: AtomicU64,
+    late: AtomicU64,
+}
+
+impl Counters {
+    fn text(&self) -> String {
+        let mut s = format!(
+            "udp={}\ntcp={}\nspoofed={}\nlate={}\n",
+            self.udp.load(Ordering::Relaxed),
+            self.tcp.load(Ordering::Relaxed),
+            self.spoofed.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed)
+        );
+        for m in ALL {
+            s.push_str(&format!(
+                "{}={}\n",
+                m.name(),
+                self.by_mode[m.index()].load(Ordering::Relaxed)
+            ));
+        }
+        s
+    }
+}
+
+struct Server {
+    plan: Plan,
+    delay: Duration,
+    spoof_delay: Duration,
+    huge: usize,
+    counters: Counters,
+}
+
+/// A reply to send later: when, to whom, what, and whether it is a slow mode's.
+type Later = (Instant, u64, SocketAddr, Vec<u8>, bool);
+
+/// Sends delayed UDP replies in time order (a bounded heap; past 100,000 waiting, dropped).
+fn delayer(sock: UdpSocket, rx: mpsc::Receiver<Later>, s: Arc<Server>) {
+    let mut heap: BinaryHeap<Reverse<Later>> = BinaryHeap::new();
+    loop {
+        let now = Instant::now();
+        while heap.peek().is_some_and(|Reverse(l)| l.0 <= now) {
+            if let Some(Reverse((_, _, to, bytes, slow))) = heap.pop() {
+                let _ = sock.send_to(&bytes, to);
+                if slow {
+                    s.counters.late.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let wait = heap
+            .peek()
+            .map_or(Duration::from_secs(3600), |Reverse(l)| l.0 - now);
+        match rx.recv_timeout(wait) {
+            Ok(l) if heap.len() < 100_000 => heap.push(Reverse(l)),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn serve_udp(sock: UdpSocket, s: Arc<Server>) -> std::io::Result<()> {
+    let (tx, rx) = mpsc::channel::<Later>();
+    {
+        let (sock, s) = (sock.try_clone()?, s.clone());
+        std::thread::spawn(move || delayer(sock, rx, s));
+    }
+    let mut seq = 0u64;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf)?;
+        let q = &buf[..n];
+        let Some((qend, name)) = (n >= 12).then(|| question(q)).flatten() else {
+            continue;
+        };
+        s.counters.udp.fetch_add(1, Ordering::Relaxed);
+        let mode = s.plan.mode(&name);
+        s.counters.by_mode[mode.index()].fetch_add(1, Ordering::Relaxed);
+        seq += 1;
+        let now = Instant::now();
+        let out = match mode {
+            Mode::Ok => Some(honest(q, qend, &name)),
+            Mode::Dead => None,
+            Mode::Slow => {
+                let _ = tx.send((now + s.delay, seq, from, honest(q, qend, &name), true));
+                None
+            }
+            Mode::Servfail => Some(reply(q, qend, qid(q), 2, false, &[])),
+            Mode::Truncate => Some(reply(q, qend, qid(q), 0, true, &[])),
+            Mode::Huge => {
+                let fit = ((udp_size(q, qend) - qend) / 16).min(s.huge);
+                let ips: Vec<[u8; 4]> = (0..fit).map(huge_addr).collect();
+                Some(reply(q, qend, qid(q), 0, fit < s.huge, &ips))
+            }
+            Mode::Spoof => {
+                let bad_id = reply(q, qend, qid(q) ^ 0xA5A5, 0, false, &[POISON]);
+                let _ = sock.send_to(&bad_id, from);
+                let _ = sock.send_to(&wrong_question(q, qend), from);
+                s.counters.spoofed.fetch_add(2, Ordering::Relaxed);
+                let _ = tx.send((
+                    now + s.spoof_delay,
+                    seq,
+                    from,
+                    honest(q, qend, &name),
+                    false,
+                ));
+                None
+            }
+        };
+        if let Some(r) = out {
+            let _ = sock.send_to(&r, from);
+        }
+    }
+}
+
+/// One TCP connection: queries in, replies per mode (see the module doc), until the peer
+/// closes or 30 s pass without a query.
+fn serve_conn(mut c: TcpStream, s: Arc<Server>) -> std::io::Result<()> {
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.set_nodelay(true)?;
+    let mut len = [0u8; 2];
+    loop {
+        c.read_exact(&mut len)?;
+        let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        c.read_exact(&mut q)?;
+        let Some((qend, name)) = (q.len() >= 12).then(|| question(&q)).flatten() else {
+            return Ok(());
+        };
+        s.counters.tcp.fetch_add(1, Ordering::Relaxed);
+        let mode = s.plan.mode(&name);
+        s.counters.by_mode[mode.index()].fetch_add(1, Ordering::Relaxed);
+        let r = match mode {
+            Mode::Ok | Mode::Spoof => honest(&q, qend, &name),
+            Mode::Dead => continue,
+            Mode::Slow => {
+                std::thread::sleep(s.delay);
+                s.counters.late.fetch_add(1, Ordering::Relaxed);
+                honest(&q, qend, &name)
+            }
+            Mode::Servfail => reply(&q, qend, qid(&q), 2, false, &[]),
+            Mode::Truncate => return Ok(()),
+            Mode::Huge => {
+                let ips: Vec<[u8; 4]> = (0..s.huge).map(huge_addr).collect();
+                reply(&q, qend, qid(&q), 0, false, &ips)
+            }
+        };
+        let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&r);
+        c.write_all(&framed)?;
+    }
+}
+
+fn serve_tcp(l: TcpListener, s: Arc<Server>) {
+    let open = Arc::new(AtomicU64::new(0));
+    for conn in l.incoming() {
+        let Ok(c) = conn else { continue };
+        // Bounded: past 1,024 open connections, new ones are closed at once.
+        if open.load(Ordering::Relaxed) >= 1024 {
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (s, open) = (s.clone(), open.clone());
+        std::thread::spawn(move || {
+            let _ = serve_conn(c, s);
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// `key=value` arguments.
+fn kv(args: &[String]) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                m.insert(k.to_string(), v.to_string());
+            }
+            None => die(&format!("expected key=value, got {a:?}")),
+        }
+    }
+    m
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("fault-upstream: {msg}");
+    std::process::exit(2);
+}
+
+fn num<T: std::str::FromStr>(m: &HashMap<String, String>, k: &str, default: T) -> T {
+    match m.get(k) {
+        None => default,
+        Some(v) => v
+            .parse()
+            .unwrap_or_else(|_| die(&format!("bad value for {k}: {v:?}"))),
+    }
+}
+
+fn serve(addr: SocketAddr, mode: &str, opts: &HashMap<String, String>) -> std::io::Result<()> {
+    let plan = match mode {
+        "byname" => Plan::ByName,
+        "flap" => Plan::Flap {
+            start: Instant::now(),
+            period: Duration::from_millis(num(opts, "flap_ms", 1000)),
+            seed: num(opts, "seed", 0),
+        },
+        m => Plan::Fixed(Mode::parse(m).unwrap_or_else(|| die(&format!("unknown mode {m}")))),
+    };
+    let huge: usize = num(opts, "huge", 2000);
+    if huge > 4000 {
+        die("huge: at most 4,000 records (one TCP message)");
+    }
+    let s = Arc::new(Server {
+        plan,
+        delay: Duration::from_millis(num(opts, "delay_ms", 4000)),
+        spoof_delay: Duration::from_millis(num(opts, "spoof_delay_ms", 50)),
+        huge,
+        counters: Counters::default(),
+    });
+    let udp = UdpSocket::bind(addr)?;
+    let tcp = TcpListener::bind(udp.local_addr()?)?;
+    if let Some(path) = opts.get("stats").cloned() {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let tmp = format!("{path}.tmp");
+            loop {
+                if std::fs::write(&tmp, s.counters.text()).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+    {
+        let s = s.clone();
+        std::thread::spawn(move || serve_tcp(tcp, s));
+    }
+    println!("serving {} {mode}", udp.local_addr()?);
+    serve_udp(udp, s)
+}
+
+/// What one reply was.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Correct,
+    HugeOk,
+    TcEmpty,
+    Servfail,
+    Refused,
+    Poisoned,
+    Wrong,
+}
+
+/// Judges a reply for `name` (its ID already matched).
+fn judge(r: &[u8], name: &str, tcp: bool, huge: usize) -> Verdict {
+    if r.len() < 12 || r[2] & 0x80 == 0 {
+        return Verdict::Wrong;
+    }
+    let tc = r[2] & 0x02 != 0;
+    match r[3] & 0x0F {
+        0 => {}
+        2 => return Verdict::Servfail,
+        5 => return Verdict::Refused,
+        _ => return Verdict::Wrong,
+    }
+    let Some((mut i, qname)) = question(r) else {
+        return Verdict::Wrong;
+    };
+    if qname != name.to_ascii_lowercase() {
+        return Verdict::Wrong;
+    }
+    let ancount = usize::from(u16::from_be_bytes([r[6], r[7]]));
+    let mut ips = Vec::with_capacity(ancount);
+    for _ in 0..ancount {
+        // Owner: a pointer or labels.
+        loop {
+            match r.get(i) {
+                Some(&l) if l & 0xC0 == 0xC0 => {
+                    i += 2;
+                    break;
+                }
+                Some(&0) => {
+                    i += 1;
+                    break;
+                }
+                Some(&l) => i += 1 + l as usize,
+                None => return Verdict::Wrong,
+            }
+        }
+        let Some(h) = r.get(i..i + 10) else {
+            return Verdict::Wrong;
+        };
+        let rdlen = usize::from(u16::from_be_bytes([h[8], h[9]]));
+        let Some(data) = r.get(i + 10..i + 10 + rdlen) else {
+            return Verdict::Wrong;
+        };
+        if h[0..2] != [0, 1] || rdlen != 4 {
+            return Verdict::Wrong;
+        }
+        ips.push([data[0], data[1], data[2], data[3]]);
+        i += 10 + rdlen;
+    }
+    if ips.contains(&POISON) {
+        return Verdict::Poisoned;
+    }
+    if ips.is_empty() {
+        return if tc { Verdict::TcEmpty } else { Verdict::Wrong };
+    }
+    if ips == [addr_for(name)] {
+        return Verdict::Correct;
+    }
+    let want: Vec<[u8; 4]> = (0..ips.len()).map(huge_addr).collect();
+    let complete = ips.len() == huge;
+    if ips == want && (complete || (tc && !tcp)) {
+        return Verdict::HugeOk;
+    }
+    Verdict::Wrong
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    replied: u64,
+    lost: u64,
+    late: u64,
+    verdicts: HashMap<&'static str, u64>,
+    latencies_us: Vec<u64>,
+    refused_max_us: u64,
+    wrong_sample: Option<String>,
+}
+
+impl Tally {
+    fn got(&mut self, v: Verdict, took: Duration, raw: &[u8]) {
+        self.replied += 1;
+        let us = took.as_micros() as u64;
+        self.latencies_us.push(us);
+        let k = match v {
+            Verdict::Correct => "correct",
+            Verdict::HugeOk => "huge_ok",
+            Verdict::TcEmpty => "tc_empty",
+            Verdict::Servfail => "servfail",
+            Verdict::Refused => {
+                self.refused_max_us = self.refused_max_us.max(us);
+                "refused"
+            }
+            Verdict::Poisoned => "poisoned",
+            Verdict::Wrong => {
+                if self.wrong_sample.is_none() {
+                    self.wrong_sample = Some(raw.iter().map(|b| format!("{b:02x}")).collect());
+                }
+                "wrong"
+            }
+        };
+        *self.verdicts.entry(k).or_default() += 1;
+    }
+    fn merge(&mut self, o: Tally) {
+        self.sent += o.sent;
+        self.replied += o.replied;
+        self.lost += o.lost;
+        self.late += o.late;
+        for (k, v) in o.verdicts {
+            *self.verdicts.entry(k).or_default() += v;
+        }
+        self.latencies_us.extend(o.latencies_us);
+        self.refused_max_us = self.refused_max_us.max(o.refused_max_us);
+        if self.wrong_sample.is_none() {
+            self.wrong_sample = o.wrong_sample;
+        }
+    }
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+struct Ask {
+    addr: SocketAddr,
+    names: String,
+    run: u64,
+    clients: usize,
+    count: u64,
+    until: Option<Instant>,
+    /// Between two queries of one client; zero: all at once.
+    interval: Duration,
+    deadline: Duration,
+    huge: usize,
+}
+
+impl Ask {
+    fn name(&self, client: usize, seq: u64) -> String {
+        format!("{}-{client}-{seq}-{:x}.f.test", self.names, self.run)
+    }
+    fn more(&self, seq: u64) -> bool {
+        match self.until {
+            Some(t) => Instant::now() < t && (self.count == 0 || seq < self.count),
+            None => seq < self.count,
+        }
+    }
+}
+
+/// Room for the replies to a burst (1,000 queries sent before the first reply is read): the
+/// default buffer holds about 200, and replies dropped here would count as the resolver's.
+fn big_receive_buffer(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// One UDP client, open loop: paced sends, replies matched by ID.
+fn ask_udp(a: &Ask, client: usize) -> std::io::Result<Tally> {
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    sock.connect(a.addr)?;
+    big_receive_buffer(&sock);
+    let mut t = Tally::default();
+    let mut waiting: HashMap<u16, (Instant, String)> = HashMap::new();
+    let mut seq = 0u64;
+    // Clients spread over one interval.
+    let mut next = Instant::now() + a.interval.mul_f64(client as f64 / a.clients as f64);
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let now = Instant::now();
+        let sending = a.more(seq);
+        if sending && now >= next {
+            let id = seq as u16;
+            let name = a.name(client, seq);
+            if waiting.contains_key(&id) {
+                // 65,536 queries outstanding on one socket: count the old one lost.
+                t.lost += 1;
+            }
+            sock.send(&query(id, &name))?;
+            waiting.insert(id, (now, name));
+            t.sent += 1;
+            seq += 1;
+            next += a.interval;
+            if a.interval.is_zero() {
+                continue;
+            }
+            if next < now {
+                next = now;
+            }
+        }
+        waiting.retain(|_, (at, _)| {
+            let expired = now.duration_since(*at) > a.deadline;
+            if expired {
+                t.lost += 1;
+            }
+            !expired
+        });
+        if !sending && waiting.is_empty() {
+            return Ok(t);
+        }
+        let wake = if sending {
+            next
+        } else {
+            now + Duration::from_millis(20)
+        };
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(20));
+        sock.set_read_timeout(Some(wait))?;
+        match sock.recv(&mut buf) {
+            Ok(n) if n >= 12 => {
+                let id = u16::from_be_bytes([buf[0], buf[1]]);
+                match waiting.remove(&id) {
+                    Some((at, name)) => {
+                        let took = at.elapsed();
+                        if took > a.deadline {
+                            t.late += 1;
+                            t.lost += 1;
+                        } else {
+                            t.got(judge(&buf[..n], &name, false, a.huge), took, &buf[..n]);
+                        }
+                    }
+                    None => t.late += 1,
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One TCP client, closed loop: a connection per query.
+fn ask_tcp(a: &Ask, client: usize) -> Tally {
+    let mut t = Tally::default();
+    let mut seq = 0u64;
+    let mut next = Instant::now();
+    while a.more(seq) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        next += a.interval;
+        let name = a.name(client, seq);
+        let id = seq as u16;
+        seq += 1;
+        t.sent += 1;
+        let start = Instant::now();
+        let one = || -> std::io::Result<Vec<u8>> {
+            let mut c = TcpStream::connect_timeout(&a.addr, a.deadline)?;
+            let q = query(id, &name);
+            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&q);
+            c.write_all(&framed)?;
+            let left = a.deadline.saturating_sub(start.elapsed());
+            c.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len)?;
+            let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            c.read_exact(&mut r)?;
+            Ok(r)
+        };
+        match one() {
+            Ok(r) if start.elapsed() <= a.deadline => {
+                let v = if r.len() >= 2 && qid(&r) == id {
+                    judge(&r, &name, true, a.huge)
+                } else {
+                    Verdict::Wrong
+                };
+                t.got(v, start.elapsed(), &r);
+            }
+            Ok(_) => {
+                t.late += 1;
+                t.lost += 1;
+            }
+            Err(_) => t.lost += 1,
+        }
+    }
+    t
+}
+
+fn ask(addr: SocketAddr, opts: &HashMap<String, String>) -> std::io::Result<()> {
+    let clients: usize = num(opts, "clients", 4);
+    let rate: f64 = num(opts, "rate", 50.0);
+    let secs: f64 = num(opts, "secs", 0.0);
+    let tcp = num::<u8>(opts, "tcp", 0) == 1;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        ^ u64::from(std::process::id()) << 32;
+    let a = Ask {
+        addr,
+        names: opts.get("names").cloned().unwrap_or_else(|| "ok".into()),
+        run: Rng::new(seed).next() & 0xFF_FFFF,
+        clients,
+        count: num(opts, "count", if secs > 0.0 { 0 } else { 10 }),
+        until: (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs)),
+        interval: if rate > 0.0 {
+            Duration::from_secs_f64(clients as f64 / rate)
+        } else {
+            Duration::ZERO
+        },
+        deadline: Duration::from_millis(num(opts, "deadline_ms", 3500)),
+        huge: num(opts, "huge", 2000),
+    };
+    let total = Mutex::new(Tally::default());
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let (a, total) = (&a, &total);
+            s.spawn(move || {
+                let t = if tcp {
+                    ask_tcp(a, c)
+                } else {
+                    ask_udp(a, c).unwrap_or_else(|e| die(&format!("client {c}: {e}")))
+                };
+                total.lock().unwrap_or_else(|p| p.into_inner()).merge(t);
+            });
+        }
+    });
+    let mut t = total.into_inner().unwrap_or_else(|p| p.into_inner());
+    t.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if t.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((t.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, t.latencies_us.len());
+        t.latencies_us[i - 1] as f64 / 1000.0
+    };
+    let mut line = format!(
+        "sent={} replied={} lost={} late={}",
+        t.sent, t.replied, t.lost, t.late
+    );
+    for k in [
+        "correct", "huge_ok", "tc_empty", "servfail", "refused", "poisoned", "wrong",
+    ] {
+        line.push_str(&format!(" {k}={}", t.verdicts.get(k).copied().unwrap_or(0)));
+    }
+    line.push_str(&format!(
+        " p50_ms={:.1} p99_ms={:.1} max_ms={:.1} refused_max_ms={:.1}",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        t.refused_max_us as f64 / 1000.0
+    ));
+    println!("{line}");
+    if let Some(w) = t.wrong_sample {
+        eprintln!("first wrong reply: {w}");
+    }
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: fault-upstream serve ADDR MODE [key=value…] | ask ADDR [key=value…]";
+    let (Some(cmd), Some(addr)) = (args.first(), args.get(1)) else {
+        die(usage)
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| die(&format!("bad address {addr}")));
+    let r = match cmd.as_str() {
+        "serve" => {
+            let Some(mode) = args.get(2) else { die(usage) };
+            serve(addr, mode, &kv(&args[3..]))
+        }
+        "ask" => ask(addr, &kv(&args[2..])),
+        _ => die(usage),
+    };
+    if let Err(e) = r {
+        die(&e.to_string());
+    }
+}
