@@ -23,22 +23,8 @@ SEED=${SEED:-0}
 SAMPLE=${SAMPLE:-20}
 OUT=${OUT:-$(mktemp -d /tmp/sdbench-faults.XXXXXX)}
 mkdir -p "$OUT"
-HNS=sdbfa-$$
-W=$(mktemp -d /dev/shm/sdbfa-w.XXXXXX 2>/dev/null || mktemp -d /tmp/sdbfa-w.XXXXXX)
-PIDS=()
-
-cleanup() {
-  set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 0.3
-  if [ -n "${SDCTL:-}" ] && [ -d "$W/state" ]; then
-    ip netns exec "$HNS" "$SDCTL" daemon --cleanup --state-dir "$W/state" --run-dir "$W/run" \
-      --socket "$W/sock" --etc-netns-dir "$W/etc" --no-netns-links >/dev/null 2>&1
-  fi
-  ip netns del "$HNS" 2>/dev/null
-  cp "$W/daemon.log" "$OUT/daemon.log" 2>/dev/null; rm -rf "$W"
-}
-trap cleanup EXIT
+# shellcheck source=lib/daemon.sh
+. tests/bench/lib/daemon.sh
 
 if [ -z "${SDCTL:-}" ] || [ -z "${FAULT:-}" ]; then
   cargo build --release -q -p sdctl -p sdnet-tests --bin sdctl --bin fault-upstream
@@ -46,26 +32,15 @@ if [ -z "${SDCTL:-}" ] || [ -z "${FAULT:-}" ]; then
   FAULT=${CARGO_TARGET_DIR:-$ROOT/target}/release/fault-upstream
 fi
 
-ip netns add "$HNS"
-ip -n "$HNS" link set lo up
-# The daemon's host resolver is the fixture.
-echo "nameserver 127.0.0.53" > "$W/resolv.conf"
+bench_init fa
+# The daemon's host resolver (127.0.0.53 in $W/resolv.conf) is the fixture.
 ip netns exec "$HNS" taskset -c 1 "$FAULT" serve 127.0.0.53:53 flap "flap_ms=$FLAP_MS" "seed=$SEED" \
   "stats=$W/fixture.stats" >"$OUT/fixture.log" 2>&1 &
 PIDS+=($!)
 # The daemon on CPU 0, the clients and the fixture on CPU 1.
-ip netns exec "$HNS" taskset -c 0 "$SDCTL" daemon --state-dir "$W/state" --run-dir "$W/run" --socket "$W/sock" \
-  --etc-netns-dir "$W/etc" --no-netns-links --resolv-conf "$W/resolv.conf" \
-  --metrics-addr 127.0.0.1:9153 >"$W/daemon.log" 2>&1 &
-DPID=$!
-PIDS+=("$DPID")
-export SDNET_SOCKET=$W/sock
-for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
+bench_daemon --metrics-addr 127.0.0.1:9153
 "$SDCTL" network create --subnet 10.205.0.0/24 fa >/dev/null
 "$SDCTL" run -d --name c --network fa >/dev/null
-in_sb() { local sb=$1; shift; ip netns exec "$HNS" nsenter --net="/proc/$DPID/root$W/run/netns/$sb" taskset -c 1 "$@"; }
-rss() { awk '/VmRSS/ {print $2}' "/proc/$DPID/status"; }
-fds() { ls "/proc/$DPID/fd" | wc -l; }
 metric() { awk -v m="$1" '$1 == m {v = $2} END {print v + 0}' "$W/metrics.txt"; }
 scrape() { ip netns exec "$HNS" curl -sf --max-time 2 http://127.0.0.1:9153/metrics > "$W/metrics.txt" || : > "$W/metrics.txt"; }
 kv() { grep -oE "(^| )$1=[0-9.]+" | head -1 | cut -d= -f2; }

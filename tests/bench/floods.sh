@@ -21,22 +21,8 @@ STORM=${STORM:-10000}
 OUT=${OUT:-$(mktemp -d /tmp/sdbench-floods.XXXXXX)}
 mkdir -p "$OUT"
 ANCHORS=${ANCHORS:-$ROOT/../shared/bench}
-HNS=sdbfl-$$
-W=$(mktemp -d /dev/shm/sdbfl-w.XXXXXX 2>/dev/null || mktemp -d /tmp/sdbfl-w.XXXXXX)
-PIDS=()
-
-cleanup() {
-  set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 0.3
-  if [ -n "${SDCTL:-}" ] && [ -d "$W/state" ]; then
-    ip netns exec "$HNS" "$SDCTL" daemon --cleanup --state-dir "$W/state" --run-dir "$W/run" \
-      --socket "$W/sock" --etc-netns-dir "$W/etc" --no-netns-links >/dev/null 2>&1
-  fi
-  ip netns del "$HNS" 2>/dev/null
-  cp "$W/daemon.log" "$OUT/daemon.log" 2>/dev/null; rm -rf "$W"
-}
-trap cleanup EXIT
+# shellcheck source=lib/daemon.sh
+. tests/bench/lib/daemon.sh
 
 command -v dnsperf >/dev/null || bash "$ANCHORS/anchors.sh" install
 cargo build --release -q -p sdctl -p sdnet-tests --bin sdctl --bin flood
@@ -44,22 +30,12 @@ SDCTL=${CARGO_TARGET_DIR:-$ROOT/target}/release/sdctl
 FLOOD=${CARGO_TARGET_DIR:-$ROOT/target}/release/flood
 echo -20 > /proc/self/autogroup 2>/dev/null || true
 
-ip netns add "$HNS"
-ip -n "$HNS" link set lo up
-echo "nameserver 127.0.0.53" > "$W/resolv.conf"
+bench_init fl
 # The daemon on CPU 0, the clients on CPU 1.
-ip netns exec "$HNS" taskset -c 0 "$SDCTL" daemon --state-dir "$W/state" --run-dir "$W/run" --socket "$W/sock" \
-  --etc-netns-dir "$W/etc" --no-netns-links --resolv-conf "$W/resolv.conf" >"$W/daemon.log" 2>&1 &
-DPID=$!
-PIDS+=("$DPID")
-export SDNET_SOCKET=$W/sock
-for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
+bench_daemon
 "$SDCTL" network create --subnet 10.204.0.0/16 fl >/dev/null
 for s in quiet $(seq -f 'v%g' 1 "$SANDBOXES"); do "$SDCTL" run -d --name "$s" --network fl >/dev/null; done
 for i in $(seq 0 99); do "$SDCTL" run -d --name "n$i" --network fl >/dev/null; done
-in_sb() { local sb=$1; shift; ip netns exec "$HNS" nsenter --net="/proc/$DPID/root$W/run/netns/$sb" taskset -c 1 "$@"; }
-rss() { awk '/VmRSS/ {print $2}' "/proc/$DPID/status"; }
-fds() { ls "/proc/$DPID/fd" | wc -l; }
 RSS0=$(rss) FDS0=$(fds)
 python3 - "$W/q.txt" <<'PY'
 import random, sys

@@ -22,24 +22,8 @@ DUR=${DUR:-10}
 OUT=${OUT:-$(mktemp -d /tmp/sdbench-sb.XXXXXX)}
 mkdir -p "$OUT"
 ANCHORS=${ANCHORS:-$ROOT/../shared/bench}
-HNS=sdbsb-$$
-# The run dir is tmpfs on a normal host (/run); so is ours here.
-W=$(mktemp -d /dev/shm/sdbsb-w.XXXXXX 2>/dev/null || mktemp -d /tmp/sdbsb-w.XXXXXX)
-PIDS=()
-
-cleanup() {
-  set +e
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 0.3
-  if [ -n "${SDCTL:-}" ] && [ -d "$W/state" ]; then
-    ip netns exec "$HNS" "$SDCTL" daemon --cleanup --state-dir "$W/state" --run-dir "$W/run" \
-      --socket "$W/sock" --etc-netns-dir "$W/etc" --no-netns-links >/dev/null 2>&1
-  fi
-  ip netns del "$HNS" 2>/dev/null
-  ip netns del "$HNS-dns" 2>/dev/null
-  cp "$W/daemon.log" "$OUT/daemon.log" 2>/dev/null; rm -rf "$W"
-}
-trap cleanup EXIT
+# shellcheck source=lib/daemon.sh
+. tests/bench/lib/daemon.sh
 
 for t in dnsperf dig nft; do
   command -v $t >/dev/null || bash "$ANCHORS/anchors.sh" install
@@ -48,26 +32,17 @@ cargo build --release -q -p sdctl -p sdnet-tests --bin sdctl --bin sandbox-bench
 SDCTL=${CARGO_TARGET_DIR:-$ROOT/target}/release/sdctl
 BENCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/sandbox-bench
 
-# The daemon runs under ip netns exec (its own mount namespace): its namespace files are
-# reached through /proc/PID/root.
 # Other jobs on this 2-core machine would otherwise steal the CPU (see baseline-perf.md).
 echo -20 > /proc/self/autogroup 2>/dev/null || true
 
-ip netns add "$HNS"
-ip -n "$HNS" link set lo up
-echo "nameserver 127.0.0.53" > "$W/resolv.conf"
-ip netns exec "$HNS" taskset -c 0 "$SDCTL" daemon --state-dir "$W/state" --run-dir "$W/run" --socket "$W/sock" \
-  --etc-netns-dir "$W/etc" --no-netns-links --resolv-conf "$W/resolv.conf" >"$W/daemon.log" 2>&1 &
-DPID=$!
-PIDS+=("$DPID")
-export SDNET_SOCKET=$W/sock
-for _ in $(seq 100); do "$SDCTL" ps >/dev/null 2>&1 && break; sleep 0.1; done
+bench_init sb
+EXTRA_NS+=("$HNS-dns")
+bench_daemon
 "$SDCTL" network create --subnet 10.200.0.0/16 bench >/dev/null
 # The concurrent writers of the reads-under-load phase use a network of their own: a Linux
 # bridge takes at most 1,024 ports, and `bench` has N of them already.
 "$SDCTL" network create --subnet 10.203.0.0/16 benchload >/dev/null
 "$SDCTL" run -d --name probe --network bench >/dev/null
-rss() { awk '/VmRSS/ {print $2}' "/proc/$DPID/status"; }
 RSS0=$(rss)
 
 echo "== $N sandboxes through the API (create + attach + DNS listener; name checked at return)"
