@@ -10,10 +10,12 @@ mod daemon;
 mod dig;
 mod fixtures;
 mod ns;
+mod rng;
 mod upstreams;
 
 pub use daemon::*;
 pub use dig::*;
 pub use fixtures::*;
 pub use ns::*;
+pub use rng::Rng;
 pub use upstreams::{Named, Scripted};

@@ -46,6 +46,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use sdnet_tests::Rng;
+
 const POISON: [u8; 4] = [192, 0, 2, 66];
 const HUGE_NET: [u8; 2] = [198, 18];
 
@@ -135,23 +137,6 @@ impl Plan {
                 order[pos]
             }
         }
-    }
-}
-
-/// A small xorshift generator (shuffles, run tokens).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
     }
 }
 

@@ -38,6 +38,7 @@ use sdnet_lb::{VipLb, change, table};
 use sdnet_netstack::link::Netlink;
 use sdnet_netstack::netns::Netns;
 use sdnet_netstack::nft;
+use sdnet_tests::Rng;
 
 type Res<T> = Result<T, String>;
 
@@ -238,23 +239,6 @@ fn handle_signals(work: Arc<Work>) -> Res<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-/// xorshift64*: deterministic choices without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -538,7 +522,7 @@ fn run(o: &Opts, work: &Work) -> Res<()> {
         o.conns,
         o.seed
     );
-    let mut rng = Rng(o.seed.max(1));
+    let mut rng = Rng::new(o.seed);
     if o.scale {
         for &s in &o.sizes {
             scale(work, o, s, &mut rng)?;

@@ -12,9 +12,9 @@ use tracing::{debug, warn};
 
 use super::CniDriver;
 use super::cache::{self, Cached};
-use super::exec::{self, Command, ExecError, Invocation};
+use super::exec::{self, Command, ExecError};
 use super::health::{Outcome, Verdict};
-use super::spec::{AddResult, ConfList, RuntimeConfig};
+use super::spec::{AddResult, ConfList};
 
 /// What one CHECK found, and the record it checked (None: unreadable).
 struct Checked {
@@ -141,17 +141,8 @@ impl CniDriver {
         if !is_netns(Path::new(&c.netns)) {
             return None;
         }
-        let inv = Invocation {
-            command: Command::Check,
-            container_id: &c.sandbox,
-            netns: &c.netns,
-            ifname: &c.ifname,
-            bin_dir: &self.bin_dir,
-        };
-        let rc = RuntimeConfig {
-            port_mappings: c.ports.clone(),
-            ips: c.ips.clone(),
-        };
+        let inv = c.invocation(Command::Check, &c.netns, &self.bin_dir);
+        let rc = c.runtime_config();
         for i in 0..list.plugins.len() {
             let stdin = list.plugin_stdin(i, Some(prev), &rc);
             match exec::run(list.plugin_type(i), &inv, stdin).await {

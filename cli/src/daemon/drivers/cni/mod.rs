@@ -43,6 +43,33 @@ use self::spec::{AddResult, Assigned, ConfList, PortMapping, RuntimeConfig};
 use super::{Links, NetworkDriver, SandboxNs};
 use crate::daemon::store::schema::{CNI_CONFIG_OPTION, EndpointRec, NetworkRec, PublishRec};
 
+impl Cached {
+    /// What every plugin run for this endpoint is told: its IDs, interface and plugin
+    /// directory, and `netns` (the ADD's path; empty on a DEL whose namespace is gone).
+    fn invocation<'a>(
+        &'a self,
+        command: Command,
+        netns: &'a str,
+        bin_dir: &'a Path,
+    ) -> Invocation<'a> {
+        Invocation {
+            command,
+            container_id: &self.sandbox,
+            netns,
+            ifname: &self.ifname,
+            bin_dir,
+        }
+    }
+
+    /// The capabilities' runtime values, the same for ADD, CHECK and DEL.
+    fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            port_mappings: self.ports.clone(),
+            ips: self.ips.clone(),
+        }
+    }
+}
+
 pub struct CniDriver {
     /// Where plugin binaries are (`--cni-bin-dir`).
     pub bin_dir: PathBuf,
@@ -146,17 +173,8 @@ impl CniDriver {
     /// ADD through the list; the final result. On a failure, what succeeded is undone (DEL
     /// of the whole list) and the first error returned.
     async fn add(&self, c: &Cached, list: &ConfList) -> Result<Value> {
-        let inv = Invocation {
-            command: Command::Add,
-            container_id: &c.sandbox,
-            netns: &c.netns,
-            ifname: &c.ifname,
-            bin_dir: &self.bin_dir,
-        };
-        let rc = RuntimeConfig {
-            port_mappings: c.ports.clone(),
-            ips: c.ips.clone(),
-        };
+        let inv = c.invocation(Command::Add, &c.netns, &self.bin_dir);
+        let rc = c.runtime_config();
         let mut prev: Option<Value> = None;
         let mut took = Duration::ZERO;
         for i in 0..list.plugins.len() {
@@ -197,17 +215,8 @@ impl CniDriver {
         prev: Option<&Value>,
         netns: &str,
     ) -> Result<(), ExecError> {
-        let inv = Invocation {
-            command: Command::Del,
-            container_id: &c.sandbox,
-            netns,
-            ifname: &c.ifname,
-            bin_dir: &self.bin_dir,
-        };
-        let rc = RuntimeConfig {
-            port_mappings: c.ports.clone(),
-            ips: c.ips.clone(),
-        };
+        let inv = c.invocation(Command::Del, netns, &self.bin_dir);
+        let rc = c.runtime_config();
         let mut first = None;
         for i in (0..list.plugins.len()).rev() {
             let stdin = list.plugin_stdin(i, prev, &rc);
