@@ -131,7 +131,7 @@ impl Plan {
                 if *seed != 0 {
                     let mut r = Rng::new(seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                     for i in (1..order.len()).rev() {
-                        order.swap(i, (r.next() % (i as u64 + 1)) as usize);
+                        order.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
                     }
                 }
                 order[pos]
@@ -796,7 +796,7 @@ fn ask(addr: SocketAddr, opts: &HashMap<String, String>) -> std::io::Result<()> 
     let a = Ask {
         addr,
         names: opts.get("names").cloned().unwrap_or_else(|| "ok".into()),
-        run: Rng::new(seed).next() & 0xFF_FFFF,
+        run: Rng::new(seed).next_u64() & 0xFF_FFFF,
         clients,
         count: num(opts, "count", if secs > 0.0 { 0 } else { 10 }),
         until: (secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(secs)),

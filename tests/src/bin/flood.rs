@@ -126,7 +126,7 @@ fn garbage(addr: SocketAddr, secs: f64, rate: u64) {
                 pace.wait(made);
                 if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
                     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-                    let len = (rng.next() % buf.len() as u64) as usize;
+                    let len = (rng.next_u64() % buf.len() as u64) as usize;
                     rng.fill(&mut buf[..len]);
                     let _ = s.write_all(&buf[..len]);
                     n.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +150,7 @@ fn garbage(addr: SocketAddr, secs: f64, rate: u64) {
     };
     let mut sent = 0u64;
     while Instant::now() < until {
-        let len = (rng.next() % 600) as usize;
+        let len = (rng.next_u64() % 600) as usize;
         rng.fill(&mut buf[..len]);
         if len >= 12 && sent.is_multiple_of(2) {
             // Looks like a query (QR clear, one question) with a broken body.
