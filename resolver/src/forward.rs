@@ -324,17 +324,10 @@ async fn exchange_udp(
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(server).await?;
     sock.send(msg).await?;
+    let mut buf = vec![0u8; u16::MAX as usize];
     let wait = async {
         loop {
-            // The 64 KiB buffer exists only while a datagram is read: a forward waiting on a
-            // slow or dead upstream holds none (hundreds may wait at once).
-            sock.readable().await?;
-            let mut buf = vec![0u8; u16::MAX as usize];
-            let n = match sock.try_recv(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let n = sock.recv(&mut buf).await?;
             // Datagrams without our ID (late or spoofed) are ignored, and so are those with
             // our ID that answer another question (RFC 5452: only a datagram matching ID,
             // question and addresses is the reply; a forger who guessed the ID must not make
