@@ -36,6 +36,19 @@ fn bridge_conflist(
     )
 }
 
+/// `network create -d cni --cni-conf CONF NAME`.
+fn cni_network(d: &Daemon, conf: &Path, name: &str) {
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "cni",
+        "--cni-conf",
+        conf.to_str().unwrap(),
+        name,
+    ]);
+}
+
 fn write(d: &Daemon, file: &str, text: &str) -> PathBuf {
     let p = d.dir.path().join(file);
     std::fs::write(&p, text).unwrap();
@@ -102,15 +115,7 @@ fn bridge_host_local_portmap_names_traffic_ports_and_nothing_left() {
         "cn1.conflist",
         &bridge_conflist("cn1", "cnibr1", "10.231.0.0/24", &lease_dir, None),
     );
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "cni",
-        "--cni-conf",
-        conf.to_str().unwrap(),
-        "cn1",
-    ]);
+    cni_network(&d, &conf, "cn1");
     // The configuration is stored, not the path: the file may go.
     std::fs::remove_file(&conf).unwrap();
     let net = d.ok(&["network", "inspect", "cn1"]);
@@ -237,15 +242,7 @@ fn restart_keeps_cni_endpoints_and_rm_after_restart_dels() {
         "cn2.conflist",
         &bridge_conflist("cn2", "cnibr2", "10.232.0.0/24", &lease_dir, None),
     );
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "cni",
-        "--cni-conf",
-        conf.to_str().unwrap(),
-        "cn2",
-    ]);
+    cni_network(&d, &conf, "cn2");
     d.ok(&["run", "-d", "--name", "r1", "--network", "cn2"]);
     let ip = d.ip("r1", "cn2");
     let adds = |d: &Daemon| d.log().matches("CNI ADD").count();
@@ -368,15 +365,7 @@ fn unknown_plugins_and_failing_plugins_leave_nothing_behind() {
             Some(("10.233.1.10", "10.233.1.10")),
         ),
     );
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "cni",
-        "--cni-conf",
-        one.to_str().unwrap(),
-        "one",
-    ]);
+    cni_network(&d, &one, "one");
     d.ok(&["run", "-d", "--name", "o1", "--network", "one"]);
     assert_eq!(d.ip("o1", "one"), "10.233.1.10");
     let err = d.fails(&["run", "-d", "--name", "o2", "--network", "one"]);
@@ -420,15 +409,7 @@ fn macvlan_with_static_ipam_gets_the_configured_address() {
         r#"{"cniVersion":"1.0.0","name":"cnmv","type":"macvlan","master":"up0","mode":"bridge",
             "ipam":{"type":"static","addresses":[{"address":"192.168.234.20/24"}]}}"#,
     );
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "cni",
-        "--cni-conf",
-        conf.to_str().unwrap(),
-        "cnmv",
-    ]);
+    cni_network(&d, &conf, "cnmv");
     d.ok(&["run", "-d", "--name", "m1", "--network", "cnmv"]);
     assert_eq!(d.ip("m1", "cnmv"), "192.168.234.20");
     let link = d.exec_ok("m1", &["ip", "-d", "link", "show", "eth0"]);
@@ -574,15 +555,7 @@ fn check_finds_endpoints_broken_from_outside_and_repairs_them() {
         .replace(r#""name":"ck3","#, r#""name":"ck3","disableCheck":true,"#);
     for (name, text) in [("ck1", &ck1), ("ck2", &ck2), ("ck3", &ck3)] {
         let conf = write(&d, &format!("{name}.conflist"), text);
-        d.ok(&[
-            "network",
-            "create",
-            "-d",
-            "cni",
-            "--cni-conf",
-            conf.to_str().unwrap(),
-            name,
-        ]);
+        cni_network(&d, &conf, name);
     }
     server(&d, "a1", "ck1");
     d.ok(&["run", "-d", "--name", "a2", "--network", "ck1"]);
