@@ -102,7 +102,9 @@ impl Daemon {
         self.pid = child.id();
         self.ns.children.lock().unwrap().push(child);
         let sock = self.socket.clone();
-        wait_for(Duration::from_secs(20), || {
+        // A liveness bound, not a speed target: restoring state waits on the kernel's RTNL
+        // lock, which other tests' namespace teardowns can hold for many seconds.
+        wait_for(Duration::from_secs(60), || {
             std::os::unix::net::UnixStream::connect(&sock)
                 .ok()
                 .map(|_| ())

@@ -149,12 +149,14 @@ fn script(ps: &[Probe]) -> String {
     );
     for (i, p) in ps.iter().enumerate() {
         if let How::Shell(cmd) = &p.how {
-            // Retries wait a little longer each time: every source probes at once, and
-            // socat's forking UDP listener drops a datagram that arrives while it forks.
+            // Retries wait longer each time (1, 2, 3, 4 s): every source probes at once,
+            // socat's forking UDP listener drops a datagram that arrives while it forks, and
+            // a loaded machine can keep it from listening again for a while (5 tries within
+            // 1.5 s all failed once).
             let tries = if p.allowed { 5 } else { 1 };
             s.push_str(&format!(
                 "{{ for t in $(seq {tries}); do r=$({cmd}); [ \"$r\" = '{}' ] && break; \
-                 sleep 0.$t; done; echo \"{i}|$r\"; }} &\n",
+                 sleep $t; done; echo \"{i}|$r\"; }} &\n",
                 p.want
             ));
         }
