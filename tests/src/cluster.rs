@@ -19,7 +19,13 @@ pub struct Cluster {
     pub underlay: Ns,
     tag: String,
     store: String,
+    /// Dropped last: one cluster at a time per test binary. Each is an etcd and several
+    /// daemons; four at once on a 2-core machine made etcd and the daemons miss their
+    /// deadlines (every test of cluster_services timed out once in test-all).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The underlay address of etcd member `i` (100.64.0.250, .251, …).
 pub fn etcd_addr(i: usize) -> String {
@@ -62,6 +68,7 @@ impl Cluster {
 
     /// With an etcd of `members` members (each node is told all of them).
     pub fn start_with(tag: &str, n: usize, members: usize, extra: &[&str]) -> Cluster {
+        let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             have_etcd(),
             "etcd is not installed (Debian: etcd-server; scripts/test-all.sh installs it)"
@@ -134,6 +141,7 @@ impl Cluster {
             underlay,
             tag: tag.to_string(),
             store,
+            _turn: turn,
         };
         for i in 0..n {
             c.add_node(i, extra);
