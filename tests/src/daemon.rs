@@ -191,7 +191,7 @@ impl Daemon {
     /// Runs `sdctl ARGS --socket S` (from the test's own namespace, like a user would).
     pub fn sdctl(&self, args: &[&str]) -> Output {
         Command::new("timeout")
-            .arg("60")
+            .arg("120")
             .arg(sdctl())
             .args(args)
             .env("SDNET_SOCKET", &self.socket)
@@ -203,7 +203,7 @@ impl Daemon {
     /// or means not to) and stdin from /dev/null.
     pub fn sdctl_bare(&self, args: &[&str]) -> Output {
         Command::new("timeout")
-            .arg("60")
+            .arg("120")
             .arg(sdctl())
             .args(args)
             .env_remove("SDNET_SOCKET")
