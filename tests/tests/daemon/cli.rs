@@ -447,7 +447,11 @@ fn docker_habits_version_prune_ps_status_and_times() {
     })
     .unwrap_or_else(|| panic!("{}", d.ok(&["ps", "-a"])));
     for name in ["a1", "up1"] {
-        let line = ps.lines().find(|l| l.contains(name)).unwrap();
+        // By the NAME column: a random ID can hold "a1".
+        let line = ps
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap();
         assert!(line.contains(" ago ") && line.contains(" Up "), "{ps}");
     }
     let up = d.inspect("up1");
