@@ -62,14 +62,7 @@ enum Mode {
     Spoof,
 }
 
-const FAULTS: [Mode; 6] = [
-    Mode::Dead,
-    Mode::Slow,
-    Mode::Servfail,
-    Mode::Truncate,
-    Mode::Huge,
-    Mode::Spoof,
-];
+/// Every mode; the faults a flap cycles through are all but the first (`Ok`).
 const ALL: [Mode; 7] = [
     Mode::Ok,
     Mode::Dead,
@@ -126,8 +119,9 @@ impl Plan {
                 seed,
             } => {
                 let k = (start.elapsed().as_millis() / period.as_millis().max(1)) as u64;
-                let (round, pos) = (k / 6, (k % 6) as usize);
-                let mut order = FAULTS;
+                let mut order = ALL[1..].to_vec();
+                let n = order.len() as u64;
+                let (round, pos) = (k / n, (k % n) as usize);
                 if *seed != 0 {
                     let mut r = Rng::new(seed ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                     for i in (1..order.len()).rev() {
